@@ -1,0 +1,212 @@
+"""Device and precision choice, memory preflight, and the facts `workbench doctor` reports.
+
+torch is imported inside the functions, never at module load.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from workbench import locations
+from workbench.errors import UserError
+
+GiB = 1024**3
+CORE_PACKAGES = (
+    "torch", "litgpt", "lightning", "textual", "llama-cpp-python", "gguf", "tokenizers",
+    "safetensors", "huggingface-hub", "platformdirs",
+)
+
+
+def choose_device(preference: str = "auto") -> str:
+    import torch
+
+    if preference != "auto":
+        if preference == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but torch sees no CUDA GPU")
+        if preference == "mps" and not torch.backends.mps.is_available():
+            raise UserError("--device mps was asked for, but MPS is not available")
+        return preference
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def choose_precision(device: str, training: bool = True) -> str:
+    """Lightning precision strings: bf16 where the hardware does it natively, fp32 on CPU."""
+    import torch
+
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16-mixed" if training else "bf16-true"
+        return "16-mixed" if training else "16-true"
+    if device == "mps":
+        return "16-mixed" if training else "16-true"
+    # CPUs without AMX run bf16 matmuls slower than fp32; fp32 is also the exact reference.
+    return "32-true"
+
+
+def available_memory(device: str) -> int:
+    """Bytes the run can use on `device`."""
+    if device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+    if device == "mps":
+        import torch
+
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    return host_available_memory()
+
+
+def host_available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * GiB
+
+
+@dataclass
+class MemoryEstimate:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def table(self) -> list[tuple[str, str]]:
+        return [(k, fmt_bytes(getattr(self, k))) for k in ("weights", "gradients", "optimizer", "activations")] + [
+            ("total", fmt_bytes(self.total))
+        ]
+
+
+def _bytes_per_param(precision: str) -> int:
+    if precision.startswith(("bf16-true", "16-true")):
+        return 2
+    if precision.startswith("nf4") or precision == "4bit":
+        return 1  # 4-bit weights plus quantization constants, rounded up
+    return 4
+
+
+def estimate_training_memory(
+    *,
+    n_params: int,
+    trainable_params: int,
+    batch_size: int,
+    seq_len: int,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    vocab_size: int,
+    precision: str,
+    quantized_base: bool = False,
+    activation_checkpointing: bool = False,
+) -> MemoryEstimate:
+    """Weights + gradients + AdamW state + activations.
+
+    Activations follow the per-layer count of Korthikanti et al. (2022): about
+    (34·d + 5·h·s) bytes per token per layer at 16 bits, doubled for fp32; plus logits and their
+    gradient. Attention through SDPA keeps the s² term small, so it is counted once, not per head.
+    """
+    w_bytes = 1 if quantized_base else _bytes_per_param(precision)
+    mixed = "mixed" in precision
+    act_scale = 1.0 if ("16" in precision) else 2.0
+    weights = n_params * w_bytes + (trainable_params * 4 if mixed else 0)
+    gradients = trainable_params * (4 if mixed or w_bytes == 4 else w_bytes)
+    optimizer = trainable_params * 8
+    tokens = batch_size * seq_len
+    per_layer = tokens * (34 * n_embd + 5 * seq_len) * act_scale
+    layers = 2 if activation_checkpointing else n_layer
+    logits = tokens * vocab_size * 4 * 2
+    return MemoryEstimate(weights, gradients, optimizer, int(per_layer * layers + logits))
+
+
+def preflight(estimate: MemoryEstimate, device: str, *, force: bool = False, what: str = "this run") -> dict[str, Any]:
+    """Refuse a run that cannot fit, before it starts. Returns the figures for the run's log."""
+    available = available_memory(device)
+    need = int(estimate.total * 1.1)  # allocator fragmentation and framework overhead
+    figures = {"estimate_bytes": estimate.total, "available_bytes": available, "device": device}
+    if need > available and not force:
+        parts = ", ".join(f"{k} {v}" for k, v in estimate.table()[:-1])
+        raise UserError(
+            f"{what} needs about {fmt_bytes(need)} on {device} ({parts}) but only "
+            f"{fmt_bytes(available)} is available; lower --batch-size or --max-seq-length, pick a "
+            "smaller model, or pass --force to try anyway"
+        )
+    return figures
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in CORE_PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def doctor() -> dict[str, Any]:
+    """Everything a user (or a bug report) needs to know about this machine's setup."""
+    report: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "workspace": str(locations.home()),
+        "packages": package_versions(),
+    }
+    try:
+        import torch
+
+        device = choose_device()
+        info: dict[str, Any] = {"torch": torch.__version__, "device": device,
+                                "precision": choose_precision(device), "cpu_cores": os.cpu_count(),
+                                "threads": torch.get_num_threads()}
+        if device == "cuda":
+            props = torch.cuda.get_device_properties(0)
+            info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                        gpu_memory=fmt_bytes(props.total_memory), cuda=torch.version.cuda)
+        elif device == "mps":
+            info.update(gpu="Apple MPS", gpu_memory=fmt_bytes(torch.mps.recommended_max_memory()))
+        info["host_memory_available"] = fmt_bytes(host_available_memory())
+        report["torch"] = info
+    except Exception as exc:
+        report["torch"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        import llama_cpp
+
+        features = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        report["llama_cpp"] = {"version": llama_cpp.__version__, "system_info": features}
+    except Exception as exc:
+        report["llama_cpp"] = {"error": f"{type(exc).__name__}: {exc}"}
+    home = locations.home()
+    probe = home if home.exists() else home.parent
+    while not probe.exists():
+        probe = probe.parent
+    report["disk_free"] = fmt_bytes(shutil.disk_usage(probe).free)
+    return report

@@ -1,0 +1,170 @@
+"""The Stage contract and plugin discovery.
+
+A stage is a class registered under the entry-point group `workbench.stages`; the entry-point
+name is the stage name, and a dotted name (`data.prepare`) becomes a nested CLI command
+(`workbench data prepare`). Built-in stages in `plugins/` register exactly like third-party ones.
+
+Plugin modules must stay light at import time: torch, litgpt and llama_cpp are imported inside
+`run()`. Listing plugins never fails because one of them is broken: it is reported and skipped.
+
+Plugins may also add plain commands (`workbench chat`) under `workbench.commands`; the entry point
+names a `Command` object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata as md
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from workbench.errors import UserError
+
+if TYPE_CHECKING:
+    from workbench.context import Context
+
+STAGE_GROUP = "workbench.stages"
+COMMAND_GROUP = "workbench.commands"
+
+
+class Stage:
+    """Base class for a lifecycle stage.
+
+    Subclasses set the class attributes and implement `run`. Everything a stage reports goes
+    through `ctx` (progress, metrics, logs, checkpoints, artifacts); `run` returns a small
+    JSON-able result, which may carry `tables` ({title, columns, rows}) for the faces to show.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: Longer help shown under `workbench STAGE --help` (presets, examples).
+    description: ClassVar[str] = ""
+    consumes: ClassVar[tuple[str, ...]] = ()
+    produces: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type]
+    supports_resume: ClassVar[bool] = False
+    supports_cancel: ClassVar[bool] = True
+    needs_gpu: ClassVar[bool] = False
+
+    def validate(self, options: Any, ctx: Context) -> None:  # noqa: B027 - optional hook
+        """Cheap checks run in the caller's process before a run is created (no heavy imports).
+
+        Raise UserError for bad input so nothing is written to the workspace.
+        """
+
+    def run(self, options: Any, ctx: Context) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+@dataclass
+class Command:
+    """A plugin command that is not a run (chat, serve, predict)."""
+
+    name: str
+    summary: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    value: str
+    group: str
+    package: str
+    version: str
+    status: str = "not loaded"
+    error: str = ""
+    obj: Any = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def summary(self) -> str:
+        return getattr(self.obj, "summary", "") if self.obj is not None else ""
+
+
+def _entry_points(group: str) -> list[md.EntryPoint]:
+    eps = md.entry_points(group=group)
+    seen: dict[str, md.EntryPoint] = {}
+    for ep in eps:
+        # An editable install and a stale copy can both advertise a name: first on sys.path wins.
+        seen.setdefault(ep.name, ep)
+    return sorted(seen.values(), key=lambda ep: ep.name)
+
+
+def _info(ep: md.EntryPoint, group: str) -> PluginInfo:
+    dist = getattr(ep, "dist", None)
+    return PluginInfo(
+        name=ep.name,
+        value=ep.value,
+        group=group,
+        package=dist.metadata["Name"] if dist is not None else "?",
+        version=dist.version if dist is not None else "?",
+    )
+
+
+def discover(group: str = STAGE_GROUP) -> list[PluginInfo]:
+    """Entry-point metadata only: nothing is imported."""
+    return [_info(ep, group) for ep in _entry_points(group)]
+
+
+def load(info: PluginInfo) -> PluginInfo:
+    """Import a plugin; a failure is recorded on `info`, never raised."""
+    if info.obj is not None or info.status not in ("not loaded",):
+        return info
+    module_name, _, attr = info.value.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+    except Exception as exc:  # a broken plugin must not take the host down
+        info.status, info.error = "error", f"{type(exc).__name__}: {exc}"
+        return info
+    if info.group == STAGE_GROUP:
+        problem = _check_stage(obj)
+        if problem:
+            info.status, info.error = "error", problem
+            return info
+    elif not isinstance(obj, Command):
+        info.status, info.error = "error", f"{info.value} is not a workbench.stages.Command"
+        return info
+    info.obj, info.status = obj, "ok"
+    return info
+
+
+def _check_stage(obj: Any) -> str:
+    if not (isinstance(obj, type) and issubclass(obj, Stage)):
+        return "entry point is not a workbench.stages.Stage subclass"
+    if not getattr(obj, "Options", None):
+        return "stage declares no Options dataclass"
+    return ""
+
+
+def all_plugins(load_all: bool = True) -> list[PluginInfo]:
+    infos = discover(STAGE_GROUP) + discover(COMMAND_GROUP)
+    if load_all:
+        for info in infos:
+            load(info)
+    return infos
+
+
+def get_stage(name: str) -> type[Stage]:
+    """The Stage class named `name`, or a UserError listing the known stages."""
+    infos = {i.name: i for i in discover(STAGE_GROUP)}
+    if name not in infos:
+        known = ", ".join(sorted(infos)) or "none installed"
+        raise UserError(f"unknown stage '{name}'; known stages: {known}")
+    info = load(infos[name])
+    if not info.ok:
+        raise UserError(f"stage '{name}' from {info.package} cannot be loaded: {info.error}")
+    return info.obj  # type: ignore[no-any-return]
+
+
+def stage_names() -> list[str]:
+    return [i.name for i in discover(STAGE_GROUP)]
