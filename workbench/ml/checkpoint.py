@@ -1,0 +1,144 @@
+"""The model directory every stage reads and writes.
+
+A `model` artifact is a directory that LitGPT loads as a checkpoint:
+
+- `lit_model.pth`       plain state dict (loads with `torch.load(weights_only=True)`)
+- `model.safetensors`   the same weights, for everything we read ourselves
+- `model_config.yaml`   LitGPT `Config`
+- `tokenizer.json` (or `tokenizer.model`) and `tokenizer_config.json` (with `tokenizer_class`)
+- `generation_config.json`  bos/eos ids, so LitGPT and llama.cpp agree on them
+- `workbench.json`      our metadata: prompt style with its chat template, family, lineage notes
+
+Never unpickle what we did not write: weights load from safetensors first, and `.pth` files
+only with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from litgpt import GPT, Config
+
+from workbench.errors import UserError
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "generation_config.json",
+)
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "model_config.yaml").exists() and (
+        (path / "model.safetensors").exists() or (path / "lit_model.pth").exists()
+    )
+
+
+def load_config(model_dir: Path) -> Config:
+    path = model_dir / "model_config.yaml"
+    if not path.exists():
+        raise UserError(f"{model_dir} is not a LitGPT checkpoint: model_config.yaml is missing")
+    data = yaml.safe_load(path.read_text())
+    return Config(**data)
+
+
+def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    st = model_dir / "model.safetensors"
+    if st.exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    pth = model_dir / "lit_model.pth"
+    if not pth.exists():
+        raise UserError(f"{model_dir} has no weights (model.safetensors or lit_model.pth)")
+    try:
+        sd = torch.load(pth, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise UserError(
+            f"{pth} cannot be loaded safely ({type(exc).__name__}); it may hold pickled objects, "
+            "which workbench never unpickles"
+        ) from None
+    return sd.get("model", sd) if isinstance(sd, dict) and "model" in sd else sd
+
+
+def load_model(model_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> GPT:
+    """The GPT with its weights, in eval mode."""
+    config = load_config(model_dir)
+    with torch.device("meta"):
+        model = GPT(config)
+    sd = load_state_dict(model_dir)
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise UserError(f"weights in {model_dir} do not match its model_config.yaml: {str(exc).splitlines()[0]}") from None
+    # Rotary caches are non-persistent buffers built on the meta device; rebuild them for real.
+    model.cos, model.sin = model.rope_cache(device=torch.device("cpu"))
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval()
+
+
+def read_meta(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "workbench.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    data = asdict(config)
+    data.pop("hf_config", None) if not data.get("hf_config") else None
+    return data
+
+
+def save_model_dir(
+    out_dir: Path,
+    state_dict: dict[str, torch.Tensor],
+    config: Config,
+    *,
+    tokenizer_dir: Path,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete model directory into `out_dir` (a staging dir; register it afterwards)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Contiguous, untied copies: safetensors refuses shared storage; weights stay bit-identical.
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    from safetensors.torch import save_file
+
+    save_file(clean, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    torch.save(clean, out_dir / "lit_model.pth")
+    with open(out_dir / "model_config.yaml", "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config_to_dict(config), fh)
+    copy_tokenizer(tokenizer_dir, out_dir)
+    (out_dir / "workbench.json").write_text(json.dumps(meta or {}, indent=2))
+    return out_dir
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    found = False
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+            found = found or name in ("tokenizer.json", "tokenizer.model")
+    if not found:
+        raise UserError(f"{src} holds no tokenizer (tokenizer.json or tokenizer.model)")
+    tc = dst / "tokenizer_config.json"
+    cfg = json.loads(tc.read_text()) if tc.exists() else {}
+    if "tokenizer_class" not in cfg:  # LitGPT's Tokenizer raises KeyError without it
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tc.write_text(json.dumps(cfg, indent=2))
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    from litgpt import Tokenizer
+
+    return Tokenizer(model_dir)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
