@@ -480,8 +480,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from workbench.events import read_events
 
     as_json = getattr(args, "json", False)
+    store = _open_store(create=False)
     if args.action == "ls":
-        store = _open_store(create=False)
         items = runs.list_runs(store, limit=args.limit)
         if as_json:
             print_json([r.to_json() for r in items])
@@ -495,7 +495,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
                       _duration(r), (r.exit_reason or "")[:60])
         console().print(t if items else "no runs yet")
         return 0
-    store = _open_store()
     if args.action == "show":
         run = runs.get(args.ref, store)
         events = read_events(run.run_dir / "events.jsonl")

@@ -108,8 +108,7 @@ def follow(path: Path, is_alive: Any, poll_s: float = 0.1, offset: int = 0) -> I
     tail = EventTail(path, offset)
     while True:
         events = tail.poll()
-        for event in events:
-            yield event
+        yield from events
         if events and events[-1]["type"] in TERMINAL:
             # A terminal event may be followed by a resume's `started`; stop at the last one seen.
             more = tail.poll()

@@ -45,7 +45,7 @@ def option(
     meta = {
         "help": help,
         "choices": list(choices) if choices is not None else None,
-        "required": required or positional and default is None,
+        "required": required or (positional and default is None),
         "positional": positional,
         "min": min,
         "max": max,
@@ -158,7 +158,7 @@ def fields(options_cls: type) -> list[Field]:
                 default=default,
                 help=meta.get("help", ""),
                 choices=choices,
-                required=bool(meta.get("required")) or f.default is MISSING and f.default_factory is MISSING,
+                required=bool(meta.get("required")) or (f.default is MISSING and f.default_factory is MISSING),
                 positional=bool(meta.get("positional")),
                 min=meta.get("min"),
                 max=meta.get("max"),

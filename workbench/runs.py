@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from workbench import locations
@@ -47,7 +46,7 @@ def resolve_options(stage_name: str, values: Mapping[str, Any], store: Store) ->
 
 def create_run(stage_name: str, values: Mapping[str, Any], store: Store) -> Run:
     """Validate everything first; only then write the run directory and the database row."""
-    stage_cls, options = resolve_options(stage_name, values, store)
+    _, options = resolve_options(stage_name, values, store)
     info = next(i for i in discover(STAGE_GROUP) if i.name == stage_name)
     run_id = new_id("run")
     run_dir = locations.run_dir(run_id)
@@ -73,7 +72,7 @@ def spawn(run: Run, store: Store, *, resume: bool = False) -> subprocess.Popen[b
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, start_new_session=True
         )
-    store.update_run(run.id, pid=proc.pid, status="queued" if not resume else "queued")
+    store.update_run(run.id, pid=proc.pid, status="queued")
     return proc
 
 

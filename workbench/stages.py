@@ -48,7 +48,7 @@ class Stage:
     supports_cancel: ClassVar[bool] = True
     needs_gpu: ClassVar[bool] = False
 
-    def validate(self, options: Any, ctx: Context) -> None:  # noqa: B027 - optional hook
+    def validate(self, options: Any, ctx: Context) -> None:
         """Cheap checks run in the caller's process before a run is created (no heavy imports).
 
         Raise UserError for bad input so nothing is written to the workspace.

@@ -19,12 +19,12 @@ def test_prompt_tokens_match_chat_time_and_are_masked(tiny_model):
     answer = enc.input_ids[enc.n_prompt:].tolist()
     assert answer[-2] == tok.processor.token_to_id("<|im_end|>")  # the model learns to end its turn
     assert tok.decode(enc.input_ids[enc.n_prompt:]) == "5\n"
-    ids, labels = collate([enc, encode_messages(tok, style, msgs[:1] + [{"role": "assistant", "content": "five"}])], 0)
+    ids, labels = collate([enc, encode_messages(tok, style, [*msgs[:1], {"role": "assistant", "content": "five"}])], 0)
     assert ids.shape == labels.shape and ids.shape[0] == 2
 
 
 def test_too_long_example_is_refused_with_its_place(tiny_model):
     tok = load_tokenizer(tiny_model)
     msgs = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
-    with pytest.raises(UserError, match="train.jsonl:7"):
+    with pytest.raises(UserError, match=r"train\.jsonl:7"):
         encode_messages(tok, get_style("chatml"), msgs, max_length=64, where="train.jsonl:7")

@@ -122,7 +122,7 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for layer, was in zip(layers, previous):
+        for layer, was in zip(layers, previous, strict=True):
             layer.merged = was
 
 
