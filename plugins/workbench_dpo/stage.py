@@ -1,0 +1,132 @@
+"""`workbench dpo`: direct preference optimization with a LoRA adapter.
+
+Light module: torch and litgpt are imported inside `run()` (see `workbench_dpo.train`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import UserError
+from workbench.options import artifact, option
+from workbench.stages import Stage
+from workbench_dpo.rows import check_preference_dataset, read_rows
+
+if TYPE_CHECKING:
+    from workbench.context import Context
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+LORA_TARGETS = ("query", "key", "value", "projection", "mlp", "head")
+
+
+@dataclass
+class Options:
+    model: str = artifact("model", help="Model to align, typically an instruction-tuned one", positional=True)
+    data: str = artifact("dataset", help="Preference dataset (rows with messages, chosen and rejected)")
+    reference: str | None = artifact(
+        "model", required=False,
+        help="Separate reference model (same tokenizer); default: the model itself with the adapter switched off, "
+             "which holds no second copy in memory",
+    )
+    loss: str = option("sigmoid", help="Preference loss: sigmoid DPO, IPO, or label-smoothed conservative DPO",
+                       choices=["sigmoid", "ipo", "cdpo"], group="dpo")
+    beta: float = option(0.1, help="β: how far the policy may move from the reference (higher keeps it closer)",
+                         min=1e-6, group="dpo")
+    label_smoothing: float | None = option(
+        None, help="cdpo only: the probability that a preference label is wrong (default 0.1)",
+        min=0.0, max=0.5, group="dpo",
+    )
+    lora_r: int = option(8, help="LoRA rank", min=1, group="lora")
+    lora_alpha: int = option(16, help="LoRA alpha (the adapter's output is scaled by alpha/r)", min=1, group="lora")
+    lora_dropout: float = option(0.05, help="Dropout on the adapter's input", min=0.0, max=0.9, group="lora")
+    lora_targets: list[str] = option(["query", "value"], help="Layers that get an adapter",
+                                     choices=list(LORA_TARGETS), group="lora")
+    epochs: int = option(1, help="Passes over the training pairs", min=1, group="training")
+    max_steps: int | None = option(None, help="Stop after this many optimizer steps (overrides --epochs)",
+                                   min=1, group="training")
+    batch_size: int = option(8, help="Preference pairs per optimizer step", min=1, group="training")
+    micro_batch_size: int | None = option(
+        None, help="Pairs per forward pass (gradients accumulate up to --batch-size); default: --batch-size",
+        min=1, group="training",
+    )
+    lr: float = option(5e-5, help="Peak learning rate", min=0.0, group="training")
+    warmup_steps: int = option(0, help="Steps of linear warmup before the cosine decay", min=0, group="training")
+    weight_decay: float = option(0.0, help="AdamW weight decay on the adapter", min=0.0, group="training")
+    grad_clip: float | None = option(1.0, help="Clip the gradient norm to this (empty: no clipping)", min=0.0,
+                                     group="training")
+    max_seq_length: int | None = option(None, help="Longest prompt + answer in tokens; default: the model's context",
+                                        min=8, group="training")
+    eval_every: int = option(50, help="Steps between evaluations on the held-out split", min=1, group="training")
+    eval_pairs: int = option(256, help="Held-out pairs used per evaluation", min=1, group="training")
+    checkpoint_every: int = option(100, help="Steps between checkpoints (a cancel also checkpoints)", min=1,
+                                   group="training")
+    seed: int = option(42, help="Seed for the adapter's initialisation, data order and dropout")
+    device: str = option("auto", help="Where to train", choices=["auto", "cpu", "cuda", "mps"])
+    precision: str | None = option(None, help="Lightning precision; default: what `workbench doctor` picks",
+                                   choices=list(PRECISIONS))
+    force: bool = option(False, help="Start even if the memory estimate says the run will not fit", advanced=True)
+    name: str | None = option(None, help="Name of the aligned model; default: <model>-dpo")
+
+
+class DPOStage(Stage):
+    name = "dpo"
+    summary = "Align a model to preference pairs (DPO, IPO, cDPO) with a LoRA adapter"
+    description = (
+        "The policy is the model plus a new LoRA adapter; the reference is the same weights with the adapter "
+        "switched off, so DPO needs about the memory of LoRA finetuning, on CPU, MPS or CUDA.\n\n"
+        "example: workbench dpo my-chat-model --data my-preferences --beta 0.1 --loss sigmoid"
+    )
+    consumes = ("model", "dataset")
+    produces = ("adapter", "model")
+    Options = Options
+    supports_resume = True
+    supports_cancel = True
+
+    def validate(self, options: Options, ctx: Context) -> None:
+        if options.label_smoothing is not None and options.loss != "cdpo":
+            raise UserError("--label-smoothing applies to --loss cdpo only; drop it or pass --loss cdpo")
+        if options.micro_batch_size is not None and options.micro_batch_size > options.batch_size:
+            raise UserError("--micro-batch-size must not be larger than --batch-size")
+        if not options.lora_targets:
+            raise UserError("--lora-targets must name at least one layer")
+        model_dir = ctx.artifact(options.model, "model").path
+        context = _block_size(model_dir)
+        if options.max_seq_length and context and options.max_seq_length > context:
+            raise UserError(f"--max-seq-length {options.max_seq_length} is longer than the model's context of {context}")
+        data = ctx.artifact(options.data, "dataset")
+        check_preference_dataset(data.path, options.data)
+        # Reading the rows is cheap next to training and names the first bad one by file and line.
+        if not read_rows(data.path / "train.jsonl"):
+            raise UserError(f"dataset '{options.data}' has no training pairs in {data.path / 'train.jsonl'}")
+        read_rows(data.path / "val.jsonl")
+        if options.reference:
+            ref_dir = ctx.artifact(options.reference, "model").path
+            if _tokenizer_digest(ref_dir) != _tokenizer_digest(model_dir):
+                raise UserError(
+                    f"reference model '{options.reference}' has a different tokenizer from '{options.model}'; "
+                    "a reference must score the same token ids"
+                )
+
+    def run(self, options: Options, ctx: Context) -> dict[str, Any]:
+        from workbench_dpo.train import train
+
+        return train(options, ctx)
+
+
+def _block_size(model_dir: Path) -> int | None:
+    import yaml
+
+    path = model_dir / "model_config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.exists() else None
+    return config.get("block_size") if isinstance(config, dict) else None
+
+
+def _tokenizer_digest(model_dir: Path) -> str:
+    for name in ("tokenizer.json", "tokenizer.model"):
+        path = model_dir / name
+        if path.exists():
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+    raise UserError(f"{model_dir} holds no tokenizer (tokenizer.json or tokenizer.model)")
