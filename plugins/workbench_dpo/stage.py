@@ -25,7 +25,7 @@ LORA_TARGETS = ("query", "key", "value", "projection", "mlp", "head")
 @dataclass
 class Options:
     model: str = artifact("model", help="Model to align, typically an instruction-tuned one", positional=True)
-    data: str = artifact("dataset", help="Preference dataset (rows with messages, chosen and rejected)")
+    dataset: str = artifact("dataset", positional=True, help="Preference dataset (rows with messages, chosen and rejected)")
     reference: str | None = artifact(
         "model", required=False,
         help="Separate reference model (same tokenizer); default: the model itself with the adapter switched off, "
@@ -39,10 +39,10 @@ class Options:
         None, help="cdpo only: the probability that a preference label is wrong (default 0.1)",
         min=0.0, max=0.5, group="dpo",
     )
-    lora_r: int = option(8, help="LoRA rank", min=1, group="lora")
-    lora_alpha: int = option(16, help="LoRA alpha (the adapter's output is scaled by alpha/r)", min=1, group="lora")
-    lora_dropout: float = option(0.05, help="Dropout on the adapter's input", min=0.0, max=0.9, group="lora")
-    lora_targets: list[str] = option(["query", "value"], help="Layers that get an adapter",
+    rank: int = option(8, help="LoRA rank", min=1, group="lora")
+    alpha: int = option(16, help="LoRA alpha (the adapter's output is scaled by alpha/r)", min=1, group="lora")
+    dropout: float = option(0.05, help="Dropout on the adapter's input", min=0.0, max=0.9, group="lora")
+    targets: list[str] = option(["query", "value"], help="Layers that get an adapter",
                                      choices=list(LORA_TARGETS), group="lora")
     epochs: int = option(1, help="Passes over the training pairs", min=1, group="training")
     max_steps: int | None = option(None, help="Stop after this many optimizer steps (overrides --epochs)",
@@ -77,7 +77,7 @@ class DPOStage(Stage):
     description = (
         "The policy is the model plus a new LoRA adapter; the reference is the same weights with the adapter "
         "switched off, so DPO needs about the memory of LoRA finetuning, on CPU, MPS or CUDA.\n\n"
-        "example: workbench dpo my-chat-model --data my-preferences --beta 0.1 --loss sigmoid"
+        "example: workbench dpo my-chat-model my-preferences --beta 0.1 --loss sigmoid"
     )
     consumes = ("model", "dataset")
     produces = ("adapter", "model")
@@ -90,17 +90,17 @@ class DPOStage(Stage):
             raise UserError("--label-smoothing applies to --loss cdpo only; drop it or pass --loss cdpo")
         if options.micro_batch_size is not None and options.micro_batch_size > options.batch_size:
             raise UserError("--micro-batch-size must not be larger than --batch-size")
-        if not options.lora_targets:
-            raise UserError("--lora-targets must name at least one layer")
+        if not options.targets:
+            raise UserError("--targets must name at least one layer")
         model_dir = ctx.artifact(options.model, "model").path
         context = _block_size(model_dir)
         if options.max_seq_length and context and options.max_seq_length > context:
             raise UserError(f"--max-seq-length {options.max_seq_length} is longer than the model's context of {context}")
-        data = ctx.artifact(options.data, "dataset")
-        check_preference_dataset(data.path, options.data)
+        data = ctx.artifact(options.dataset, "dataset")
+        check_preference_dataset(data.path, options.dataset)
         # Reading the rows is cheap next to training and names the first bad one by file and line.
         if not read_rows(data.path / "train.jsonl"):
-            raise UserError(f"dataset '{options.data}' has no training pairs in {data.path / 'train.jsonl'}")
+            raise UserError(f"dataset '{options.dataset}' has no training pairs in {data.path / 'train.jsonl'}")
         read_rows(data.path / "val.jsonl")
         if options.reference:
             ref_dir = ctx.artifact(options.reference, "model").path

@@ -121,10 +121,10 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
 
     # --- inputs ------------------------------------------------------------------------------
     model_art = ctx.artifact(options.model, "model")
-    data_art = ctx.artifact(options.data, "dataset")
+    data_art = ctx.artifact(options.dataset, "dataset")
     ref_art = ctx.artifact(options.reference, "model") if options.reference else None
     model_dir = model_art.path
-    check_preference_dataset(data_art.path, options.data)
+    check_preference_dataset(data_art.path, options.dataset)
     device = choose_device(options.device)
     precision = options.precision or choose_precision(device, training=True)
     label_smoothing = options.label_smoothing if options.label_smoothing is not None else 0.1
@@ -146,7 +146,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     val_pairs = encode_rows(read_rows(data_art.path / "val.jsonl"), tokenizer, style, max_length)
     val_pairs = val_pairs[: options.eval_pairs]
     if not train_pairs:
-        raise UserError(f"dataset '{options.data}' has no training pairs")
+        raise UserError(f"dataset '{options.dataset}' has no training pairs")
     pad = pad_id(tokenizer)
     batch_size = min(options.batch_size, len(train_pairs))
     micro = min(options.micro_batch_size or batch_size, batch_size)
@@ -155,8 +155,8 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     longest = max(p.longest for p in train_pairs + val_pairs)
 
     # --- memory preflight, on the meta device: nothing is allocated yet -------------------------
-    settings = LoRASettings(r=options.lora_r, alpha=options.lora_alpha, dropout=options.lora_dropout,
-                            targets=tuple(options.lora_targets))
+    settings = LoRASettings(r=options.rank, alpha=options.alpha, dropout=options.dropout,
+                            targets=tuple(options.targets))
     from litgpt.lora import GPT as LoRAGPT
     from litgpt.lora import mark_only_lora_as_trainable
 

@@ -90,7 +90,7 @@ def test_stage_module_imports_nothing_heavy():
 
 @pytest.mark.parametrize(("loss", "expected"), [("sigmoid", math.log(2)), ("cdpo", math.log(2)), ("ipo", 1 / (4 * 0.1**2))])
 def test_first_step_loss_is_that_of_policy_equal_to_reference(registered_tiny_model, demo_prefs, loss, expected):
-    run = run_inline("dpo", {"model": registered_tiny_model, "data": demo_prefs, "loss": loss, "beta": 0.1,
+    run = run_inline("dpo", {"model": registered_tiny_model, "dataset": demo_prefs, "loss": loss, "beta": 0.1,
                              "max_steps": 1, "batch_size": 4})
     assert run.metrics("loss")[0] == pytest.approx(expected, rel=1e-6)
     start = val_events(run)[0]
@@ -105,8 +105,8 @@ def test_dpo_raises_heldout_reward_accuracy_and_margin_with_reference_fixed(regi
     val_rows = [pref_row(n) for n in NOUNS[16:]]
     ref_before = mean_logps(load_model(base_dir), base_dir, val_rows)
 
-    run = run_inline("dpo", {"model": registered_tiny_model, "data": prefs, "max_steps": 30, "batch_size": 4,
-                             "lr": 1e-3, "eval_every": 10, "lora_targets": ["query", "value", "projection", "mlp"]})
+    run = run_inline("dpo", {"model": registered_tiny_model, "dataset": prefs, "max_steps": 30, "batch_size": 4,
+                             "lr": 1e-3, "eval_every": 10, "targets": ["query", "value", "projection", "mlp"]})
 
     evals = [e["values"] for e in val_events(run)]
     assert [e["step"] for e in val_events(run)] == [0, 10, 20, 30]
@@ -152,7 +152,7 @@ def test_separate_reference_model_gives_the_same_training(registered_tiny_model,
     shutil.rmtree(staged)
     shutil.copytree(tiny_model, staged)
     reference = ctx.register("model", staged, name="tiny-copy").id
-    opts = {"model": registered_tiny_model, "data": prefs, "max_steps": 4, "batch_size": 4, "lr": 1e-3,
+    opts = {"model": registered_tiny_model, "dataset": prefs, "max_steps": 4, "batch_size": 4, "lr": 1e-3,
             "eval_every": 2}
     off = run_inline("dpo", opts)
     separate = run_inline("dpo", {**opts, "reference": reference})
@@ -175,14 +175,14 @@ def _runs_dir(workspace: Path) -> list[Path]:
 def test_malformed_rows_are_refused_before_a_run_exists(registered_tiny_model, workspace, rows, message):
     data = register_dataset(rows, [])
     with pytest.raises(UserError, match=message):
-        run_inline("dpo", {"model": registered_tiny_model, "data": data})
+        run_inline("dpo", {"model": registered_tiny_model, "dataset": data})
     assert _runs_dir(workspace) == []
 
 
 def test_dataset_of_another_type_is_refused_by_the_cli(registered_tiny_model, workspace, cli):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
     data = register_dataset(rows, [], kind="instruction", name="sft-data")
-    out = cli("dpo", registered_tiny_model, "--data", "sft-data")
+    out = cli("dpo", registered_tiny_model, "sft-data")
     assert out.returncode == 2, out.stderr
     assert "has type 'instruction', but dpo needs a preference dataset" in out.stderr.replace("\n", " ")
     assert "Traceback" not in out.stderr
@@ -193,7 +193,7 @@ def test_too_long_pair_is_refused_with_its_line_before_training(registered_tiny_
     long_row = {**pref_row("fox"), "rejected": "no " * 200}
     data = register_dataset([pref_row(n) for n in NOUNS[:4]] + [long_row], [])
     with pytest.raises(UserError, match=r"train\.jsonl:5 is \d+ tokens long, more than the model's context of 128"):
-        run_inline("dpo", {"model": registered_tiny_model, "data": data})
+        run_inline("dpo", {"model": registered_tiny_model, "dataset": data})
     store = Store()
     run = store.list_runs(limit=1)[0]
     assert not [e for e in read_events(run.run_dir / "events.jsonl") if e["type"] in ("metric", "checkpoint")]
@@ -205,7 +205,7 @@ def test_memory_preflight_refuses_a_run_that_cannot_fit(registered_tiny_model, p
 
     monkeypatch.setattr(workbench.hardware, "available_memory", lambda device: 1024**2)
     with pytest.raises(UserError, match=r"this DPO run needs about .* only 1\.0 MiB is available; lower --batch-size"):
-        run_inline("dpo", {"model": registered_tiny_model, "data": prefs})
+        run_inline("dpo", {"model": registered_tiny_model, "dataset": prefs})
     assert not Store().list_artifacts("adapter")
 
 
@@ -223,12 +223,12 @@ def _wait_for(predicate, timeout: float = 120.0):
 def test_cancel_and_resume_through_the_cli_equals_an_uninterrupted_run(registered_tiny_model, prefs, cli):
     from safetensors.torch import load_file
 
-    opts = {"max_steps": 60, "batch_size": 4, "lr": 1e-3, "lora_dropout": 0.2, "eval_every": 20,
+    opts = {"max_steps": 60, "batch_size": 4, "lr": 1e-3, "dropout": 0.2, "eval_every": 20,
             "checkpoint_every": 15}
-    whole = run_inline("dpo", {"model": registered_tiny_model, "data": prefs, **opts})
+    whole = run_inline("dpo", {"model": registered_tiny_model, "dataset": prefs, **opts})
 
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
-    started = cli("dpo", registered_tiny_model, "--data", prefs, *flags, "--detach", "--json")
+    started = cli("dpo", registered_tiny_model, prefs, *flags, "--detach", "--json")
     assert started.returncode == 0, started.stderr
     run_id = json.loads(started.stdout)["run_id"]
     events_path = Path(json.loads(started.stdout)["run_dir"]) / "events.jsonl"
