@@ -1,0 +1,178 @@
+"""GGUF models through llama-cpp-python.
+
+One `Llama` object lives as long as the engine. Every turn hands `Llama.generate` the whole
+prompt; it compares it with the tokens already in its KV cache and evaluates only the new
+suffix, so a follow-up turn costs its new tokens, not the whole history. The chat template comes
+from the file (`tokenizer.chat_template`) and is rendered with llama-cpp-python's own sandboxed
+Jinja formatter.
+
+The loop over `generate` is ours because `create_completion(stream=True)` detokenizes the whole
+reply again for every token it yields: on a 300-token reply that was 95% of the time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import llama_cpp
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from workbench.errors import UserError
+from workbench.prompts import CHATML
+from workbench_chat.engine import (
+    DEFAULT_MAX_CTX,
+    Engine,
+    ModelRef,
+    Sampling,
+    ShouldStop,
+    Stats,
+    StopScanner,
+    turn_end_stops,
+)
+
+
+def gguf_context_length(path: str) -> int | None:
+    """The context length the model was trained with, read from the file's metadata."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError):  # numpy's reshape errors say nothing useful here
+        raise UserError(f"{path} is not a readable GGUF file: it is truncated or corrupt; "
+                        "copy or export it again") from None
+    arch_field = reader.get_field("general.architecture")
+    if arch_field is None:
+        return None
+    ctx_field = reader.get_field(f"{arch_field.contents()}.context_length")
+    return int(ctx_field.contents()) if ctx_field is not None else None
+
+
+class LlamaEngine(Engine):
+    backend = "llama.cpp"
+
+    def __init__(self, model: ModelRef, *, n_ctx: int | None, threads: int, f32_kv_cache: bool = False):
+        trained = gguf_context_length(str(model.path))
+        asked = n_ctx
+        n_ctx = n_ctx or min(trained or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+        super().__init__(model, n_ctx)
+        if asked is None and trained and trained > n_ctx:
+            self.notes.append(f"context capped at {n_ctx} of the model's {trained} tokens "
+                              "to keep the KV cache small; --n-ctx raises it")
+        if trained and n_ctx > trained:
+            self.notes.append(f"--n-ctx {n_ctx} exceeds the {trained} tokens this model was trained on; "
+                              "expect worse answers past that point")
+        # F32 K/V only for exact comparisons with torch; the F16 default halves the cache.
+        kv_type: dict[str, Any] = {"type_k": 0, "type_v": 0} if f32_kv_cache else {}
+        # llama.cpp may round its context up; the window we manage stays `n_ctx`. It logs a
+        # context beyond the trained one as an error, which self.notes already says in our
+        # words; what it logs while loading only matters when loading fails.
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(log):
+                self.llm = Llama(model_path=str(model.path), n_ctx=n_ctx, n_threads=threads,
+                                 n_threads_batch=threads, verbose=False, **kv_type)
+        except ValueError as exc:
+            last = next((line for line in reversed(log.getvalue().splitlines()) if line.strip()), str(exc))
+            raise UserError(f"llama.cpp cannot load {model.path}: {last.strip()}") from None
+        meta = self.llm.metadata
+        self.eos_text = self._token_text(self.llm.token_eos())
+        self.bos_text = self._token_text(self.llm.token_bos())
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            template = CHATML
+            self.notes.append("this GGUF has no chat template (tokenizer.chat_template); using ChatML")
+        self.template = template
+        self.formatter = Jinja2ChatFormatter(template, eos_token=self.eos_text, bos_token=self.bos_text)
+        self.chat_stop = turn_end_stops(template)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._stop_ids: dict[str, int | None] = {}
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self.formatter(messages=messages).prompt  # type: ignore[arg-type]
+
+    def tokenize(self, text: str) -> list[int]:
+        # add_bos=True adds BOS only when the model asks for one; a template that writes
+        # the BOS text itself must not get a second one.
+        add_bos = not (self.bos_text and text.startswith(self.bos_text))
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def forget(self) -> None:
+        self.llm.reset()
+
+    def stream_text(self, prompt: str, sampling: Sampling, stop: list[str],
+                    should_stop: ShouldStop | None = None) -> Iterator[str]:
+        tokens = self.tokenize(prompt)
+        self.check_fits(len(tokens))
+        if not self.prompt_cache:
+            self.forget()
+        cached = Llama.longest_token_prefix(self.llm.input_ids[: self.llm.n_tokens].tolist(), tokens)
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(31)
+        self.llm.set_seed(seed)  # generate() builds its sampler from this seed
+        stats = Stats(prompt_tokens=len(tokens), cached_prompt_tokens=cached, seed=seed)
+        self.last_stats = stats
+        stop_ids = {i for s in stop if (i := self._special_id(s)) is not None}
+        budget = self.n_ctx - len(tokens)
+        max_new = min(sampling.max_tokens or budget, budget)
+        scanner = StopScanner(stop)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        t0 = time.perf_counter()
+        t_first: float | None = None
+        finish, hit = "length", False
+        tokens_out = self.llm.generate(
+            tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=0.0, temp=sampling.temperature,
+            repeat_penalty=sampling.repeat_penalty)
+        try:
+            for token in tokens_out:
+                t_first = t_first or time.perf_counter()
+                stats.tokens += 1
+                if should_stop and should_stop():
+                    finish = "interrupted"
+                    break
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token) or token in stop_ids:
+                    finish = "stop"
+                    break
+                # One token's bytes at a time: constant work per token, unlike create_completion,
+                # which detokenizes the whole reply again for every token it streams.
+                text, hit = scanner.feed(utf8.decode(self.llm.detokenize([token])))
+                if text:
+                    yield text
+                if hit:
+                    finish = "stop"
+                    break
+                if stats.tokens >= max_new:
+                    break
+        finally:
+            tokens_out.close()
+        if not hit:
+            tail = scanner.feed(utf8.decode(b"", final=True))[0] + scanner.flush()
+            if tail:
+                yield tail
+        t_end = time.perf_counter()
+        stats.ttft_s = (t_first or t_end) - t0
+        stats.total_s = t_end - t0
+        stats.tokens_per_s = Stats.rate(stats.tokens, t_first, t_end)
+        stats.finish_reason = finish
+
+    def _special_id(self, text: str) -> int | None:
+        """The id of a stop string that is one control token (it detokenizes to nothing)."""
+        if text not in self._stop_ids:
+            ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            special = len(ids) == 1 and self.llm.detokenize(ids) == b""
+            self._stop_ids[text] = ids[0] if special else None
+        return self._stop_ids[text]
+
+    def close(self) -> None:
+        self.llm.close()

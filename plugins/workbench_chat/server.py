@@ -1,0 +1,314 @@
+"""An OpenAI-compatible HTTP endpoint on the standard library's `http.server`.
+
+llama-cpp-python ships a server too, but it needs fastapi, uvicorn, sse-starlette,
+starlette-context and pydantic-settings, and it serves GGUF only. The three routes local
+applications use are small enough to write here, and this way LitGPT checkpoints are served
+the same way:
+
+- GET  /v1/models
+- POST /v1/chat/completions   (the model's own chat template; "stream": true sends SSE chunks)
+- POST /v1/completions        (raw text continuation; streams too)
+
+One engine generates one reply at a time: requests queue on a lock. A client that disconnects
+mid-stream stops its generation at the next token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from workbench.errors import UserError
+from workbench_chat.engine import Engine, Sampling, Stats
+from workbench_chat.respcache import ResponseCache, cache_key
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+class ChatServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], engine: Engine | None, *, model_name: str,
+                 api_key: str | None = None, response_cache: ResponseCache | None = None):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, Handler)
+        self.engine: Engine = engine  # type: ignore[assignment] - set by serve() once loaded
+        self.model_name = model_name
+        self.api_key = api_key
+        self.cache = response_cache
+        self.lock = threading.Lock()
+        self.created = int(time.time())
+
+
+def parse_messages(raw: Any) -> list[dict[str, str]]:
+    """OpenAI message objects to plain {role, content} dicts; text content only."""
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "'messages' must be a non-empty array", param="messages")
+    out = []
+    for i, m in enumerate(raw):
+        role = ROLES.get(m.get("role")) if isinstance(m, dict) else None
+        if role is None:
+            raise ApiError(400, f"messages[{i}].role must be system, user or assistant", param="messages")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: only text can be read by these models
+            if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+                raise ApiError(400, f"messages[{i}]: only text content parts are supported", param="messages")
+            content = "".join(str(p.get("text", "")) for p in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def parse_sampling(body: dict[str, Any]) -> Sampling:
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    values = {k: body[k] for k in ("temperature", "top_p", "top_k", "repeat_penalty", "seed")
+              if body.get(k) is not None}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    stop = body.get("stop")
+    values["stop"] = [stop] if isinstance(stop, str) else (stop or [])
+    try:
+        # Like OpenAI, a reply may run to the end of the context unless max_tokens says otherwise.
+        return Sampling(max_tokens=None).updated({**values, "max_tokens": max_tokens})
+    except UserError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ChatServer
+    protocol_version = "HTTP/1.1"
+    server_version = "workbench-serve"
+
+    # routing --------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._route({"/v1/models": self._models, "/models": self._models, "/health": self._health})
+
+    def do_POST(self) -> None:
+        self._route({"/v1/chat/completions": self._chat, "/chat/completions": self._chat,
+                     "/v1/completions": self._completions, "/completions": self._completions})
+
+    def _route(self, routes: dict[str, Any]) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        try:
+            self._check_key()
+            if path.startswith("/v1/models/") and self.command == "GET":
+                self._model(path.removeprefix("/v1/models/"))
+                return
+            handler = routes.get(path)
+            if handler is None:
+                raise ApiError(404, f"no route {self.command} {path}", code="not_found")
+            handler()
+        except ApiError as exc:
+            self._send_json(exc.status, exc.body())
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:  # one failed request must not take the server down
+            self.log_error("failed: %s: %s", type(exc).__name__, exc)
+            self._send_json(500, ApiError(500, f"{type(exc).__name__}: {exc}").body())
+
+    def _check_key(self) -> None:
+        key = self.server.api_key
+        if key and self.headers.get("Authorization", "") != f"Bearer {key}":
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                           code="invalid_api_key")
+
+    # plain routes ---------------------------------------------------------------------------
+
+    def _card(self) -> dict[str, Any]:
+        return {"id": self.server.model_name, "object": "model", "created": self.server.created,
+                "owned_by": "workbench"}
+
+    def _models(self) -> None:
+        self._send_json(200, {"object": "list", "data": [self._card()]})
+
+    def _model(self, model_id: str) -> None:
+        if model_id != self.server.model_name:
+            raise ApiError(404, f"no model '{model_id}'; this server has '{self.server.model_name}'",
+                           code="model_not_found")
+        self._send_json(200, self._card())
+
+    def _health(self) -> None:
+        self._send_json(200, {"status": "ok"})
+
+    # generation -----------------------------------------------------------------------------
+
+    def _chat(self) -> None:
+        body = self._read_json()
+        messages = parse_messages(body.get("messages"))
+        engine = self.server.engine
+        sampling = parse_sampling(body)
+        self._generate(body, engine.render(messages), sampling, [*engine.chat_stop, *sampling.stop], chat=True)
+
+    def _completions(self) -> None:
+        body = self._read_json()
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError(400, "'prompt' must be a string", param="prompt")
+        sampling = parse_sampling(body)
+        self._generate(body, prompt, sampling, sampling.stop, chat=False)
+
+    def _generate(self, body: dict[str, Any], prompt: str, sampling: Sampling, stop: list[str], *, chat: bool) -> None:
+        server, engine = self.server, self.server.engine
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        ident = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}", "created": int(time.time()),
+                 "model": server.model_name}
+        with server.lock:
+            n_prompt = len(engine.tokenize(prompt))
+            if n_prompt >= engine.n_ctx:
+                raise ApiError(400, f"the prompt is {n_prompt} tokens but the context window holds "
+                               f"{engine.n_ctx}; shorten it", code="context_length_exceeded", param="messages")
+            key = cache_key(engine.model.identity(), prompt, sampling.to_json(), stop) \
+                if server.cache is not None and sampling.temperature == 0 else None
+            hit = server.cache.get(key) if key and server.cache is not None else None
+            gone = threading.Event()
+            if hit is not None:
+                pieces: Iterator[str] = iter([hit[0]])
+            else:
+                pieces = engine.stream_text(prompt, sampling, stop, should_stop=gone.is_set)
+            text = self._stream(ident, pieces, chat=chat, gone=gone) if stream else "".join(pieces)
+            stats = Stats(**{**hit[1], "from_cache": True}) if hit is not None else engine.last_stats
+            if key and hit is None and server.cache is not None and stats.finish_reason != "interrupted":
+                server.cache.put(key, text, stats.to_json())
+        finish = "length" if stats.finish_reason == "length" else "stop"
+        usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.tokens,
+                 "total_tokens": stats.prompt_tokens + stats.tokens}
+        if stream:
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            last = {"index": 0, "finish_reason": finish, **({"delta": {}} if chat else {"text": "", "logprobs": None})}
+            self._sse({**ident, "object": obj, "choices": [last]}, gone)
+            if include_usage:
+                self._sse({**ident, "object": obj, "choices": [], "usage": usage}, gone)
+            self._sse_raw(b"data: [DONE]\n\n", gone)
+            return
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        self._send_json(200, {**ident, "object": "chat.completion" if chat else "text_completion",
+                              "choices": [choice], "usage": usage, "stats": stats.to_json()})
+
+    def _stream(self, ident: dict[str, Any], pieces: Iterator[str], *, chat: bool, gone: threading.Event) -> str:
+        """Send the reply as server-sent events; returns the whole text."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")  # the end of the stream is the end of the body
+        self.end_headers()
+        self.close_connection = True
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        if chat:
+            self._sse({**ident, "object": obj, "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}, gone)
+        parts = []
+        for piece in pieces:  # keep draining after a disconnect: the engine stops at the next token
+            parts.append(piece)
+            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece, "logprobs": None}
+            self._sse({**ident, "object": obj, "choices": [{**choice, "finish_reason": None}]}, gone)
+        return "".join(parts)
+
+    # wire helpers ---------------------------------------------------------------------------
+
+    def _read_json(self) -> dict[str, Any]:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            raise ApiError(400, "bad Content-Length header") from None
+        if length <= 0:
+            raise ApiError(400, "the request needs a JSON body")
+        if length > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return body
+
+    def _send_json(self, status: int, data: dict[str, Any]) -> None:
+        payload = json.dumps(data, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _sse(self, data: dict[str, Any], gone: threading.Event) -> None:
+        self._sse_raw(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode(), gone)
+
+    def _sse_raw(self, payload: bytes, gone: threading.Event) -> None:
+        if gone.is_set():
+            return
+        try:
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            gone.set()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int, *, api_key: str | None = None,
+         response_cache: ResponseCache | None = None) -> ChatServer:
+    """Listen before the model loads, so a busy port fails fast."""
+    try:
+        return ChatServer((host, port), None, model_name="", api_key=api_key, response_cache=response_cache)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+
+
+def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> int:
+    """Answer requests until Ctrl-C or SIGTERM."""
+    server.engine = engine
+    server.model_name = model_name or engine.model.name.split(" (")[0]
+    host = server.server_address[0]
+    shown = f"[{host}]" if ":" in host else host
+    for note in engine.notes:
+        sys.stderr.write(f"note: {note}\n")
+    if not is_loopback(host):
+        sys.stderr.write(f"warning: listening on {host}: other machines can reach this model"
+                         f"{'' if server.api_key else ' and there is no --api-key'}\n")
+    sys.stdout.write(f"serving {server.model_name} ({engine.backend}, context {engine.n_ctx} tokens) "
+                     f"at http://{shown}:{server.server_port}/v1\n")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        sys.stderr.write("stopped\n")
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,147 @@
+"""`workbench serve`: the tiny model, exported to GGUF in the test, behind the OpenAI HTTP API.
+
+The server runs as a real subprocess; requests go over real sockets with the standard
+library's HTTP client, the way a local application would talk to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def gguf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workbench_export.gguf_writer import write_gguf
+
+    root = tmp_path_factory.mktemp("serve-models")
+    out = root / "tiny-f16.gguf"
+    write_gguf(make_tiny_model(root / "tiny"), out, "f16")
+    return out
+
+
+class Server:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "serve", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        found = re.search(r"at (http://\S+/v1)$", line.strip())
+        assert found, f"no address in {line!r}; stderr: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        self.url = found.group(1)
+
+    def request(self, path: str, body: dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, headers={
+            "Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw, status, kind = resp.read(), resp.status, resp.headers.get("Content-Type")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+        if kind == "text/event-stream":
+            return status, [line[len("data: "):] for line in raw.decode().split("\n\n") if line]
+        return status, json.loads(raw)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(gguf_model: Path):
+    s = Server(str(gguf_model), "--port", "0", "--threads", "1")
+    yield s
+    s.stop()
+
+
+def test_openai_chat_completions_plain_and_streaming(server):
+    assert server.url.startswith("http://127.0.0.1:")  # only this machine can reach it by default
+    status, models = server.request("/models")
+    assert status == 200 and [m["id"] for m in models["data"]] == ["tiny-f16.gguf"]
+
+    ask = {"model": "tiny-f16.gguf", "messages": [{"role": "system", "content": "Be brief."},
+                                                  {"role": "user", "content": "Say hello."}],
+           "temperature": 0, "max_tokens": 8}
+    status, plain = server.request("/chat/completions", ask)
+    assert status == 200 and plain["object"] == "chat.completion"
+    [choice] = plain["choices"]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = plain["usage"]
+    assert 1 <= usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+    status, events = server.request("/chat/completions", {**ask, "stream": True,
+                                                          "stream_options": {"include_usage": True}})
+    assert status == 200 and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert streamed == choice["message"]["content"]  # greedy: the same reply, piece by piece
+    assert chunks[-2]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == usage
+
+
+def test_openai_completions_and_errors(server):
+    status, done = server.request("/completions", {"prompt": "The quick brown", "max_tokens": 5,
+                                                   "temperature": 0})
+    assert status == 200 and done["object"] == "text_completion"
+    assert isinstance(done["choices"][0]["text"], str) and done["usage"]["completion_tokens"] == 5
+
+    status, events = server.request("/completions", {"prompt": "The quick brown", "max_tokens": 5,
+                                                     "temperature": 0, "stream": True})
+    pieces = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+    assert "".join(pieces) == done["choices"][0]["text"]
+
+    status, err = server.request("/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]})
+    assert status == 400 and "messages[0].role" in err["error"]["message"]
+    status, err = server.request("/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                       "top_p": 7})
+    assert status == 400 and "top_p" in err["error"]["message"]
+    status, err = server.request("/chat/completions", {"messages": [
+        {"role": "user", "content": "the quick brown fox " * 100}]})
+    assert status == 400 and err["error"]["code"] == "context_length_exceeded"
+    status, err = server.request("/nowhere", {})
+    assert status == 404 and err["error"]["type"] == "invalid_request_error"
+    # After all that, the server still answers.
+    status, _ = server.request("/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                     "max_tokens": 2})
+    assert status == 200
+
+
+def test_api_key_is_enforced_when_set(gguf_model):
+    s = Server(str(gguf_model), "--port", "0", "--threads", "1", "--api-key", "sesame")
+    try:
+        status, err = s.request("/models")
+        assert status == 401 and err["error"]["code"] == "invalid_api_key"
+        status, models = s.request("/models", headers={"Authorization": "Bearer sesame"})
+        assert status == 200 and models["data"]
+    finally:
+        s.stop()
+
+
+def test_serving_a_checkpoint_and_a_busy_port(tmp_path, cli):
+    model = make_tiny_model(tmp_path / "tiny")
+    s = Server(str(model), "--port", "0", "--threads", "1", "--model-name", "tiny-torch")
+    try:
+        status, plain = s.request("/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                        "max_tokens": 4, "seed": 1})
+        assert status == 200 and plain["model"] == "tiny-torch" and plain["usage"]["completion_tokens"] <= 4
+        port = s.url.rsplit(":", 1)[1].split("/")[0]
+        busy = cli("serve", str(model), "--port", port)
+        assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    finally:
+        s.stop()
