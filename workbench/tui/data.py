@@ -74,7 +74,7 @@ class Entry:
         if self.info is None:
             return "not installed"
         if self.info.status == "error":
-            return f"unavailable: {self.info.error}"
+            return self.info.error
         return self.info.summary
 
     @property
@@ -283,7 +283,7 @@ def fmt_duration(seconds: float | None) -> str:
     s = max(0, round(seconds))
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def fmt_time(t: float | None) -> str:

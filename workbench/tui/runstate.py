@@ -32,6 +32,8 @@ class RunState:
     metrics: dict[str, float] = field(default_factory=dict)
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     logs: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    #: Lines logged so far, including those the bounded `logs` has let go.
+    log_count: int = 0
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: str | None = None
     error: str | None = None
@@ -45,7 +47,7 @@ class RunState:
             # A resumed attempt measures its own rate; the old ETA means nothing any more.
             self.rate = self.eta_s = None
             how = f", resuming from {event['resume_from']}" if event.get("resume_from") else ""
-            self.logs.append(f"{stamp} started (attempt {self.attempt}){how}")
+            self._log(f"{stamp} started (attempt {self.attempt}){how}")
         elif kind == "progress":
             self.step, self.total = event.get("step"), event.get("total")
             self.unit, self.desc = event.get("unit") or "step", event.get("desc")
@@ -65,24 +67,33 @@ class RunState:
         elif kind == "log":
             level = event.get("level", "info")
             mark = "" if level == "info" else f"[{level}] "
-            self.logs.append(f"{stamp} {mark}{event.get('message', '')}")
+            self._log(f"{stamp} {mark}{event.get('message', '')}")
         elif kind == "checkpoint":
             self.checkpoint = event.get("path")
-            self.logs.append(f"{stamp} checkpoint at step {event.get('step')}")
+            self._log(f"{stamp} checkpoint at step {event.get('step')}")
         elif kind == "artifact":
             self.artifacts.append(event)
-            self.logs.append(f"{stamp} artifact {event.get('id')} ({event.get('kind')}) {event.get('name')}")
+            self._log(f"{stamp} artifact {event.get('id')} ({event.get('kind')}) {event.get('name')}")
         elif kind == "done":
             self.status, self.result, self.eta_s = "done", event.get("result"), None
             if self.total is not None:
                 self.step = self.total
-            self.logs.append(f"{stamp} done")
+            self._log(f"{stamp} done")
         elif kind == "failed":
             self.status, self.error, self.eta_s = "failed", event.get("error"), None
-            self.logs.append(f"{stamp} failed: {self.error}")
+            self._log(f"{stamp} failed: {self.error}")
         elif kind == "cancelled":
             self.status, self.eta_s = "cancelled", None
-            self.logs.append(f"{stamp} cancelled")
+            self._log(f"{stamp} cancelled")
+
+    def _log(self, line: str) -> None:
+        self.logs.append(line)
+        self.log_count += 1
+
+    def new_logs(self, seen: int) -> list[str]:
+        """Lines logged after the first `seen` ones (as many as are still kept)."""
+        fresh = self.log_count - seen
+        return list(self.logs)[-fresh:] if fresh > 0 else []
 
     def extend(self, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -3,7 +3,8 @@ one place where a failed background job becomes a notification."""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
+from rich.text import Text
+from textual.app import App, ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
@@ -24,11 +25,15 @@ class WorkbenchScreen(Screen[None]):
     def compose_body(self) -> ComposeResult:
         yield from ()
 
+    def themed(self, text: str, variable: str) -> Text:
+        """Rich text in a theme colour, for widgets that measure Rich text (DataTable cells)."""
+        return Text(text, style=self.app.theme_variables.get(variable, ""))
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_error(self, event.worker)
 
 
-def report_worker_error(node: Screen[object], worker: Worker[object]) -> None:
+def report_worker_error(node: App[None] | Screen[None], worker: Worker[object]) -> None:
     """Background jobs run with exit_on_error=False; their failures end here, as a notice."""
     if worker.state != WorkerState.ERROR or worker.error is None:
         return

@@ -1,0 +1,148 @@
+"""How fast the terminal workbench shows its first frame, and that it never loads torch.
+
+Three figures, each the median of a few fresh processes:
+
+- first frame, headless: from starting `python` to the app's first refresh, measured inside
+  the app; the peer is `python -c "import torch"`, what the UI would pay if it imported torch.
+  The CPU seconds it took are reported too: on a busy machine they say more than wall time.
+- first frame in a terminal: the real `workbench` command in tmux, until its pipeline view is
+  on screen (skipped when tmux is absent).
+- model libraries in the UI process after every view was opened: must be none.
+
+Run: `python benchmarks/bench_tui_startup.py [--repeat N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGET_S = 1.0
+HEAVY = ("torch", "litgpt", "llama_cpp", "lightning")
+
+FIRST_FRAME = """
+import sys, time
+from workbench.tui.app import WorkbenchApp
+
+class Timed(WorkbenchApp):
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.first_frame)
+
+    def first_frame(self) -> None:
+        print(time.time(), time.process_time(), flush=True)
+        self.exit()
+
+Timed().run(headless=True, size=(80, 24))
+"""
+
+EVERY_VIEW = """
+import asyncio, json, sys
+from workbench.tui.app import WorkbenchApp
+
+async def main():
+    app = WorkbenchApp(doctor_command=[sys.executable, "-c", "print('{}')"])
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key in "12345":
+            await pilot.press(key)
+            await pilot.pause(0.3)
+        while not app.catalog or any(e.info and e.info.status == "not loaded" for e in app.catalog):
+            await pilot.pause(0.1)
+asyncio.run(main())
+print(json.dumps(sorted(m for m in sys.argv[1:] if m in sys.modules)))
+"""
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "WORKBENCH_HOME": str(home)}
+
+
+def first_frame_headless(home: Path) -> tuple[float, float]:
+    """(wall seconds from launching python, CPU seconds the process used) at the first frame."""
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", FIRST_FRAME], capture_output=True, text=True,
+                         env=_env(home), timeout=120, check=True)
+    wall, cpu = out.stdout.strip().splitlines()[-1].split()
+    return float(wall) - start, float(cpu)
+
+
+def import_torch() -> float:
+    start = time.time()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True, timeout=300)
+    return time.time() - start
+
+
+def first_frame_tmux(home: Path) -> float | None:
+    if shutil.which("tmux") is None:
+        return None
+    script = Path(sys.executable).parent / "workbench"
+    command = f"env WORKBENCH_HOME={home} {script if script.exists() else sys.executable + ' -m workbench.cli'}"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmux = ["tmux", "-S", str(Path(tmp) / "sock")]
+        start = time.time()
+        subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", command], check=True, timeout=30)
+        try:
+            while time.time() - start < 60:
+                screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
+                                        timeout=30).stdout
+                if "1 Pipeline" in screen and "Stage" in screen:
+                    return time.time() - start
+                time.sleep(0.01)
+            return None
+        finally:
+            subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)
+
+
+def heavy_modules(home: Path) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", EVERY_VIEW, *HEAVY], capture_output=True, text=True,
+                         env=_env(home), timeout=300, check=True)
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def rows(repeat: int = 5) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        first_frame_headless(home)  # warm the file cache and the bytecode cache once
+        frames = [first_frame_headless(home) for _ in range(repeat)]
+        headless = statistics.median(f[0] for f in frames)
+        cpu = statistics.median(f[1] for f in frames)
+        torch_s = statistics.median(import_torch() for _ in range(max(1, repeat // 2)))
+        terminal = [t for t in (first_frame_tmux(home) for _ in range(repeat)) if t is not None]
+        loaded = heavy_modules(home)
+    out = [
+        {"figure": "first frame, headless (s)", "ours": round(headless, 3), "peer": round(torch_s, 3),
+         "ratio": round(headless / torch_s, 3), "target": TARGET_S},
+        {"figure": "CPU time to first frame (s)", "ours": round(cpu, 3), "peer": None, "ratio": None,
+         "target": TARGET_S},
+        {"figure": "first frame in tmux, `workbench` (s)",
+         "ours": round(statistics.median(terminal), 3) if terminal else None,
+         "peer": None, "ratio": None, "target": TARGET_S},
+        {"figure": "model libraries in the UI process", "ours": len(loaded), "peer": None, "ratio": None,
+         "target": 0},
+    ]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="fresh processes per figure (median)")
+    args = parser.parse_args()
+    table = rows(args.repeat)
+    print(f"{'figure':<40} {'ours':>8} {'peer':>8} {'ratio':>7} {'target':>7}")
+    for row in table:
+        cells = [("-" if row[k] is None else f"{row[k]:g}") for k in ("ours", "peer", "ratio", "target")]
+        print(f"{row['figure']:<40} {cells[0]:>8} {cells[1]:>8} {cells[2]:>7} {cells[3]:>7}")
+    print("peer: `python -c 'import torch'`, the cost a UI that imported torch would pay before any frame")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

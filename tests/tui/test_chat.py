@@ -1,0 +1,99 @@
+"""Chat view, driven with Pilot. The chat child process is `fake_chat.py`, a test double that
+speaks the `workbench chat --jsonl` protocol without a model (the real command is tested by the
+chat plugin's own tests); everything on this side of the pipe is the real screen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from textual.widgets import Input, Select
+
+from tests.tui.helpers import FAKE_CHAT, SIZE, add_artifact, lineage_workspace, shows, wait_for
+from workbench.store import Store
+from workbench.tui.app import WorkbenchApp
+from workbench.tui.screens.chat import ChatScreen, Turn
+from workbench.tui.screens.models import ModelsScreen
+
+
+async def open_chat(pilot, model_id: str) -> ChatScreen:  # type: ignore[no-untyped-def]
+    app = pilot.app
+    await pilot.press("4")
+    await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.models, what="models")
+    screen: ChatScreen = app.screen  # type: ignore[assignment]
+    screen.query_one("#chat-model", Select).value = model_id
+    return screen
+
+
+async def say(pilot, screen: ChatScreen, text: str) -> None:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: screen.ready and not screen.busy, what="the chat to be ready")
+    prompt = screen.query_one("#prompt", Input)
+    prompt.focus()
+    await pilot.press(*text, "enter")
+    await wait_for(pilot, lambda: not screen.busy, what="the reply")
+
+
+async def test_replies_stream_with_speed_and_history_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    lineage_workspace()
+    pieces: list[str] = []
+    append = Turn.append
+
+    def counting(turn: Turn, piece: str) -> None:
+        pieces.append(piece)
+        append(turn, piece)
+
+    monkeypatch.setattr(Turn, "append", counting)
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, "gguf-260101-eeeeee")
+        await wait_for(pilot, lambda: shows(app, "ready · gguf-260101-eeeeee · context 256"), what="ready")
+        await say(pilot, screen, "hello there")
+        assert shows(app, "you: hello there", "model: echo: hello there (turn 1)")
+        assert pieces == ["echo:", " hello", " there", " (turn 1)"]  # streamed piece by piece
+        assert shows(app, "4 tokens · 123.4 tok/s · first token 0.05 s")
+
+        await say(pilot, screen, "again")
+        assert shows(app, "echo: again (turn 2)", "you: hello there")  # the child kept the history
+
+        await say(pilot, screen, "third")
+        assert shows(app, "context trimmed to fit 256 tokens")  # notices are shown in place
+
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: shows(app, "new conversation"), what="the reset")
+        assert not shows(app, "you: hello there")
+        await say(pilot, screen, "fresh")
+        assert shows(app, "echo: fresh (turn 1)")
+
+
+async def test_system_prompt_is_sent_with_the_message() -> None:
+    lineage_workspace()
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, "model-260101-bbbbbb")
+        screen.query_one("#chat-system", Input).value = "be brief"
+        await say(pilot, screen, "hi")
+        assert shows(app, "model: [be brief] echo: hi (turn 1)")
+
+
+async def test_a_chat_process_that_dies_says_why() -> None:
+    add_artifact(Store(), "missing-model", "gguf", "gone")
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_chat(pilot, "missing-model")
+        await wait_for(pilot, lambda: shows(app, "chat process ended: error: no model 'missing-model'"),
+                       what="the child's error")
+
+
+async def test_chat_opens_from_the_models_view_with_that_model() -> None:
+    lineage_workspace()
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen) and app.screen.artifacts)
+        models: Any = app.screen
+        tree = models.query_one("#lineage")
+        tree.cursor_line = next(n for n in range(tree.last_line + 1)
+                                if tree.get_node_at_line(n).data == "gguf-260101-eeeeee")
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat view")
+        await wait_for(pilot, lambda: shows(app, "ready · gguf-260101-eeeeee"), what="the chat to start")

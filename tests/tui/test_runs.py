@@ -1,0 +1,148 @@
+"""Runs from the TUI are real worker processes running the third-party `counter` stage: a run
+started from its form completes with its progress on screen, cancel stops it with a
+checkpoint, resume finishes it with the same result, and runs outlive the app."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import ProgressBar
+
+from tests.tui.helpers import SIZE, screen_text, shows, wait_for
+from tests.tui.test_pipeline import open_form, set_option
+from workbench import runs
+from workbench.events import read_events
+from workbench.store import Run, Store
+from workbench.tui.app import WorkbenchApp
+from workbench.tui.runstate import RunState
+from workbench.tui.screens.runs import RunMonitorScreen, RunsScreen
+from workbench.tui.widgets.plots import CurvePlot
+
+
+def expected_total(steps: int, seed: int = 0) -> float:
+    rng = random.Random(seed)
+    return sum(rng.random() for _ in range(steps))
+
+
+def monitor_state(app: WorkbenchApp) -> RunState:
+    screen = app.screen
+    assert isinstance(screen, RunMonitorScreen), f"expected the run monitor, got {screen}"
+    return screen.state
+
+
+async def test_run_started_from_the_form_completes_and_shows_progress(
+        with_plugin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shown: list[str] = []  # every progress line the monitor put on screen, in order
+    apply = RunMonitorScreen._apply
+
+    def recording(screen: RunMonitorScreen, *args: Any) -> None:
+        apply(screen, *args)
+        shown.append(screen.state.progress_text())
+
+    monkeypatch.setattr(RunMonitorScreen, "_apply", recording)
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot)
+        await set_option(pilot, form, "steps", "12")
+        await set_option(pilot, form, "sleep", "0.25")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen), what="the monitor")
+        assert app.current_mode == "runs"
+        await wait_for(pilot, lambda: monitor_state(app).status == "done", what="the run to finish")
+        # Progress showed while it ran, with an ETA, not only at the end.
+        assert any("/12 step" in line and "ETA" in line and not line.startswith("12/") for line in shown), shown
+        assert shows(app, "12/12 step", "· done", "total")
+        bar = app.screen.query_one(ProgressBar)
+        assert bar.total == 12 and bar.progress == 12
+        assert app.screen.query_one(CurvePlot)._series["total"][-1][0] == 12.0
+        run_id = app.screen.run_id  # type: ignore[attr-defined]
+
+    store = Store()
+    assert runs.get(run_id, store).status == "done"
+    [art] = [a for a in store.list_artifacts("counter") if a.run_id == run_id]
+    assert abs(art.metrics["total"] - expected_total(12)) < 1e-9
+
+
+@pytest.mark.slow  # twelve seconds of counting, so the cancel lands mid-run even on a busy machine
+async def test_cancel_then_resume_matches_an_uninterrupted_run(with_plugin: Path) -> None:
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot)
+        await set_option(pilot, form, "steps", "30")
+        await set_option(pilot, form, "sleep", "0.4")
+        await set_option(pilot, form, "checkpoint_every", "2")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen), what="the monitor")
+        await wait_for(pilot, lambda: (monitor_state(app).step or 0) >= 2, what="a few steps")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: monitor_state(app).status == "cancelled", what="the run to stop")
+        run_id = app.screen.run_id  # type: ignore[attr-defined]
+        stopped_at = monitor_state(app).step or 0
+        assert stopped_at < 30 and shows(app, "· cancelled")
+        run = runs.get(run_id, Store())
+        assert run.status == "cancelled" and run.checkpoint
+
+        await pilot.press("r")
+        await wait_for(pilot, lambda: monitor_state(app).attempt == 2, what="the resumed attempt")
+        await wait_for(pilot, lambda: monitor_state(app).status == "done", what="the resumed run to finish")
+        assert shows(app, "30/30 step", "attempt 2")
+        assert any("resuming from" in line for line in monitor_state(app).logs)
+
+    store = Store()
+    [art] = [a for a in store.list_artifacts("counter") if a.run_id == run_id]
+    assert abs(art.metrics["total"] - expected_total(30)) < 1e-9
+
+
+async def test_runs_outlive_the_app_and_reappear_live(with_plugin: Path) -> None:
+    store = Store()
+    run, proc = runs.start("counter", {"steps": 400, "sleep": 0.05}, store)
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and shows(app, run.id, "running"),
+                       what="the run in the list")
+        await wait_for(pilot, lambda: shows(app, "● 1 running"), what="the live-run count")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen), what="the monitor")
+        first = await _step(pilot, app)
+        second = await _step(pilot, app, after=first)
+        assert second > first  # live, not a snapshot of the file
+    # The app is gone; the worker is not: it keeps counting.
+    closed_at = _last_step(run)
+    time.sleep(1.0)
+    assert runs.get(run.id, store).status == "running" and _last_step(run) > closed_at
+    runs.cancel(run.id, store)
+    proc.wait(timeout=60)
+    assert runs.get(run.id, store).status == "cancelled"
+
+
+def _last_step(run: Run) -> int:
+    steps = [e["step"] for e in read_events(run.run_dir / "events.jsonl") if e["type"] == "progress"]
+    return steps[-1] if steps else 0
+
+
+async def _step(pilot, app: WorkbenchApp, after: int = 0) -> int:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        step = monitor_state(app).step or 0
+        if step > after:
+            return step
+        await pilot.pause(0.1)
+    raise AssertionError(f"no step after {after}:\n{screen_text(app)}")
+
+
+async def test_a_killed_worker_shows_as_failed(with_plugin: Path) -> None:
+    store = Store()
+    run, proc = runs.start("counter", {"steps": 500, "sleep": 0.05}, store)
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run(run.id)
+        await wait_for(pilot, lambda: (monitor_state(app).step or 0) > 0, what="the run to start")
+        proc.kill()
+        proc.wait()
+        await wait_for(pilot, lambda: monitor_state(app).status == "failed", what="the failure")
+        assert shows(app, "exited without finishing")

@@ -1,0 +1,215 @@
+"""Chat: pick a model, type, watch the reply stream in with its speed. The model runs in a
+`workbench chat MODEL --jsonl` child process, which also keeps the conversation's history."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
+from textual.widgets import Input, Select, Static
+
+from workbench.store import Artifact
+from workbench.tui.chat_client import ChatClient
+from workbench.tui.data import CHAT_KINDS, fmt_num, open_store
+from workbench.tui.screens.base import WorkbenchScreen
+
+if TYPE_CHECKING:
+    from workbench.tui.app import WorkbenchApp
+
+
+class Turn(Static):
+    """One turn of the transcript; an assistant turn grows token by token."""
+
+    def __init__(self, role: str, text: str = "") -> None:
+        super().__init__(classes=f"message -{role}", markup=False)
+        self.role = role
+        self.text = text
+        self.stats = ""
+
+    def on_mount(self) -> None:
+        self._render_text()
+
+    def append(self, piece: str) -> None:
+        self.text += piece
+        self._render_text()
+
+    def finish(self, stats: str) -> None:
+        self.stats = stats
+        self._render_text()
+
+    def _render_text(self) -> None:
+        label = {"user": "you", "assistant": "model"}.get(self.role, self.role)
+        parts = [Content.styled(f"{label}: ", "bold"), Content(self.text or ("…" if self.role == "assistant" else ""))]
+        if self.stats:
+            parts.append(Content.styled(f"\n{self.stats}", "$text-muted"))
+        self.update(Content.assemble(*parts))
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    parts = []
+    if "tokens" in stats:
+        parts.append(f"{stats['tokens']} tokens")
+    if stats.get("tokens_per_s") is not None:
+        parts.append(f"{fmt_num(float(stats['tokens_per_s']))} tok/s")
+    if stats.get("ttft_s") is not None:
+        parts.append(f"first token {fmt_num(float(stats['ttft_s']))} s")
+    return " · ".join(parts)
+
+
+class ChatScreen(WorkbenchScreen):
+    VIEW = "chat"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+n", "new_chat", "New chat", tooltip="Forget the conversation and start again"),
+        Binding("ctrl+o", "focus_model", "Model", tooltip="Choose the model to chat with"),
+        Binding("escape", "focus_prompt", "Prompt", show=False),
+    ]
+    app: WorkbenchApp
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client: ChatClient | None = None
+        self.models: list[Artifact] = []
+        self.ready = False
+        self.busy = False
+        self.reply: Turn | None = None
+        self.wanted: str | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="chat-top"):
+            yield Select[str]([], prompt="choose a model (gguf or model)", id="chat-model", compact=True)
+            yield Input(placeholder="system prompt (optional)", id="chat-system", compact=True)
+        yield Static("no model chosen", id="chat-status")
+        yield VerticalScroll(id="transcript")
+        yield Input(placeholder="Message, Enter sends", id="prompt")
+
+    def on_mount(self) -> None:
+        self.load_models()
+        self.query_one("#prompt", Input).focus()
+
+    def on_screen_resume(self) -> None:
+        self.load_models()
+
+    async def on_unmount(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    # models -------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="chat-models", exit_on_error=False)
+    def load_models(self) -> None:
+        with open_store() as store:
+            models = [a for a in store.list_artifacts() if a.kind in CHAT_KINDS] if store else []
+        self.app.call_from_thread(self._show_models, models)
+
+    def _show_models(self, models: list[Artifact]) -> None:
+        select = self.query_one("#chat-model", Select)
+        if [m.id for m in models] != [m.id for m in self.models]:
+            current = select.value
+            with self.prevent(Select.Changed):
+                select.set_options([(f"{m.name} · {m.kind} · {m.id}", m.id) for m in reversed(models)])
+                if any(m.id == current for m in models):
+                    select.value = current
+        self.models = models
+        if self.wanted and any(m.id == self.wanted for m in models):
+            wanted, self.wanted = self.wanted, None
+            select.value = wanted
+
+    def choose_model(self, model_id: str) -> None:
+        """Open a conversation with this model (from the Models or Pipeline view)."""
+        self.wanted = model_id
+        self.load_models()
+
+    @on(Select.Changed, "#chat-model")
+    def _model_changed(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str):
+            self.connect(event.value)
+
+    def action_focus_model(self) -> None:
+        self.query_one("#chat-model", Select).focus()
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#prompt", Input).focus()
+
+    # the conversation -----------------------------------------------------------------------
+
+    def _status(self, text: str | Content) -> None:
+        self.query_one("#chat-status", Static).update(text)
+
+    @work(exclusive=True, group="chat", exit_on_error=False)
+    async def connect(self, model: str) -> None:
+        """Start a chat process for `model` and turn its lines into the transcript."""
+        if self.client is not None:
+            await self.client.close()
+        self.ready = self.busy = False
+        self.reply = None
+        self._status(f"loading {model}…")
+        self._note(f"new conversation with {model}")
+        client = self.client = ChatClient(self.app.chat_command)
+        await client.start(model)
+        async for message in client.events():
+            kind = message.get("type")
+            if kind == "ready":
+                self.ready = True
+                ctx = f" · context {message['n_ctx']} tokens" if message.get("n_ctx") else ""
+                self._status(f"ready · {message.get('model', model)}{ctx}")
+            elif kind == "token" and self.reply is not None:
+                self.reply.append(str(message.get("text", "")))
+                self._scroll()
+            elif kind == "done":
+                stats = stats_text(message.get("stats") or {})
+                if self.reply is not None:
+                    self.reply.finish(stats)
+                self.busy, self.reply = False, None
+                self._status(Content.assemble("ready · last reply ", Content.styled(stats, "bold")))
+            elif kind == "notice":
+                self._note(str(message.get("message", "")))
+            elif kind == "error":
+                self.busy, self.reply = False, None
+                self._note(str(message.get("message", "")), error=True)
+            elif kind == "exit" and self.client is client:
+                self.ready = self.busy = False
+                reason = message.get("stderr") or f"exit code {message.get('code')}"
+                self._status(Content.styled(f"chat process ended: {reason}", "$text-error"))
+
+    def _note(self, text: str, error: bool = False) -> None:
+        note = Static(text, classes="chat-note -error" if error else "chat-note", markup=False)
+        self.query_one("#transcript").mount(note)
+        self._scroll()
+
+    def _scroll(self) -> None:
+        self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+
+    @on(Input.Submitted, "#prompt")
+    async def _send(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        if self.client is None or not self.ready:
+            self.notify("Choose a model first and wait until it is ready.", severity="warning")
+            return
+        if self.busy:
+            self.notify("Still answering; wait for the reply to finish.", severity="warning")
+            return
+        event.input.clear()
+        transcript = self.query_one("#transcript")
+        self.reply = Turn("assistant")
+        await transcript.mount_all([Turn("user", text), self.reply])
+        self._scroll()
+        self.busy = True
+        message: dict[str, Any] = {"type": "user", "content": text}
+        system = self.query_one("#chat-system", Input).value.strip()
+        if system:
+            message["system"] = system
+        await self.client.send(message)
+
+    async def action_new_chat(self) -> None:
+        self.busy, self.reply = False, None
+        await self.query_one("#transcript").remove_children()
+        if self.client is not None and self.ready:
+            await self.client.send({"type": "reset"})  # the child answers with a notice
+        else:
+            self._note("new conversation")

@@ -1,0 +1,133 @@
+"""A stage's options as a form, generated from its Options dataclass; Run starts a worker
+process through `workbench.runs.start`, exactly as the CLI would."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
+from textual.widgets import Button, Collapsible, Static
+
+from workbench import runs
+from workbench.errors import UserError
+from workbench.options import fields
+from workbench.tui.data import Entry, open_store
+from workbench.tui.screens.base import WorkbenchScreen
+from workbench.tui.widgets.option_field import OptionField
+
+if TYPE_CHECKING:
+    from workbench.store import Artifact
+    from workbench.tui.app import WorkbenchApp
+
+
+class StageFormScreen(WorkbenchScreen):
+    VIEW = "pipeline"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+r", "run", "Run", priority=True, tooltip="Start the stage with these options"),
+        Binding("escape", "back", "Back"),
+    ]
+    app: WorkbenchApp
+
+    def __init__(self, entry: Entry, artifacts: list[Artifact], model_id: str | None = None) -> None:
+        super().__init__()
+        self.entry = entry
+        self.artifacts = artifacts
+        self.model_id = model_id
+        self.starting = False
+
+    def compose_body(self) -> ComposeResult:
+        stage = self.entry.stage_cls
+        yield Static(Content.assemble(Content.styled(self.entry.label, "bold"), f" ({self.entry.name}) — ",
+                                      stage.summary), id="form-title")
+        fields_box = VerticalScroll(id="form-fields")
+        fields_box.can_focus = False  # focus goes to the options; the box scrolls to follow it
+        with fields_box:
+            if stage.description:
+                with Collapsible(title="About this stage", collapsed=True, id="form-about"):
+                    yield Static(stage.description.strip(), id="form-description")
+            preset = self._preset()
+            groups: dict[str | None, list[Any]] = {}
+            for f in fields(stage.Options):
+                groups.setdefault("advanced" if f.advanced else f.group, []).append(f)
+            for group, group_fields in groups.items():
+                if group == "advanced":
+                    continue
+                if group:
+                    yield Static(group, classes="option-group")
+                for f in group_fields:
+                    yield OptionField(f, self.artifacts, preset.get(f.name))
+            if "advanced" in groups:
+                with Collapsible(title="Advanced options", collapsed=True):
+                    for f in groups["advanced"]:
+                        yield OptionField(f, self.artifacts, preset.get(f.name))
+        yield Static("", id="form-error")
+        with Horizontal(id="form-buttons"):
+            yield Button("Run", variant="primary", id="run", compact=True)
+            yield Button("Back", id="back", compact=True)
+
+    def _preset(self) -> dict[str, str]:
+        """The selected model goes into the first option that takes its kind."""
+        model = next((a for a in self.artifacts if a.id == self.model_id), None)
+        if model is None:
+            return {}
+        for f in fields(self.entry.stage_cls.Options):
+            if f.artifact and model.kind in f.artifact and not f.is_list:
+                return {f.name: model.id}
+        return {}
+
+    def on_mount(self) -> None:
+        first = next(iter(self.query(OptionField)), None)
+        if first is not None:
+            first.control.focus()
+
+    @property
+    def options(self) -> list[OptionField]:
+        return list(self.query(OptionField))
+
+    def values(self) -> dict[str, Any]:
+        return {o.field.name: o.value for o in self.options if o.changed}
+
+    @on(OptionField.Changed)
+    def _clear_error(self) -> None:
+        self.query_one("#form-error", Static).update("")
+
+    @on(Button.Pressed, "#run")
+    def action_run(self) -> None:
+        if self.starting:
+            return
+        invalid = [o for o in self.options if not o.validate()]
+        if invalid:
+            invalid[0].control.focus()
+            self._show_error(f"{len(invalid)} option{'s' if len(invalid) > 1 else ''} to fix: {invalid[0].error}")
+            return
+        self.starting = True
+        self.query_one("#run", Button).disabled = True
+        self.start(self.values())
+
+    @on(Button.Pressed, "#back")
+    def action_back(self) -> None:
+        self.dismiss()
+
+    @work(thread=True, exclusive=True, group="start-run", exit_on_error=False)
+    def start(self, values: dict[str, Any]) -> None:
+        try:
+            with open_store(create=True) as store:
+                assert store is not None
+                run, proc = runs.start(self.entry.name, values, store)
+        except Exception as exc:  # bad options or a stage's own check: say it in the form
+            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            self.app.call_from_thread(self._failed, message)
+            return
+        self.app.call_from_thread(self.app.run_started, run.id, proc, self)
+
+    def _failed(self, message: str) -> None:
+        self.starting = False
+        self.query_one("#run", Button).disabled = False
+        self._show_error(message)
+
+    def _show_error(self, message: str) -> None:
+        self.query_one("#form-error", Static).update(Content.styled(message, "$text-error"))
