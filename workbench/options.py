@@ -34,7 +34,7 @@ def option(
     *,
     help: str,
     choices: Iterable[Any] | None = None,
-    required: bool = False,
+    required: bool | None = None,
     positional: bool = False,
     min: float | None = None,
     max: float | None = None,
@@ -192,9 +192,12 @@ def parse_value(field: Field, value: Any) -> Any:
         raise UserError(f"{where} is required ({field.help})")
     try:
         if base is list:
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)):
                 raise TypeError
+            # "a,b" and ["a", "b"] mean the same, from a flag, a positional list or a config file.
+            items = [p for v in value for p in (v.split(",") if isinstance(v, str) else [v])]
             result: Any = [_scalar(inner, v) for v in items if not (isinstance(v, str) and not v.strip())]
         else:
             result = _scalar(base, value)
@@ -308,6 +311,15 @@ def json_schema(options_cls: type, *, title: str = "") -> dict[str, Any]:
     return schema
 
 
+class _JoinedList(argparse.Action):
+    """A positional list given as several words: stored as one comma-separated value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values:
+            setattr(namespace, self.dest, ",".join(values))
+
+
 def add_arguments(parser: argparse.ArgumentParser, options_cls: type) -> None:
     """Add one flag per field. Values stay unparsed text; `parse_options` validates them."""
     for f in fields(options_cls):
@@ -320,7 +332,13 @@ def add_arguments(parser: argparse.ArgumentParser, options_cls: type) -> None:
             default = ",".join(map(str, f.default)) if isinstance(f.default, list) else f.default
             help_text += f" (default: {default})"
         help_text = help_text.replace("%", "%%")
-        if f.positional:
+        if f.positional and f.is_list:
+            # `workbench eval A B C`: several words, joined so "A,B" and "A B" read the same.
+            parser.add_argument(
+                f.name, nargs="*", action=_JoinedList, default=argparse.SUPPRESS,
+                metavar=f.name.upper(), help=help_text,
+            )
+        elif f.positional:
             parser.add_argument(
                 f.name, nargs=None if f.required else "?", default=argparse.SUPPRESS,
                 metavar=f.name.upper(), help=help_text,

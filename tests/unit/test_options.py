@@ -102,3 +102,24 @@ def test_config_files_yaml_toml_json(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(UserError, match="cannot read config file"):
         load_config(tmp_path / "missing.yaml")
+
+
+@dataclass
+class Many:
+    sources: list[str] = option([], help="Files", positional=True)
+
+
+@dataclass
+class OptionalBase:
+    base: str | None = artifact("model", help="Optional model", positional=True, required=False)
+
+
+def test_positional_lists_take_several_words_and_optional_positionals_stay_optional():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Many)
+    args = vars(parser.parse_args(["a.txt", "b.txt,c.txt"]))
+    assert parse_options(Many, args).sources == ["a.txt", "b.txt", "c.txt"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, OptionalBase)
+    assert vars(parser.parse_args([])) == {}
+    assert parse_options(OptionalBase, {}).base is None
