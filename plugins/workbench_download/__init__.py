@@ -1,0 +1,1 @@
+"""`workbench download`: models from the Hugging Face Hub, ready for every later stage."""
