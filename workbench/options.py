@@ -45,7 +45,8 @@ def option(
     meta = {
         "help": help,
         "choices": list(choices) if choices is not None else None,
-        "required": required or (positional and default is None),
+        # A positional without a default is required unless the declaration says otherwise.
+        "required": required if required is not None else (positional and default is None),
         "positional": positional,
         "min": min,
         "max": max,
