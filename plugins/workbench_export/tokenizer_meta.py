@@ -1,0 +1,280 @@
+"""Tokenizer metadata for GGUF: byte-level BPE (`tokenizer.json`) and SentencePiece (`tokenizer.model`).
+
+llama.cpp re-implements the tokenizer from what the GGUF says, so everything it needs is
+written here: the token list padded to the model's vocabulary rows, token types (control tokens
+are what chat templates are made of), merges, the pre-tokenizer name and the special ids.
+A byte-level BPE `tokenizer.json` is used when present, as LitGPT's `Tokenizer` does; a
+SentencePiece model converted to `tokenizer.json` is described from its `tokenizer.model`.
+
+`check_tokenizer` is light (json only) and runs in the stage's `validate()`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import UserError
+
+# Pre-tokenizer split patterns exactly as Hugging Face tokenizer.json files carry them, and the
+# name llama.cpp knows each by (`tokenizer.ggml.pre`). An unknown name makes llama.cpp refuse
+# the file, and a wrong one tokenizes differently, so anything else is refused.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PATTERNS = {_GPT2: "gpt-2", _LLAMA3: "llama-bpe", _QWEN2: "qwen2"}
+KNOWN_PRE = (
+    "ByteLevel(add_prefix_space=False) as GPT-2 and workbench tokenizers use, "
+    "the Llama 3 and Qwen2 split patterns, and SmolLM's Digits+ByteLevel"
+)
+
+# gguf.TokenType values, repeated here so this module stays importable without numpy.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+@dataclass
+class TokenizerMeta:
+    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str | None
+    tokens: list[str | bytes]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] = field(default_factory=list)
+    special_ids: dict[str, int] = field(default_factory=dict)  # bos, eos, pad, unk
+    add_bos: bool = False
+    add_eos: bool = False
+    add_space_prefix: bool | None = None
+
+    def add_to(self, writer: Any) -> None:
+        writer.add_tokenizer_model(self.model)
+        if self.pre:
+            writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        writer.add_token_types(self.types)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        if self.merges:
+            writer.add_token_merges(self.merges)
+        for kind, token_id in self.special_ids.items():
+            getattr(writer, f"add_{kind}_token_id")(token_id)
+        writer.add_add_bos_token(self.add_bos)
+        writer.add_add_eos_token(self.add_eos)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
+
+    def token_text(self, token_id: int | None) -> str:
+        if token_id is None:
+            return ""
+        tok = self.tokens[token_id]
+        return tok.decode("utf-8", errors="replace") if isinstance(tok, bytes) else tok
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} cannot be read as JSON ({exc}); fix or replace the tokenizer file") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
+    """llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer, or a UserError."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        if steps[0].get("add_prefix_space"):
+            raise UserError(
+                f"{where}: the ByteLevel pre-tokenizer adds a prefix space, which llama.cpp never does; "
+                "retrain the tokenizer with ByteLevel(add_prefix_space=False)"
+            )
+        return "gpt-2"
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        pattern = (steps[0].get("pattern") or {}).get("Regex")
+        if pattern in SPLIT_PATTERNS and steps[0].get("behavior") == "Isolated":
+            return SPLIT_PATTERNS[pattern]
+    if (kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits")
+            and steps[1].get("use_regex", True) and not steps[1].get("add_prefix_space")):
+        return "smollm"
+    raise UserError(
+        f"{where}: pre-tokenizer {json.dumps(pre)[:160]} has no llama.cpp equivalent known to workbench; "
+        f"supported: {KNOWN_PRE}"
+    )
+
+
+def _is_byte_level_bpe(data: dict[str, Any]) -> bool:
+    return (data.get("model") or {}).get("type") == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel"
+
+
+def check_tokenizer(model_dir: Path) -> str:
+    """Cheap check that the tokenizer can be described in GGUF; returns "bpe" or "spm"."""
+    tj, spm = model_dir / "tokenizer.json", model_dir / "tokenizer.model"
+    if tj.exists():
+        data = _json(tj)
+        if _is_byte_level_bpe(data):
+            pre_tokenizer_name(data, tj)
+            return "bpe"
+        if spm.exists():
+            # A SentencePiece tokenizer converted to tokenizer.json (TinyLlama, Mistral): the
+            # original model file describes it exactly; verification checks both agree.
+            return "spm"
+        raise UserError(
+            f"{tj} is a {(data.get('model') or {}).get('type')} tokenizer without byte-level decoding and "
+            "there is no tokenizer.model beside it; GGUF export supports byte-level BPE tokenizer.json "
+            "files and SentencePiece tokenizer.model files"
+        )
+    if spm.exists():
+        return "spm"
+    raise UserError(f"{model_dir} holds no tokenizer (tokenizer.json or tokenizer.model)")
+
+
+def read_tokenizer(model_dir: Path, n_vocab: int) -> TokenizerMeta:
+    """The tokenizer of a model directory, padded to `n_vocab` tokens (the embedding rows)."""
+    kind = check_tokenizer(model_dir)
+    meta = _read_bpe(model_dir, n_vocab) if kind == "bpe" else _read_spm(model_dir, n_vocab)
+    _special_ids(model_dir, meta)
+    return meta
+
+
+def _pad(tokens: list[str | bytes], types: list[int], n_vocab: int, where: Path) -> None:
+    if len(tokens) > n_vocab:
+        raise UserError(
+            f"{where} has {len(tokens)} tokens but the model has only {n_vocab} embedding rows; "
+            "the tokenizer does not belong to this model"
+        )
+    for i in range(len(tokens), n_vocab):
+        tokens.append(f"[PAD{i}]")
+        types.append(UNUSED)
+
+
+def _shift_spaces(piece: str) -> str:
+    """Newer tokenizer.json files store merges as pairs, so pieces may hold spaces; llama.cpp's
+    "a b" merge strings carry them shifted by 256, as convert_hf_to_gguf writes them."""
+    return "".join(chr(ord(c) + 256) if c == " " else c for c in piece)
+
+
+def _read_bpe(model_dir: Path, n_vocab: int) -> TokenizerMeta:
+    path = model_dir / "tokenizer.json"
+    data = _json(path)
+    model = data["model"]
+    by_id: dict[int, str] = {i: t for t, i in model["vocab"].items()}
+    kinds: dict[int, int] = {}
+    for added in data.get("added_tokens") or []:
+        by_id[added["id"]] = added["content"]
+        kinds[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
+    tokens: list[str | bytes] = []
+    types: list[int] = []
+    for i in range(max(by_id, default=-1) + 1):
+        if i in by_id:
+            tokens.append(by_id[i])
+            types.append(kinds.get(i, NORMAL))
+        else:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+    _pad(tokens, types, n_vocab, path)
+    merges = [m if isinstance(m, str) else " ".join(_shift_spaces(part) for part in m)
+              for m in model.get("merges") or []]
+    return TokenizerMeta(model="gpt2", pre=pre_tokenizer_name(data, path), tokens=tokens, types=types,
+                         merges=merges)
+
+
+def _read_spm(model_dir: Path, n_vocab: int) -> TokenizerMeta:
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        raise UserError(
+            f"{model_dir}/tokenizer.model is a SentencePiece model; install the `sentencepiece` package to export it"
+        ) from None
+    path = model_dir / "tokenizer.model"
+    sp = SentencePieceProcessor(model_file=str(path))
+    tokens: list[str | bytes] = []
+    types: list[int] = []
+    scores: list[float] = []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i).encode("utf-8"))
+        scores.append(sp.get_score(i))
+        kind = NORMAL
+        if sp.is_unknown(i):
+            kind = UNKNOWN
+        elif sp.is_control(i):
+            kind = CONTROL
+        elif sp.is_unused(i):
+            kind = UNUSED
+        elif sp.is_byte(i):
+            kind = BYTE
+        types.append(kind)
+    if BYTE not in types:
+        # llama.cpp spells out unknown characters as <0xNN> byte tokens and aborts when they are missing.
+        raise UserError(
+            f"{path} has no byte-fallback pieces (<0x00>…<0xFF>); llama.cpp needs them to encode "
+            "characters outside the vocabulary. Retrain it with byte_fallback=True"
+        )
+    added_path = model_dir / "added_tokens.json"
+    added = _json(added_path) if added_path.exists() else {}
+    for text, token_id in sorted(added.items(), key=lambda kv: kv[1]):
+        if token_id >= len(tokens):
+            tokens.append(text.encode("utf-8"))
+            scores.append(-1000.0)
+            types.append(USER_DEFINED)
+    _pad(tokens, types, n_vocab, path)
+    scores.extend([-1000.0] * (len(tokens) - len(scores)))
+    # SentencePiece's "dummy prefix" shows as a leading "▁" on the first piece of a word.
+    first = sp.encode("a")
+    add_space_prefix = bool(first) and sp.id_to_piece(first[0]).startswith("\u2581")
+    meta = TokenizerMeta(model="llama", pre="default", tokens=tokens, types=types, scores=scores,
+                         add_space_prefix=add_space_prefix, add_bos=True)
+    for kind, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
+        if token_id >= 0:
+            meta.special_ids[kind] = token_id
+    return meta
+
+
+def _special_ids(model_dir: Path, meta: TokenizerMeta) -> None:
+    """BOS/EOS/PAD the way LitGPT resolves them: tokenizer_config.json, then generation_config.json."""
+    lookup: dict[str, int] = {}
+    for i, tok in enumerate(meta.tokens):
+        text = tok.decode("utf-8", errors="replace") if isinstance(tok, bytes) else tok
+        lookup.setdefault(text, i)
+    tc_path = model_dir / "tokenizer_config.json"
+    tc = _json(tc_path) if tc_path.exists() else {}
+    for kind in ("bos", "eos", "pad", "unk"):
+        content = _token_content(tc.get(f"{kind}_token"))
+        if content is not None and content in lookup:
+            meta.special_ids[kind] = lookup[content]
+    gc_path = model_dir / "generation_config.json"
+    gc = _json(gc_path) if gc_path.exists() else {}
+    for kind in ("bos", "eos", "pad"):
+        value = gc.get(f"{kind}_token_id")
+        if isinstance(value, list) and value:
+            value = value[0]
+        if isinstance(value, int) and kind not in meta.special_ids:
+            meta.special_ids[kind] = value
+    if isinstance(tc.get("add_bos_token"), bool):
+        meta.add_bos = tc["add_bos_token"]
+    elif meta.model == "gpt2":
+        meta.add_bos = _template_adds_bos(model_dir)
+    if isinstance(tc.get("add_eos_token"), bool):
+        meta.add_eos = tc["add_eos_token"]
+    for kind, token_id in meta.special_ids.items():
+        if not 0 <= token_id < len(meta.tokens):
+            raise UserError(f"{model_dir}: the {kind} token id {token_id} is outside the vocabulary")
+
+
+def _template_adds_bos(model_dir: Path) -> bool:
+    """Whether tokenizer.json's post-processor puts a special token first (Llama 3 does)."""
+    post = _json(model_dir / "tokenizer.json").get("post_processor") or {}
+    for proc in post.get("processors", [post]):
+        if proc.get("type") == "TemplateProcessing":
+            single = proc.get("single") or []
+            return bool(single) and "SpecialToken" in single[0]
+    return False

@@ -1,0 +1,199 @@
+"""Tokenizer metadata and prompt format in exported GGUF files, checked against real llama.cpp."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE_TEXT, make_tiny_model, tiny_llama_config
+from workbench.errors import UserError
+
+
+def _model_with_tokenizer(root: Path, tok_dir: Path, n_vocab: int, style: str = "chatml") -> Path:
+    import torch
+    from litgpt import GPT
+
+    from workbench.ml.checkpoint import save_model_dir
+    from workbench.prompts import get_style
+
+    config = tiny_llama_config(n_vocab)
+    torch.manual_seed(0)
+    eos = json.loads((tok_dir / "tokenizer_config.json").read_text())["eos_token"]
+    return save_model_dir(root / "model", GPT(config).state_dict(), config, tokenizer_dir=tok_dir,
+                          meta={"prompt_style": get_style(style, eos_token=eos).to_json(), "eos_token": eos})
+
+
+def _bpe_tokenizer(out: Path, pre_tokenizer) -> Path:
+    """A byte-level BPE tokenizer like a downloaded one, with the given pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from workbench_export.verify import TRICKY_TEXTS
+
+    out.mkdir(parents=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([SAMPLE_TEXT, *TRICKY_TEXTS] * 10, trainer=trainer)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+        "add_bos_token": False}))
+    return out
+
+
+def _pre_tokenizers():
+    from tokenizers import Regex, pre_tokenizers
+    from workbench_export.tokenizer_meta import _LLAMA3, _QWEN2
+
+    def split(pattern: str):
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+    return {
+        "gpt-2": pre_tokenizers.ByteLevel(add_prefix_space=False),
+        "qwen2": split(_QWEN2),
+        "llama-bpe": split(_LLAMA3),
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                           pre_tokenizers.ByteLevel(add_prefix_space=False)]),
+    }
+
+
+def _vocab_only(path: Path):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), vocab_only=True, verbose=False)
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "qwen2", "llama-bpe", "smollm"])
+def test_byte_level_bpe_tokenizers_agree_with_llama_cpp_on_tricky_strings(tmp_path, pre):
+    from litgpt import Tokenizer
+    from workbench_export.gguf_writer import write_gguf
+    from workbench_export.verify import TRICKY_TEXTS, tokenizer_agreement
+
+    tok_dir = _bpe_tokenizer(tmp_path / "tok", _pre_tokenizers()[pre])
+    n_vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"])
+    model = _model_with_tokenizer(tmp_path, tok_dir, n_vocab)
+    info = write_gguf(model, tmp_path / "m.gguf", "f32")
+
+    assert info["tokenizer"] == {"model": "gpt2", "pre": pre}
+    llm = _vocab_only(tmp_path / "m.gguf")
+    ours = Tokenizer(model)
+    assert tokenizer_agreement(ours, llm, TRICKY_TEXTS, chat_text="<|im_start|>user\nhi<|im_end|>\n") == []
+    # The special tokens are control tokens, and EOS/BOS are the ones the tokenizer config names.
+    assert llm.token_eos() == ours.token_to_id("<|im_end|>")
+    assert llm.token_bos() == ours.token_to_id("<|endoftext|>")
+
+
+def test_pre_tokenizer_without_llama_cpp_equivalent_is_refused(tmp_path):
+    from tokenizers import pre_tokenizers
+    from workbench_export.tokenizer_meta import check_tokenizer
+
+    tok_dir = _bpe_tokenizer(tmp_path / "tok", pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=False)]))
+    with pytest.raises(UserError, match=r"tokenizer\.json: pre-tokenizer .* supported: ByteLevel"):
+        check_tokenizer(tok_dir)
+    prefixed = _bpe_tokenizer(tmp_path / "tok2", pre_tokenizers.ByteLevel(add_prefix_space=True))
+    with pytest.raises(UserError, match="adds a prefix space"):
+        check_tokenizer(prefixed)
+
+
+def _spm_model(root: Path) -> Path:
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    from workbench_export.verify import TRICKY_TEXTS
+
+    tok_dir = root / "spm"
+    tok_dir.mkdir(parents=True)
+    buf = io.BytesIO()
+    # Llama's own settings: BPE with byte fallback, identity normalisation, spaces kept.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter((SAMPLE_TEXT + "\n".join(TRICKY_TEXTS)).splitlines() * 20), model_writer=buf,
+        model_type="bpe", vocab_size=400, byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, hard_vocab_limit=False, minloglevel=2,
+    )
+    (tok_dir / "tokenizer.model").write_bytes(buf.getvalue())
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>"}))
+    n_vocab = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model")).vocab_size()
+    return _model_with_tokenizer(root, tok_dir, n_vocab, style="alpaca")
+
+
+def test_sentencepiece_model_matches_litgpt_and_tokenizes_like_llama_cpp(tmp_path):
+    from workbench_export.gguf_writer import write_gguf
+    from workbench_export.verify import TRICKY_TEXTS, Reference, tokenizer_agreement, verify_gguf
+
+    model = _spm_model(tmp_path)
+    info = write_gguf(model, tmp_path / "spm.gguf", "f32")
+    ref = Reference.build(model, heldout_text=SAMPLE_TEXT, max_ppl_tokens=256)
+    check = verify_gguf(tmp_path / "spm.gguf", ref, exact=True)
+
+    assert info["tokenizer"]["model"] == "llama"
+    assert check.passed, check.problems
+    assert ref.probe_ids[0][0] == ref.tokenizer.bos_id  # LitGPT adds BOS for this tokenizer...
+    llm = _vocab_only(tmp_path / "spm.gguf")
+    assert llm.tokenize(b"hi", add_bos=True)[0] == ref.tokenizer.bos_id  # ...and so does llama.cpp
+    assert tokenizer_agreement(ref.tokenizer, llm, TRICKY_TEXTS) == []
+
+
+def test_sentencepiece_without_byte_fallback_is_refused(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    from workbench_export.tokenizer_meta import read_tokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(SAMPLE_TEXT.splitlines() * 20), model_writer=buf,
+                                   model_type="bpe", vocab_size=120, minloglevel=2, hard_vocab_limit=False)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    with pytest.raises(UserError, match="byte_fallback=True"):
+        read_tokenizer(tmp_path, 512)
+
+
+@pytest.mark.parametrize("style_name", ["chatml", "alpaca"])
+def test_chat_template_makes_llama_cpp_render_the_trained_prompt_format(tmp_path, style_name):
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from workbench_export.gguf_writer import write_gguf
+
+    from workbench.prompts import get_style, style_for_model
+
+    model = make_tiny_model(tmp_path / "m")
+    meta = json.loads((model / "workbench.json").read_text())
+    meta["prompt_style"] = get_style(style_name).to_json()
+    (model / "workbench.json").write_text(json.dumps(meta))
+    write_gguf(model, tmp_path / "m.gguf", "f16")
+
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=512, verbose=False)
+    assert llm.chat_format == "chat_template.default"
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="<|endoftext|>",
+                                    bos_token="<|endoftext|>")
+    # Exactly the text the model saw in training, default system prompt included.
+    assert formatter(messages=messages).prompt == style_for_model(model).render(messages)
+    reply = llm.create_chat_completion(messages=messages, max_tokens=3, temperature=0.0)
+    assert reply["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_modelfile_carries_the_prompt_format_to_ollama():
+    from workbench_export.templates import _PROBE, _assemble, _render, _role_parts, modelfile
+
+    from workbench.prompts import PromptStyle, get_style
+
+    for name in ("chatml", "alpaca"):
+        style = get_style(name)
+        text = modelfile("m-q4_k_m.gguf", style, "<|endoftext|>")
+        assert "FROM ./m-q4_k_m.gguf" in text and 'TEMPLATE """{{ range $i, $_ := .Messages }}' in text
+        for stop in style.stop:
+            assert f"PARAMETER stop {json.dumps(stop)}" in text
+        assert _assemble(_role_parts(style), _PROBE) == _render(style, _PROBE, True)
+    assert 'SYSTEM """Below is an instruction' in modelfile("m.gguf", get_style("alpaca"), "</s>")
+    # A template that drops system messages has no per-message translation: no TEMPLATE line.
+    odd = PromptStyle("base", "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                              "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
+    text = modelfile("m.gguf", odd, "</s>")
+    assert "TEMPLATE" not in text and "tokenizer.chat_template" in text
