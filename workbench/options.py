@@ -207,6 +207,12 @@ def parse_value(field: Field, value: Any) -> Any:
             f"{where} expects {field.type_name.replace(' (optional)', '')}, got {value!r}"
         ) from None
     if field.choices is not None:
+        # Choices match case-insensitively (Q4_K_M or q4_k_m), and the declared spelling is kept.
+        canon = {str(c).lower(): c for c in field.choices}
+        if base is list:
+            result = [canon.get(str(v).lower(), v) for v in result]
+        else:
+            result = canon.get(str(result).lower(), result)
         bad = [v for v in (result if base is list else [result]) if v not in field.choices]
         if bad:
             valid = ", ".join(str(c) for c in field.choices)
