@@ -314,7 +314,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for col in ("name", "kind", "package", "version", "status", "summary"):
         t.add_column(col)
     for i in infos:
-        status = "[green]ok[/]" if i.ok else f"[red]error[/]: {i.error}"
+        status = "[green]ok[/]" if i.ok else f"[red]error[/]: {i.error.splitlines()[0][:80]}"
         t.add_row(i.name, "stage" if i.group.endswith("stages") else "command", i.package, i.version,
                   status, i.summary)
     console().print(t)

@@ -12,8 +12,23 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
+
+from workbench.hardware import fmt_bytes
+
+
+class CountColumn(ProgressColumn):
+    """`12/300 step`, or `10.0 MiB/32.0 MiB` when the stage counts bytes."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit") or ""
+        total = task.total
+        if unit in ("B", "bytes"):
+            done = fmt_bytes(task.completed)
+            return Text(f"{done}/{fmt_bytes(total)}" if total else done)
+        count = f"{int(task.completed)}/{int(total)}" if total is not None else f"{int(task.completed)}"
+        return Text(f"{count} {unit}".rstrip())
 
 
 def fmt_eta(seconds: float | None) -> str:
@@ -39,8 +54,7 @@ class RunView:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[unit]}"),
+            CountColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}"),
             console=self.console,
@@ -77,8 +91,7 @@ class RunView:
             self.progress.update(self.task, completed=event["step"], total=event.get("total"),
                                  description=desc, unit=event.get("unit") or "",
                                  eta=fmt_eta(event.get("eta_s")))
-            self._plain(f"{desc}: {event['step']}/{event.get('total') or '?'} {event.get('unit') or ''} "
-                        f"{fmt_eta(event.get('eta_s'))}  {fmt_metrics(self.metrics)}",
+            self._plain(f"{desc}: {_count(event)} {fmt_eta(event.get('eta_s'))}  {fmt_metrics(self.metrics)}",
                         force=event.get("total") is not None and event["step"] >= event["total"])
         elif t == "metric":
             self.metrics.update(event.get("values", {}))
@@ -102,3 +115,10 @@ class RunView:
             self._last_plain = now
             self.console.print(line)
             sys.stderr.flush()
+
+
+def _count(event: dict[str, Any]) -> str:
+    unit, step, total = event.get("unit") or "", event["step"], event.get("total")
+    if unit in ("B", "bytes"):
+        return f"{fmt_bytes(step)}/{fmt_bytes(total) if total else '?'}"
+    return f"{step}/{total if total is not None else '?'} {unit}".rstrip()
