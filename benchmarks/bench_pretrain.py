@@ -1,0 +1,209 @@
+"""Pretraining throughput: `workbench pretrain` against LitGPT's own `litgpt pretrain`.
+
+Both train the same model config on the same token sequences (LitGPT reads them through
+`workbench_pretrain.data.TokenCacheData`), on the same device and precision, with the same
+optimizer, each in its own process. Tokens/s is the steady rate after the first steps (which
+pay for compilation and warm-up): the tokens of the later steps over the time they took, from
+our events and from LitGPT's CSV log. MFU is model FLOPs (counted the way LitGPT counts them)
+per second over the device's peak: on a GPU Lightning's datasheet figure, on a CPU the fp32
+matmul rate measured here.
+
+    python benchmarks/bench_pretrain.py                  # tiny preset on this machine
+    python benchmarks/bench_pretrain.py --model 125M     # on a GPU: the 125M preset in bf16
+
+`litgpt pretrain` always compiles the model, so ours is measured both with its default
+(`--compile auto`: off on a CPU) and with `--compile on`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = "≥ 0.97×"
+
+
+def setup_workspace(home: Path, corpus_chars: int, vocab_size: int) -> dict[str, Any]:
+    """The demo corpus and a tokenizer trained on it, made by the real stages."""
+    os.environ["WORKBENCH_HOME"] = str(home)
+    from workbench.testing import run_inline
+
+    data = run_inline("data.prepare", {"demo": "pretrain", "demo_chars": corpus_chars}).artifacts("dataset")[0]
+    tok = run_inline("tokenizer.train", {"dataset": data.id, "vocab_size": vocab_size}).artifacts("tokenizer")[0]
+    return {"dataset": data, "tokenizer": tok}
+
+
+def run_ours(inputs: dict[str, Any], args: argparse.Namespace, compile_mode: str) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "workbench.cli", "pretrain", inputs["dataset"].id, "--tokenizer", inputs["tokenizer"].id,
+           "--model", args.model, "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--micro-batch-size", str(args.micro_batch_size), "--max-seq-length", str(args.seq_len),
+           "--eval-interval", str(args.steps + 1), "--checkpoint-every", str(args.steps + 1),
+           "--compile", compile_mode, "--json"]
+    if args.precision:
+        cmd += ["--precision", args.precision]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"workbench pretrain failed: {out.stderr[-1500:]}")
+    from workbench.events import read_events
+    from workbench.store import Store
+
+    run = Store().get_run(json.loads(out.stdout)["run_id"])
+    steps = [(e["step"], e["time"]) for e in read_events(run.run_dir / "events.jsonl")
+             if e["type"] == "metric" and "loss" in e["values"]]
+    return {**steady_rate(steps, args.skip, args.batch_size * args.seq_len), "wall_s": wall}
+
+
+def run_litgpt(inputs: dict[str, Any], args: argparse.Namespace, config: dict[str, Any], precision: str,
+               out_dir: Path) -> dict[str, float]:
+    """`litgpt pretrain --config FILE` as its own command line (it re-parses sys.argv)."""
+    hparams = {
+        "model_name": config["name"], "model_config": config, "out_dir": str(out_dir), "precision": precision,
+        "tokenizer_dir": str(inputs["tokenizer"].path), "devices": 1, "num_nodes": 1, "seed": 42,
+        "data": {"class_path": "workbench_pretrain.data.TokenCacheData",
+                 "init_args": {"dataset_dir": str(inputs["dataset"].path), "tokenizer_dir": str(inputs["tokenizer"].path)}},
+        "train": {"global_batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+                  "max_tokens": args.steps * args.batch_size * args.seq_len, "max_seq_length": args.seq_len,
+                  "lr_warmup_steps": max(1, args.steps // 20), "min_lr": 3e-4, "max_norm": 1.0, "log_interval": 1,
+                  "save_interval": None, "tie_embeddings": False},
+        "eval": {"interval": args.steps + 1, "max_iters": 2, "initial_validation": False, "final_validation": False},
+        "optimizer": {"class_path": "torch.optim.AdamW",
+                      "init_args": {"lr": 3e-3, "weight_decay": 0.1, "betas": [0.9, 0.95]}},
+        "logger_name": "csv",
+    }
+    cfg = out_dir.parent / "litgpt-pretrain.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(hparams))
+    litgpt = Path(sys.executable).parent / "litgpt"
+    t0 = time.perf_counter()
+    out = subprocess.run([str(litgpt), "pretrain", "--config", str(cfg)], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"litgpt pretrain failed: {out.stderr[-1500:]}")
+    (log,) = out_dir.glob("logs/csv/version_*/metrics.csv")
+    with open(log) as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("time")]
+    # `iter` counts micro-batches; keep the rows that close an optimizer step.
+    accumulation = args.batch_size // args.micro_batch_size
+    steps = [(int(r["iter"]) // accumulation, float(r["time"])) for r in rows if int(r["iter"]) % accumulation == 0]
+    return {**steady_rate(steps, args.skip, args.batch_size * args.seq_len), "wall_s": wall}
+
+
+def steady_rate(steps: list[tuple[int, float]], skip: int, tokens_per_step: int) -> dict[str, float]:
+    """Tokens/s between the end of step `skip` and the last step."""
+    (s0, t0), (s1, t1) = next(x for x in steps if x[0] >= skip), steps[-1]
+    return {"tokens_per_s": (s1 - s0) * tokens_per_step / (t1 - t0), "steps": s1 - s0}
+
+
+def peak_flops(device: str, precision: str) -> tuple[float, str]:
+    import torch
+
+    if device == "cuda":
+        from lightning.fabric.utilities.throughput import get_available_flops
+
+        dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
+        return float(get_available_flops(torch.device("cuda"), dtype) or "nan"), "datasheet"
+    n, reps = 1024, 20
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0), "measured fp32 matmul"
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+    from workbench_pretrain.train import model_config, tokenizer_vocab, training_flops
+
+    from workbench.hardware import choose_device, choose_precision
+    from workbench.ml.checkpoint import config_to_dict
+
+    device = choose_device("auto")
+    precision = args.precision or choose_precision(device)
+    with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
+        inputs = setup_workspace(Path(tmp) / "home", args.corpus_chars, args.vocab_size)
+        config = model_config(args.model, tokenizer_vocab(inputs["tokenizer"].path))
+        config_dict = config_to_dict(config)
+        config_dict["block_size"] = max(config.block_size, args.seq_len)
+        flops_per_token = training_flops(config, args.micro_batch_size, args.seq_len) / (args.micro_batch_size * args.seq_len)
+        peak, peak_kind = peak_flops(device, precision)
+
+        # litgpt pretrain always compiles: the like-for-like run is ours with --compile on.
+        compiled = run_ours(inputs, args, "on")
+        default = run_ours(inputs, args, "auto") if device == "cpu" else compiled
+        peer = run_litgpt(inputs, args, config_dict, precision, Path(tmp) / "litgpt-out")
+
+    what = f"{args.model}, {device} {precision}, {args.batch_size}×{args.seq_len} tokens/step"
+    rows = [
+        {"figure": f"tokens/s compiled, ours vs litgpt pretrain ({what})", "ours": compiled["tokens_per_s"],
+         "peer": peer["tokens_per_s"], "ratio": compiled["tokens_per_s"] / peer["tokens_per_s"], "target": TARGET},
+        {"figure": f"MFU (peak {peak / 1e9:,.0f} GFLOP/s, {peak_kind})",
+         "ours": compiled["tokens_per_s"] * flops_per_token / peak,
+         "peer": peer["tokens_per_s"] * flops_per_token / peak, "ratio": None, "target": None},
+    ]
+    if device == "cpu":
+        rows.append({"figure": "tokens/s, ours default (--compile auto: eager for short CPU runs)",
+                     "ours": default["tokens_per_s"], "peer": peer["tokens_per_s"],
+                     "ratio": default["tokens_per_s"] / peer["tokens_per_s"], "target": None})
+    rows.append({"figure": f"whole run, s ({args.steps} steps, process start to saved model; default)",
+                 "ours": default["wall_s"], "peer": peer["wall_s"], "ratio": default["wall_s"] / peer["wall_s"],
+                 "target": None})
+    rows.append({"figure": f"torch threads {torch.get_num_threads()}; steps in the rate",
+                 "ours": compiled["steps"], "peer": peer["steps"], "ratio": None, "target": None})
+    return rows
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="preset or LitGPT config name (default: tiny, 125M on a GPU)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+    p.add_argument("--skip", type=int, default=None, help="steps left out of the rate (compilation, warm-up)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--micro-batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--corpus-chars", type=int, default=1_500_000)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    args = p.parse_args(argv)
+    import torch
+
+    gpu = torch.cuda.is_available()
+    # Defaults: the tiny preset on a CPU (a few minutes on 2 cores); the 125M preset on a GPU.
+    args.model = args.model or ("125M" if gpu else "tiny")
+    args.steps = args.steps or (60 if gpu else 30)
+    args.skip = args.skip if args.skip is not None else (10 if gpu else 5)
+    args.batch_size = args.batch_size or (32 if gpu else 16)
+    args.micro_batch_size = args.micro_batch_size or 16
+    args.seq_len = args.seq_len or (1024 if gpu else 256)
+    return args
+
+
+def rows() -> list[dict[str, Any]]:
+    return measure(parse([]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    table = measure(parse(sys.argv[1:] if argv is None else argv))
+    print(f"{'figure':<72} {'ours':>12} {'peer':>12} {'ratio':>7}  target")
+    for r in table:
+        cells = [f"{v:,.3f}" if isinstance(v, float) and v < 10 else f"{v:,.0f}" if isinstance(v, (int, float)) else "-"
+                 for v in (r["ours"], r["peer"], r["ratio"])]
+        print(f"{r['figure']:<72} {cells[0]:>12} {cells[1]:>12} {cells[2]:>7}  {r['target'] or ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""`workbench pretrain`: Llama-style pretraining with LitGPT and Lightning Fabric."""
