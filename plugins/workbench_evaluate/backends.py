@@ -1,0 +1,253 @@
+"""The two engines a model is measured with: LitGPT through torch, and llama.cpp.
+
+Both answer the same two questions on the same token ids, so their figures compare directly:
+
+- `logprobs([(ids, start), ...])`: log p(ids[t] | ids[:t]) for t = start … len(ids) - 1;
+- `greedy(prompt_ids, max_new, stop_ids)`: the greedy continuation, token by token.
+
+llama.cpp runs with an F32 KV cache (`type_k=0, type_v=0`): its default F16 cache would move
+an F32 file's scores away from the checkpoint's by llama.cpp's own rounding, not the model's.
+Log-softmax is taken in float64 on both sides.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from workbench.errors import UserError
+
+#: Longest sequence scored at once unless `--context` says otherwise.
+DEFAULT_CONTEXT = 1024
+#: Logit elements (batch × positions × vocabulary) held at once by the torch backend.
+MAX_LOGIT_ELEMENTS = 1 << 27
+_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16, "32": torch.float32, "64": torch.float64}
+
+Item = tuple[list[int], int]
+
+
+def _log_softmax_pick(rows: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """log p(target) per row, in float64."""
+    x = np.asarray(rows, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    logz = np.log(np.exp(x).sum(axis=-1))
+    return x[np.arange(len(x)), np.asarray(targets)] - logz
+
+
+class TorchBackend:
+    """A LitGPT checkpoint, in eval mode, on the chosen device and precision."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: Path, *, context: int | None, device: str, precision: str | None,
+                 batch_size: int, threads: int | None):
+        from workbench.hardware import choose_device, choose_precision
+        from workbench.ml.checkpoint import load_model
+
+        self.device = torch.device(choose_device(device))
+        self.precision = precision or choose_precision(self.device.type, training=False)
+        dtype = _DTYPES.get(self.precision.split("-")[0])
+        if dtype is None:
+            raise UserError(f"--precision {self.precision} is not one of 32-true, 16-true, bf16-true, 64-true")
+        self.dtype = dtype
+        self.model = load_model(model_dir, device=self.device, dtype=dtype)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        # One thread for small models: their matmuls are too small to share, and on busy cores
+        # the threads' synchronisation costs more than it saves.
+        self._threads = threads or (1 if n_params < 20_000_000 and self.device.type == "cpu" else None)
+        self.context = min(self.model.config.block_size, context or DEFAULT_CONTEXT)
+        self.model.max_seq_length = self.context
+        self.vocab = self.model.config.padded_vocab_size
+        self.batch_size = batch_size
+        self._has_cache = False
+
+    @contextmanager
+    def _threaded(self) -> Iterator[None]:
+        previous = torch.get_num_threads()
+        if self._threads:
+            torch.set_num_threads(self._threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    @torch.inference_mode()
+    def logprobs(self, items: Sequence[Item]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        with self._threaded():
+            i = 0
+            while i < len(items):
+                longest = len(items[i][0])
+                rows = max(1, min(self.batch_size, MAX_LOGIT_ELEMENTS // max(1, longest * self.vocab)))
+                batch = list(items[i:i + rows])
+                width = max(len(ids) for ids, _ in batch)
+                x = torch.zeros((len(batch), width), dtype=torch.long)
+                for b, (ids, _) in enumerate(batch):
+                    x[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                # Right padding: a causal model never looks at it from the real positions.
+                logits = self.model(x.to(self.device))
+                for b, (ids, start) in enumerate(batch):
+                    picked = logits[b, start - 1:len(ids) - 1].double().log_softmax(-1)
+                    target = torch.tensor(ids[start:], device=picked.device).unsqueeze(-1)
+                    out.append(picked.gather(-1, target).squeeze(-1).cpu().numpy())
+                i += len(batch)
+        return out
+
+    @torch.inference_mode()
+    def greedy(self, prompt: list[int], max_new: int, stop_ids: set[int]) -> list[int]:
+        with self._threaded():
+            if not self._has_cache:
+                self.model.set_kv_cache(batch_size=1, device=self.device, dtype=self.dtype)
+                self._has_cache = True
+            # Entries left in the KV cache by the previous prompt lie past the current position
+            # and are masked out, so the cache needs no reset between prompts.
+            n = len(prompt)
+            x = torch.tensor([prompt], dtype=torch.long, device=self.device)
+            logits = self.model(x, input_pos=torch.arange(n, device=self.device), input_pos_maxp1=n)[0, -1]
+            out: list[int] = []
+            while True:
+                token = int(torch.argmax(logits))
+                if token in stop_ids:
+                    break
+                out.append(token)
+                if len(out) >= max_new or n >= self.context:
+                    break
+                x = torch.tensor([[token]], dtype=torch.long, device=self.device)
+                logits = self.model(x, input_pos=torch.tensor([n], device=self.device), input_pos_maxp1=n + 1)[0, -1]
+                n += 1
+        return out
+
+    def close(self) -> None:
+        if self._has_cache:
+            self.model.clear_kv_cache()
+        del self.model
+
+
+def vocab_only(path: Path) -> Any:
+    """llama.cpp with a GGUF's vocabulary and metadata loaded, not its weights.
+
+    Such a model reports a training context of 0, and llama.cpp warns about that on every load
+    whatever the log level; the warning is caught here, and shown only if loading fails.
+    """
+    from llama_cpp import Llama
+
+    caught = io.StringIO()
+    try:
+        with redirect_stderr(caught):
+            return Llama(model_path=str(path), vocab_only=True, n_ctx=8, verbose=False)
+    except ValueError as exc:
+        raise UserError(f"llama.cpp cannot read {path}: {exc} {caught.getvalue().strip()}") from None
+
+
+def gguf_metadata(path: Path) -> dict[str, str]:
+    """A GGUF's key/value metadata (every value as text, as llama.cpp gives it)."""
+    llm = vocab_only(path)
+    try:
+        return dict(llm.metadata)
+    finally:
+        llm.close()
+
+
+def default_threads(path: Path) -> int:
+    # llama.cpp's worker threads spin at every graph barrier; for a small model that costs far
+    # more than it saves, so small files run on one.
+    return 1 if path.stat().st_size < 64 * 2**20 else os.cpu_count() or 1
+
+
+class LlamaBackend:
+    """A GGUF file in llama-cpp-python with every position's logits kept (`logits_all`)."""
+
+    name = "llama.cpp"
+
+    def __init__(self, path: Path, *, context: int | None, device: str, threads: int | None,
+                 n_ctx: int | None = None):
+        from llama_cpp import Llama
+
+        meta = gguf_metadata(path)
+        arch = meta.get("general.architecture", "llama")
+        trained = int(meta.get(f"{arch}.context_length", DEFAULT_CONTEXT))
+        self.metadata = meta
+        self.context = min(trained, context or DEFAULT_CONTEXT)
+        n_ctx = min(n_ctx or self.context, trained)
+        threads = threads or default_threads(path)
+        gpu_layers = -1 if device in ("cuda", "mps") else 0
+        try:
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                             type_k=0, type_v=0, n_gpu_layers=gpu_layers, n_threads=threads,
+                             n_threads_batch=threads, seed=0, verbose=False)
+        except ValueError as exc:  # llama.cpp refuses a broken file with a bare ValueError
+            raise UserError(f"llama.cpp cannot load {path}: {exc}") from None
+        self.context = min(self.context, self.llm.n_ctx())
+
+    def _feed(self, ids: list[int]) -> None:
+        """Evaluate `ids`, reusing the cached prefix it shares with what was evaluated last."""
+        llm = self.llm
+        cached = llm.input_ids[:llm.n_tokens]
+        common = 0
+        limit = min(len(cached), len(ids) - 1)
+        while common < limit and cached[common] == ids[common]:
+            common += 1
+        llm.n_tokens = common  # eval() drops the KV entries past this point
+        llm.eval(ids[common:])
+
+    def logprobs(self, items: Sequence[Item]) -> list[np.ndarray]:
+        out = []
+        for ids, start in items:
+            self._feed(ids)
+            out.append(_log_softmax_pick(self.llm.scores[start - 1:len(ids) - 1], ids[start:]))
+        return out
+
+    def next_logits(self, ids: list[int]) -> np.ndarray:
+        """The logits that follow `ids`."""
+        self._feed(ids)
+        return np.asarray(self.llm.scores[len(ids) - 1])
+
+    def greedy(self, prompt: list[int], max_new: int, stop_ids: set[int]) -> list[int]:
+        llm = self.llm
+        self._feed(prompt)
+        out: list[int] = []
+        while True:
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if token in stop_ids:
+                break
+            out.append(token)
+            if len(out) >= max_new or llm.n_tokens >= self.context:
+                break
+            llm.eval([token])
+        return out
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class LlamaTokenizer:
+    """llama.cpp's own tokenizer behind LitGPT's `Tokenizer` interface, for a GGUF that came
+    without its checkpoint (a download): its token ids are then llama.cpp's."""
+
+    def __init__(self, path: Path, metadata: dict[str, str]):
+        self.llm = vocab_only(path)
+        self.eos_id: int | None = self.llm.token_eos()
+        self.bos_id: int | None = self.llm.token_bos()
+        self.use_bos = metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+
+    def encode(self, text: str, device: Any = None, bos: bool | None = None, eos: bool = False) -> torch.Tensor:
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if (bos or (bos is None and self.use_bos)) and self.bos_id is not None and ids[:1] != [self.bos_id]:
+            ids = [self.bos_id, *ids]
+        if eos and self.eos_id is not None:
+            ids = [*ids, self.eos_id]
+        return torch.tensor(ids, dtype=torch.int)
+
+    def decode(self, tensor: torch.Tensor) -> str:
+        ids = [int(tensor)] if tensor.ndim == 0 else [int(i) for i in tensor.tolist()]
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        self.llm.close()
