@@ -1,0 +1,49 @@
+"""The README's main job, shortened: `workbench demo --quick` from nothing to chatting, offline.
+
+Every step is an ordinary run with lineage, the report gives each stage's before/after figure,
+pretraining and the GGUF builds improve theirs, and a second run reuses every finished step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_demo_improves_every_stage_and_reruns_from_cache(workspace):
+    out = run_cli("demo", "--quick", "--json", timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert set(stages) == {"pretrain", "LoRA", "DPO"}
+    assert stages["pretrain"]["improved"], stages["pretrain"]
+    # The quick profile is too short for the instruction tasks to be learnt reliably; the
+    # figures must be there, measured on both sides.
+    assert all(s["before"] is not None and s["after"] is not None for s in stages.values())
+    quants = {b["quant"]: b for b in report["gguf"]}
+    assert set(quants) == {"f16", "q8_0", "q4_k_m"}
+    assert quants["q4_k_m"]["size_bytes"] < quants["q8_0"]["size_bytes"] < quants["f16"]["size_bytes"]
+    assert report["chat"] and all(turn["reply"] for turn in report["chat"])
+    assert report["report"].endswith("report.md")
+    markdown = Path(report["report"]).read_text(encoding="utf-8")
+    assert "| pretrain | validation perplexity |" in markdown and "```" in markdown
+
+    runs = json.loads(run_cli("runs", "ls", "--json").stdout)
+    assert {r["stage"] for r in runs} >= {"data.prepare", "tokenizer.train", "pretrain", "finetune.lora",
+                                          "dpo", "eval", "export"}
+    assert all(r["status"] == "done" for r in runs)
+    q4 = next(b for b in report["gguf"] if b["quant"] == "q4_k_m")
+    lineage = json.loads(run_cli("models", "show", q4["id"], "--json").stdout)["lineage"]
+    made_by = [entry["run"]["stage"] for entry in lineage if entry["run"]]
+    assert made_by[:4] == ["export", "dpo", "finetune.lora", "pretrain"]
+
+    again = run_cli("demo", "--quick", "--json", timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("reused run") == 9
+    assert len(json.loads(run_cli("runs", "ls", "--json").stdout)) == len(runs)

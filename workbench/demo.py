@@ -1,0 +1,250 @@
+"""`workbench demo`: from nothing to chatting with a model you trained, offline.
+
+Each step is an ordinary run (visible afterwards in `workbench runs` and `workbench models`),
+started and followed exactly as the stage commands do. A re-run reuses every step whose options
+are unchanged and whose outputs still exist. The demo ends with a report — a terminal table and a
+Markdown file in the workspace — giving, per stage, the metric that stage exists to improve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench import locations
+from workbench.errors import UserError
+
+Outputs = dict[str, dict[str, str]]  # step key -> {artifact kind: id}
+
+
+@dataclass
+class Step:
+    key: str
+    title: str
+    stage: str
+    options: Callable[[Outputs], dict[str, Any]]
+
+
+# Sizes for the full demo (≈ 10–15 min on a 2-core CPU) and the quick one CI runs.
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {"corpus_chars": 1_500_000, "vocab": 2048, "pretrain_steps": 300, "lora_steps": 150,
+             "dpo_steps": 60, "eval_limit": 64},
+    "quick": {"corpus_chars": 300_000, "vocab": 1024, "pretrain_steps": 60, "lora_steps": 60,
+              "dpo_steps": 30, "eval_limit": 24},
+}
+
+
+def steps(p: dict[str, Any]) -> list[Step]:
+    return [
+        Step("corpus", "Pretraining corpus (standard-library docs + generated text)", "data.prepare",
+             lambda o: {"demo": "pretrain", "name": "demo-corpus", "demo_chars": p["corpus_chars"]}),
+        Step("tokenizer", "Byte-level BPE tokenizer", "tokenizer.train",
+             lambda o: {"dataset": o["corpus"]["dataset"], "vocab_size": p["vocab"], "name": "demo-bpe"}),
+        Step("pretrain", "Pretrain the tiny preset", "pretrain",
+             lambda o: {"dataset": o["corpus"]["dataset"], "tokenizer": o["tokenizer"]["tokenizer"],
+                        "model": "tiny", "max_steps": p["pretrain_steps"],
+                        "eval_interval": max(p["pretrain_steps"] // 5, 1), "name": "demo-base"}),
+        Step("instructions", "Instruction dataset", "data.prepare",
+             lambda o: {"demo": "instruction", "name": "demo-instructions"}),
+        Step("lora", "LoRA instruction tuning", "finetune.lora",
+             lambda o: {"model": o["pretrain"]["model"], "dataset": o["instructions"]["dataset"],
+                        "max_steps": p["lora_steps"], "eval_interval": max(p["lora_steps"] // 3, 1),
+                        "targets": ["query", "key", "value", "projection", "mlp"],
+                        "lr": 2e-3, "rank": 16, "alpha": 32, "name": "demo-sft"}),
+        Step("preferences", "Preference dataset", "data.prepare",
+             lambda o: {"demo": "preference", "name": "demo-preferences"}),
+        Step("dpo", "DPO preference tuning", "dpo",
+             lambda o: {"model": o["lora"]["model"], "dataset": o["preferences"]["dataset"],
+                        "max_steps": p["dpo_steps"], "eval_every": max(p["dpo_steps"] // 3, 1),
+                        "lr": 1e-3, "name": "demo-dpo"}),
+        Step("eval", "Evaluate every stage side by side", "eval",
+             lambda o: {"models": [o["pretrain"]["model"], o["lora"]["model"], o["dpo"]["model"]],
+                        "dataset": o["corpus"]["dataset"], "instructions": o["instructions"]["dataset"],
+                        "preferences": o["preferences"]["dataset"], "limit": p["eval_limit"],
+                        "tasks": ["perplexity", "generation", "preference"]}),
+        Step("export", "Export GGUF builds (F16, Q8_0, Q4_K_M)", "export",
+             lambda o: {"model": o["dpo"]["model"], "quant": ["f16", "q8_0", "q4_k_m"],
+                        "eval_data": o["corpus"]["dataset"]}),
+    ]
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="A shortened run (what CI runs): smaller corpus, fewer steps")
+    p.add_argument("--fresh", action="store_true", help="Run every step again instead of reusing finished ones")
+    p.add_argument("--tui", action="store_true", help="Watch the demo in the terminal UI")
+    p.set_defaults(handler=main)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def state_path() -> Path:
+    return locations.home() / "demo" / "state.json"
+
+
+def load_state() -> dict[str, Any]:
+    path = state_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_state(state: dict[str, Any]) -> None:
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+def fingerprint(stage: str, options: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([stage, options], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reusable(entry: dict[str, Any] | None, fp: str, store: Any) -> bool:
+    if not entry or entry.get("fingerprint") != fp:
+        return False
+    try:
+        run = store.get_run(entry["run_id"])
+        return run.status == "done" and all(store.find_artifact(i).path.exists() for i in entry["outputs"].values())
+    except UserError:
+        return False
+
+
+def outputs_of(run_id: str, store: Any) -> dict[str, str]:
+    """The newest artifact of each kind a run registered (the merged model over the adapter)."""
+    out: dict[str, str] = {}
+    for art in store.list_artifacts():
+        if art.run_id == run_id:
+            out[art.kind] = art.id
+    return out
+
+
+def run_step(step: Step, options: dict[str, Any], store: Any) -> str:
+    from workbench import runs
+    from workbench.cli import follow_cli
+
+    run, proc = runs.start(step.stage, options, store)
+    code = follow_cli(run, store, proc, as_json=False)
+    if code != 0:
+        raise UserError(f"demo step '{step.key}' ({step.stage}) ended with exit code {code}; "
+                        f"see `workbench runs logs {run.id}`; re-running `workbench demo` resumes from this step")
+    return run.id
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.tui:
+        return _in_tui(args)
+    from rich.console import Console
+
+    from workbench.store import Store
+
+    con = Console(stderr=True, highlight=False)
+    store = Store()
+    as_json = getattr(args, "json", False)
+    # With --json, stdout carries only the final summary; each step's output goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        report = _run_all(args, store, con)
+    if as_json:
+        sys.stdout.write(json.dumps(report.summary, indent=2) + "\n")
+    else:
+        report.print(Console(highlight=False))
+    for row in report.rows:
+        if not row.improved:
+            con.print(f"[yellow]warning:[/] {row.stage} did not improve {row.metric} "
+                      f"({row.before} → {row.after}); see the report")
+    con.print(f"report: {report.path}")
+    return 0
+
+
+def _run_all(args: argparse.Namespace, store: Any, con: Any) -> Any:
+    profile = PROFILES["quick" if args.quick else "full"]
+    state = {} if args.fresh else load_state()
+    outputs: Outputs = {}
+    t0 = time.monotonic()
+    plan = steps(profile)
+    for n, step in enumerate(plan, 1):
+        options = step.options(outputs)
+        fp = fingerprint(step.stage, options)
+        con.rule(f"[bold]{n}/{len(plan) + 1} {step.title}[/]  ({step.stage})")
+        if reusable(state.get(step.key), fp, store):
+            outputs[step.key] = state[step.key]["outputs"]
+            con.print(f"[green]✓[/] reused run {state[step.key]['run_id']} (same options, outputs intact)")
+            continue
+        run_id = run_step(step, options, store)
+        outputs[step.key] = outputs_of(run_id, store)
+        state[step.key] = {"run_id": run_id, "fingerprint": fp, "outputs": outputs[step.key]}
+        save_state(state)
+    con.rule(f"[bold]{len(plan) + 1}/{len(plan) + 1} Chat with the Q4_K_M build[/]")
+    q4 = _gguf_of(state["export"]["run_id"], store, "q4_k_m")
+    transcript = scripted_chat(q4, outputs["instructions"]["dataset"], store)
+    for turn in transcript:
+        con.print(f"[bold]you[/]: {turn['prompt']}\n[bold]model[/]: {turn['reply']}  [dim]({turn['stats']})[/]")
+    from workbench.demo_report import build_report
+
+    return build_report(outputs, state, store, transcript, minutes=(time.monotonic() - t0) / 60)
+
+
+def _gguf_of(run_id: str, store: Any, quant: str) -> Any:
+    for art in store.list_artifacts("gguf"):
+        if art.run_id == run_id and art.metadata.get("quant") == quant:
+            return art
+    raise UserError(f"the export step registered no {quant} GGUF")
+
+
+def scripted_chat(gguf: Any, instructions_id: str, store: Any, turns: int = 3) -> list[dict[str, Any]]:
+    """A few held-out instructions, asked through the real `workbench chat --jsonl`."""
+    dataset = store.find_artifact(instructions_id)
+    prompts = []
+    with open(dataset.path / "val.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            user = [m for m in row["messages"] if m["role"] == "user"][-1]["content"]
+            prompts.append((user, row["messages"][-1]["content"]))
+            if len(prompts) == turns:
+                break
+    requests = "".join(
+        json.dumps({"type": "reset"}) + "\n" + json.dumps({"type": "user", "content": q, "temperature": 0, "max_tokens": 48}) + "\n"
+        for q, _ in prompts
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "chat", gguf.id, "--jsonl"], input=requests,
+        capture_output=True, text=True, timeout=300,
+    )
+    if proc.returncode != 0:
+        raise UserError(f"the scripted chat failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    replies, current = [], ""
+    for line in proc.stdout.splitlines():
+        event = json.loads(line)
+        if event["type"] == "token":
+            current += event["text"]
+        elif event["type"] == "done":
+            replies.append((current.strip(), event.get("stats", {})))
+            current = ""
+    out = []
+    for (q, expected), (reply, stats) in zip(prompts, replies, strict=False):
+        tps = stats.get("tokens_per_s")
+        out.append({"prompt": q, "expected": expected, "reply": reply,
+                    "stats": f"{tps:.0f} tok/s" if tps else ""})
+    return out
+
+
+def _in_tui(args: argparse.Namespace) -> int:
+    """Drive the demo in a background process and watch its runs live in the TUI."""
+    log = locations.home() / "demo" / "demo.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "workbench.cli", "demo"] + (["--quick"] if args.quick else []) + (
+        ["--fresh"] if args.fresh else [])
+    with open(log, "ab") as fh:
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
+    from workbench.cli import run_tui
+
+    return run_tui()

@@ -1,0 +1,181 @@
+"""The lifecycle demo's report: per stage, the metric that stage exists to improve.
+
+- pretraining: validation perplexity of the trained model against the untrained one (step 0);
+- LoRA: instruction exact match before and after;
+- DPO: preference accuracy before and after;
+- export: size and perplexity of each GGUF build against F16.
+
+Written as a terminal table and a Markdown file with text plots, and registered as an
+`eval-report` artifact so it shows up beside the models it describes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.context import Context
+from workbench.events import read_events
+from workbench.hardware import fmt_bytes
+
+
+@dataclass
+class Row:
+    stage: str
+    metric: str
+    before: float | None
+    after: float | None
+    better: str  # "lower" or "higher"
+    before_label: str
+    after_label: str
+
+    @property
+    def improved(self) -> bool:
+        if self.before is None or self.after is None:
+            return False
+        return self.after < self.before if self.better == "lower" else self.after > self.before
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    builds: list[dict[str, Any]]
+    transcript: list[dict[str, Any]]
+    minutes: float
+    path: Path | None = None
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def builds_ok(self) -> bool:
+        f16 = next((b for b in self.builds if b["quant"] == "f16"), None)
+        return f16 is not None and all(
+            b["size_bytes"] < f16["size_bytes"] for b in self.builds if b["quant"] != "f16")
+
+    @property
+    def all_improved(self) -> bool:
+        return all(r.improved for r in self.rows) and self.builds_ok
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stages": [{**r.__dict__, "improved": r.improved} for r in self.rows],
+            "gguf": self.builds, "chat": self.transcript, "minutes": round(self.minutes, 2),
+            "all_improved": self.all_improved, "report": str(self.path) if self.path else None,
+        }
+
+    def print(self, console: Any) -> None:
+        from rich.table import Table
+
+        t = Table(title="What each stage achieved", title_justify="left")
+        for col in ("stage", "metric", "before", "after", ""):
+            t.add_column(col)
+        for r in self.rows:
+            mark = "[green]improved[/]" if r.improved else "[red]not improved[/]"
+            t.add_row(r.stage, r.metric, f"{_num(r.before)} ({r.before_label})", f"{_num(r.after)} ({r.after_label})", mark)
+        console.print(t)
+        g = Table(title="GGUF builds against F16", title_justify="left")
+        for col in ("build", "size", "size vs F16", "perplexity", "ppl vs F16"):
+            g.add_column(col)
+        for b in self.builds:
+            g.add_row(b["quant"], fmt_bytes(b["size_bytes"]), f"{b['size_ratio']:.2f}×", _num(b["perplexity"]),
+                      f"{b['ppl_change']:+.1%}" if b["ppl_change"] is not None else "-")
+        console.print(g)
+        console.print(f"demo took {self.minutes:.1f} min")
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _metric_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
+    return [(e.get("step") or 0, e["values"][name]) for e in read_events(run_dir / "events.jsonl")
+            if e["type"] == "metric" and name in e["values"]]
+
+
+def build_report(outputs: dict[str, dict[str, str]], state: dict[str, Any], store: Any,
+                 transcript: list[dict[str, Any]], minutes: float) -> Report:
+    pretrain_run = store.get_run(state["pretrain"]["run_id"])
+    val = _metric_series(pretrain_run.run_dir, "val_ppl")
+    rows = [Row("pretrain", "validation perplexity", val[0][1] if val else None, val[-1][1] if val else None,
+                "lower", "untrained", "pretrained")]
+    eval_run = store.get_run(state["eval"]["run_id"])
+    figures = (eval_run.result or {}).get("metrics", {})
+    base, sft, dpo = outputs["pretrain"]["model"], outputs["lora"]["model"], outputs["dpo"]["model"]
+    rows.append(Row("LoRA", "instruction exact match", figures.get(base, {}).get("exact_match"),
+                    figures.get(sft, {}).get("exact_match"), "higher", "pretrained", "LoRA"))
+    rows.append(Row("DPO", "preference accuracy", figures.get(sft, {}).get("preference_accuracy"),
+                    figures.get(dpo, {}).get("preference_accuracy"), "higher", "LoRA", "DPO"))
+
+    builds = []
+    for art in store.list_artifacts("gguf"):
+        if art.run_id == state["export"]["run_id"]:
+            builds.append({"quant": art.metadata.get("quant"), "id": art.id, "size_bytes": art.size_bytes,
+                           "perplexity": art.metrics.get("perplexity")})
+    f16 = next((b for b in builds if b["quant"] == "f16"), None)
+    for b in builds:
+        b["size_ratio"] = b["size_bytes"] / f16["size_bytes"] if f16 else 1.0
+        b["ppl_change"] = (b["perplexity"] / f16["perplexity"] - 1) if f16 and b["perplexity"] and f16["perplexity"] else None
+    # Time spent in the runs themselves, so a re-run that reuses every step still reports it.
+    step_runs = [store.get_run(entry["run_id"]) for entry in state.values()]
+    run_minutes = sum((r.ended_at or 0) - (r.started_at or 0) for r in step_runs if r.started_at) / 60
+    report = Report(rows, builds, transcript, max(minutes, run_minutes),
+                    curves={"train loss": _metric_series(pretrain_run.run_dir, "loss"), "validation perplexity": val})
+    _write(report, outputs, store)
+    return report
+
+
+def _plot(title: str, xs: list[float], ys: list[float], bars: list[str] | None = None) -> str:
+    import plotext as plt
+
+    plt.clf()
+    plt.theme("clear")
+    plt.plotsize(72, 16)
+    plt.title(title)
+    if bars is not None:
+        plt.bar(bars, ys)
+    else:
+        plt.plot(xs, ys, marker="braille")
+    return re.sub(r"\x1b\[[0-9;]*m", "", plt.build())  # a Markdown file has no terminal colours
+
+
+def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> None:
+    lines = [f"# Workbench demo report ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"The whole lifecycle ran offline; its runs took {report.minutes:.1f} minutes.", "",
+             "| stage | metric | before | after | improved |", "|---|---|---|---|---|"]
+    for r in report.rows:
+        lines.append(f"| {r.stage} | {r.metric} | {_num(r.before)} ({r.before_label}) | "
+                     f"{_num(r.after)} ({r.after_label}) | {'yes' if r.improved else 'NO'} |")
+    lines += ["", "## GGUF builds", "", "| build | size | size vs F16 | perplexity | ppl vs F16 |", "|---|---|---|---|---|"]
+    for b in report.builds:
+        change = f"{b['ppl_change']:+.1%}" if b["ppl_change"] is not None else "-"
+        lines.append(f"| {b['quant']} | {fmt_bytes(b['size_bytes'])} | {b['size_ratio']:.2f}× | {_num(b['perplexity'])} | {change} |")
+    for title, series in report.curves.items():
+        if len(series) >= 2:
+            lines += ["", f"## Pretraining: {title}", "", "```",
+                      _plot(title, [s for s, _ in series], [v for _, v in series]), "```"]
+    for r in report.rows[1:]:
+        if r.before is not None and r.after is not None:
+            lines += ["", f"## {r.stage}: {r.metric}", "", "```",
+                      _plot(r.metric, [], [r.before, r.after], bars=[r.before_label, r.after_label]), "```"]
+    if report.transcript:
+        lines += ["", "## Chat with the Q4_K_M build", ""]
+        for turn in report.transcript:
+            lines += [f"- **you**: {turn['prompt']}", f"  **model**: {turn['reply']} (expected: {turn['expected']})"]
+    ctx = Context(store)
+    staged = ctx.staging_dir("eval-report")
+    (staged / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (staged / "report.json").write_text(json.dumps(report.summary, indent=2), encoding="utf-8")
+    parents = sorted({i for out in outputs.values() for i in out.values()} | {b["id"] for b in report.builds})
+    comparison = {
+        "models": [outputs["pretrain"]["model"], outputs["lora"]["model"], outputs["dpo"]["model"]],
+        "metrics": {r.metric: {outputs[k]["model"]: v for k, v in (("pretrain", r.before), ("lora", r.after))}
+                    for r in report.rows[1:2]},
+    }
+    art = ctx.register("eval-report", staged, name="demo-report", parents=parents,
+                       metadata={"comparison": comparison, "demo": True},
+                       metrics={f"{r.stage}_improved": float(r.improved) for r in report.rows})
+    report.path = art.path / "report.md"
