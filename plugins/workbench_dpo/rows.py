@@ -10,14 +10,12 @@ prompt).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.datasets import iter_jsonl, parse_messages, read_card
 from workbench.errors import UserError
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -28,22 +26,9 @@ class PreferenceRow:
     where: str  # "path:line", for error messages
 
 
-def read_card(dataset_dir: Path) -> dict[str, Any]:
-    path = dataset_dir / "card.json"
-    if not path.exists():
-        raise UserError(f"{dataset_dir} has no card.json; prepare the data with `workbench data prepare`")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(card, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return card
-
-
 def check_preference_dataset(dataset_dir: Path, ref: str) -> dict[str, Any]:
     """The dataset card, or a UserError when the dataset is not a preference set."""
-    card = read_card(dataset_dir)
+    card = read_card(dataset_dir, ref)
     kind = card.get("type")
     if kind != "preference":
         raise UserError(
@@ -59,18 +44,7 @@ def read_rows(path: Path) -> list[PreferenceRow]:
     """Every row of a split; the first bad one is reported with its file and line."""
     if not path.exists():
         return []
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-            rows.append(parse_row(raw, where))
-    return rows
+    return [parse_row(raw, where) for where, raw in iter_jsonl(path)]
 
 
 def parse_row(raw: Any, where: str) -> PreferenceRow:
@@ -82,7 +56,7 @@ def parse_row(raw: Any, where: str) -> PreferenceRow:
     chosen_turns, chosen = _answer(raw["chosen"], "chosen", where)
     rejected_turns, rejected = _answer(raw["rejected"], "rejected", where)
     if "messages" in raw:
-        prompt = _messages(raw["messages"], where)
+        prompt = parse_messages(raw["messages"], where)
     elif "prompt" in raw:
         if not isinstance(raw["prompt"], str) or not raw["prompt"].strip():
             raise UserError(f"{where}: 'prompt' must be a non-empty string")
@@ -98,25 +72,12 @@ def parse_row(raw: Any, where: str) -> PreferenceRow:
     return PreferenceRow(prompt, chosen, rejected, where)
 
 
-def _messages(value: Any, where: str) -> list[dict[str, str]]:
-    if not isinstance(value, list):
-        raise UserError(f"{where}: 'messages' must be a list of {{role, content}} objects")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise UserError(
-                f"{where}: message {i + 1} must be an object with a role ({', '.join(ROLES)}) and a string content"
-            )
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
 def _answer(value: Any, key: str, where: str) -> tuple[list[dict[str, str]], str]:
     """(prompt turns carried along, answer text) of a `chosen` or `rejected` field."""
     if isinstance(value, str):
         text, turns = value, []
     elif isinstance(value, list) and value:
-        msgs = _messages(value, where)
+        msgs = parse_messages(value, where)
         if msgs[-1]["role"] != "assistant":
             raise UserError(f"{where}: the last message of '{key}' must be the assistant's answer")
         text, turns = msgs[-1]["content"], msgs[:-1]

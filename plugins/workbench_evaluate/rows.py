@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.datasets import iter_jsonl, parse_messages
 from workbench.errors import UserError
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -24,26 +22,7 @@ class Prompted:
 def _lines(path: Path) -> Iterator[tuple[str, object]]:
     if not path.exists():
         raise UserError(f"{path} is missing; prepare the dataset again with `workbench data prepare`")
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-
-
-def _messages(value: object, where: str) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-    out = []
-    for i, m in enumerate(value, 1):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise UserError(f"{where}: message {i} needs a role ({', '.join(ROLES)}) and a string content")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+    return iter_jsonl(path)
 
 
 def read_instructions(path: Path, limit: int | None = None) -> list[Prompted]:
@@ -52,7 +31,7 @@ def read_instructions(path: Path, limit: int | None = None) -> list[Prompted]:
     for where, row in _lines(path):
         if limit is not None and len(out) >= limit:
             break
-        msgs = _messages(row.get("messages") if isinstance(row, dict) else None, where)
+        msgs = parse_messages(row.get("messages") if isinstance(row, dict) else None, where)
         if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
             raise UserError(f"{where}: an instruction row must end with the assistant's answer after a user turn")
         out.append(Prompted(msgs[:-1], msgs[-1]["content"], where))
@@ -75,7 +54,7 @@ def read_pairs(path: Path, limit: int | None = None) -> list[Pair]:
             break
         if not isinstance(row, dict):
             raise UserError(f"{where}: a preference row must be a JSON object")
-        msgs = _messages(row.get("messages"), where)
+        msgs = parse_messages(row.get("messages"), where)
         if msgs[-1]["role"] != "user":
             raise UserError(f"{where}: the prompt turns must end with a user turn")
         chosen, rejected = row.get("chosen"), row.get("rejected")

@@ -14,51 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.datasets import iter_jsonl, parse_messages, read_card, require_type
 from workbench.errors import UserError
 
-ROLES = ("system", "user", "assistant")
+__all__ = ["iter_jsonl", "read_card", "require_type"]
 LABELLED_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-
-
-def read_card(dataset_dir: Path, ref: str) -> dict[str, Any]:
-    path = dataset_dir / "card.json"
-    if not path.exists():
-        raise UserError(f"dataset {ref} has no card.json at {path}; prepare it with `workbench data prepare`")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(card, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return card
-
-
-def require_type(card: dict[str, Any], wanted: str, ref: str, stage: str) -> None:
-    found = card.get("type")
-    if found != wanted:
-        raise UserError(
-            f"dataset {ref} holds '{found}' data, but {stage} needs '{wanted}' data; "
-            f"prepare one with `workbench data prepare --type {wanted}`"
-        )
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, value) for each non-blank line; a bad line names file and line."""
-    try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with fh:
-        try:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"{path} is not UTF-8 text") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,21 +39,14 @@ def check_messages(row: Any, where: str) -> list[dict[str, str]]:
             hint = " (it looks like raw Alpaca; `workbench data prepare` turns it into messages)"
         keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
         raise UserError(f"{where}: an instruction row needs a 'messages' list; found {keys}{hint}")
-    messages = row["messages"]
-    if not isinstance(messages, list) or len(messages) < 2:
+    messages = parse_messages(row["messages"], where)
+    if len(messages) < 2:
         raise UserError(f"{where}: 'messages' must list at least a user turn and an assistant turn")
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
-            raise UserError(f"{where}: message {i + 1} needs a text 'content' field")
-        if msg.get("role") not in ROLES:
-            raise UserError(
-                f"{where}: message {i + 1} has role {msg.get('role')!r}; use one of {', '.join(ROLES)}"
-            )
     if messages[-1]["role"] != "assistant":
         raise UserError(f"{where}: the last message must be the assistant's answer")
     if not any(m["role"] == "user" for m in messages[:-1]):
         raise UserError(f"{where}: there is no user turn before the answer")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return messages
 
 
 def instruction_split(path: Path, *, required: bool = True) -> list[Chat]:
@@ -101,7 +54,7 @@ def instruction_split(path: Path, *, required: bool = True) -> list[Chat]:
         if required:
             raise UserError(f"{path} is missing; the dataset is incomplete, prepare it again")
         return []
-    return [Chat(f"{path}:{n}", check_messages(row, f"{path}:{n}")) for n, row in iter_jsonl(path)]
+    return [Chat(where, check_messages(row, where)) for where, row in iter_jsonl(path)]
 
 
 def instruction_data(dataset_dir: Path, ref: str, stage: str) -> tuple[list[Chat], list[Chat]]:
@@ -185,11 +138,10 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
                 raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(data, list):
                 raise UserError(f"{path} must hold a JSON list of objects")
-            rows = ((i, row) for i, row in enumerate(data, 1))
+            rows: Iterator[tuple[str, Any]] = ((f"{path} item {i}", row) for i, row in enumerate(data, 1))
         else:
             rows = iter_jsonl(path)
-        for n, row in rows:
-            where = f"{path}:{n}" if suffix == ".jsonl" else f"{path} item {n}"
+        for where, row in rows:
             if not isinstance(row, dict):
                 raise UserError(f"{where}: expected a JSON object")
             for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
