@@ -1,7 +1,7 @@
 """The README's main job, shortened: `workbench demo --quick` from nothing to chatting, offline.
 
 Every step is an ordinary run with lineage, the report gives each stage's before/after figure,
-pretraining and the GGUF builds improve theirs, and a second run reuses every finished step.
+and a second run reuses every finished step.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ def test_quick_demo_improves_every_stage_and_reruns_from_cache(workspace):
     report = json.loads(out.stdout)
     stages = {s["stage"]: s for s in report["stages"]}
     assert set(stages) == {"pretrain", "LoRA", "DPO"}
-    assert stages["pretrain"]["improved"], stages["pretrain"]
-    # The quick profile is too short for the instruction tasks to be learnt reliably; the
-    # figures must be there, measured on both sides.
     assert all(s["before"] is not None and s["after"] is not None for s in stages.values())
+    assert stages["pretrain"]["improved"] and stages["pretrain"]["after"] < stages["pretrain"]["before"] / 10
+    assert stages["LoRA"]["improved"] and stages["LoRA"]["after"] >= 0.05
+    # DPO moves raw preference accuracy by a pair or two in the quick profile: never backwards.
+    assert stages["DPO"]["after"] >= stages["DPO"]["before"]
     quants = {b["quant"]: b for b in report["gguf"]}
     assert set(quants) == {"f16", "q8_0", "q4_k_m"}
     assert quants["q4_k_m"]["size_bytes"] < quants["q8_0"]["size_bytes"] < quants["f16"]["size_bytes"]
