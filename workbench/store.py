@@ -248,7 +248,7 @@ class Store:
 
     def _artifact(self, row: sqlite3.Row) -> Artifact:
         parents = [r[0] for r in self.db.execute(
-            "SELECT parent_id FROM artifact_parents WHERE child_id = ?", (row["id"],))]
+            "SELECT parent_id FROM artifact_parents WHERE child_id = ? ORDER BY rowid", (row["id"],))]
         return Artifact(
             id=row["id"], kind=row["kind"], name=row["name"], path=Path(row["path"]),
             run_id=row["run_id"], created_at=row["created_at"], size_bytes=row["size_bytes"],
