@@ -56,7 +56,8 @@ async def test_replies_stream_with_speed_and_history_is_kept(monkeypatch: pytest
         assert shows(app, "echo: again (turn 2)", "you: hello there")  # the child kept the history
 
         await say(pilot, screen, "third")
-        assert shows(app, "context trimmed to fit 256 tokens")  # notices are shown in place
+        await wait_for(pilot, lambda: shows(app, "context trimmed to fit 256 tokens"),
+                       what="the notice")  # notices are shown in place
 
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: shows(app, "new conversation"), what="the reset")
