@@ -87,6 +87,7 @@ class ChatScreen(WorkbenchScreen):
         yield Input(placeholder="Message, Enter sends", id="prompt")
 
     def on_mount(self) -> None:
+        self.query_one("#transcript", VerticalScroll).anchor()  # follow new lines until scrolled up
         self.load_models()
         self.query_one("#prompt", Input).focus()
 
@@ -158,7 +159,6 @@ class ChatScreen(WorkbenchScreen):
                 self._status(f"ready · {message.get('model', model)}{ctx}")
             elif kind == "token" and self.reply is not None:
                 self.reply.append(str(message.get("text", "")))
-                self._scroll()
             elif kind == "done":
                 stats = stats_text(message.get("stats") or {})
                 if self.reply is not None:
@@ -177,11 +177,13 @@ class ChatScreen(WorkbenchScreen):
 
     def _note(self, text: str, error: bool = False) -> None:
         note = Static(text, classes="chat-note -error" if error else "chat-note", markup=False)
-        self.query_one("#transcript").mount(note)
-        self._scroll()
+        # a notice about the turn being answered (context trimmed, say) belongs above its reply
+        before = self.reply if self.reply is not None and self.reply.is_mounted else None
+        self.query_one("#transcript").mount(note, before=before)
 
     def _scroll(self) -> None:
-        self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+        """Back to the newest line, and keep following it."""
+        self.query_one("#transcript", VerticalScroll).anchor()
 
     @on(Input.Submitted, "#prompt")
     async def _send(self, event: Input.Submitted) -> None:
