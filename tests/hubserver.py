@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import socket
 import threading
 import time
@@ -142,6 +143,23 @@ def _as_bytes(content: bytes | str | Path) -> bytes:
     return content.encode() if isinstance(content, str) else content
 
 
+def _safetensors_params(files: dict[str, bytes]) -> int:
+    """Parameters in the repository's safetensors files, counted from their headers as the Hub does."""
+    total = 0
+    for path, data in files.items():
+        if not path.endswith(".safetensors") or len(data) < 8:
+            continue
+        size = int.from_bytes(data[:8], "little")
+        try:
+            header = json.loads(data[8:8 + size])
+        except ValueError:
+            continue
+        for name, entry in header.items():
+            if name != "__metadata__":
+                total += math.prod(entry["shape"])
+    return total
+
+
 def _is_lfs(path: str) -> bool:
     return path.endswith(LFS_SUFFIXES)
 
@@ -234,6 +252,9 @@ class _Handler(BaseHTTPRequestHandler):
                                     "pointerSize": 134}
             siblings.append(entry)
         tags = [f"license:{repo.license}"] if repo.license else []
+        if any(p.endswith(".gguf") for p in files):
+            tags.append("gguf")  # the Hub tags repositories that ship GGUF files
+        params = _safetensors_params(files)
         return {
             "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
             "modelId": repo.repo_id, "author": repo.repo_id.split("/")[0], "sha": commit,
@@ -244,6 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
             "lastModified": "2025-01-01T00:00:00.000Z", "createdAt": "2025-01-01T00:00:00.000Z",
             "usedStorage": sum(repo.claimed_sizes.get(p, len(d)) for p, d in files.items()),
             "siblings": siblings,
+            **({"safetensors": {"parameters": {"F32": params}, "total": params}} if params else {}),
         }
 
     def _resolve(self, path: str, head: bool) -> None:

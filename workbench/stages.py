@@ -8,7 +8,8 @@ Plugin modules must stay light at import time: torch, litgpt and llama_cpp are i
 `run()`. Listing plugins never fails because one of them is broken: it is reported and skipped.
 
 Plugins may also add plain commands (`workbench chat`) under `workbench.commands`; the entry point
-names a `Command` object.
+names a `Command` object. A stage may offer `finders`: searches an option's value can come from
+(the Hub, say), which the TUI shows next to that option.
 """
 
 from __future__ import annotations
@@ -29,6 +30,42 @@ STAGE_GROUP = "workbench.stages"
 COMMAND_GROUP = "workbench.commands"
 
 
+@dataclass(frozen=True)
+class Finder:
+    """A search that fills one option of a stage: the TUI offers it beside the option.
+
+    `search(query, limit)` returns rows of plain values, best first; the row's `fills` key becomes
+    the option's value. It runs on a thread of the UI process, so it imports no model library,
+    and it raises UserError for what the user can fix (offline, unreachable).
+    """
+
+    option: str
+    title: str
+    search: Callable[[str, int], list[dict[str, Any]]]
+    #: (row key, header, kind); kind is "text", "count" (1.2k), "bytes" (1.5 GiB) or "flag" (yes/blank)
+    columns: tuple[tuple[str, str, str], ...]
+    fills: str = "id"
+
+    @staticmethod
+    def cell(value: Any, kind: str) -> str:
+        """A row value as the tables show it."""
+        if value is None or value == "":
+            return "—" if kind != "flag" else ""
+        if kind == "count":
+            n = float(value)
+            for unit in ("", "k", "M", "B"):
+                if abs(n) < 1000 or unit == "B":
+                    return f"{n:.0f}{unit}" if not unit or n >= 100 else f"{n:.1f}{unit}"
+                n /= 1000
+        if kind == "bytes":
+            from workbench.hardware import fmt_bytes
+
+            return fmt_bytes(float(value))
+        if kind == "flag":
+            return "yes" if value else ""
+        return str(value)
+
+
 class Stage:
     """Base class for a lifecycle stage.
 
@@ -47,6 +84,7 @@ class Stage:
     supports_resume: ClassVar[bool] = False
     supports_cancel: ClassVar[bool] = True
     needs_gpu: ClassVar[bool] = False
+    finders: ClassVar[tuple[Finder, ...]] = ()
 
     def validate(self, options: Any, ctx: Context) -> None:
         """Cheap checks run in the caller's process before a run is created (no heavy imports).

@@ -1,4 +1,4 @@
-"""Searching the Hugging Face Hub by name, for the TUI's download screen.
+"""Searching the Hugging Face Hub by name: the download stage's finder and `workbench search`.
 
 Light module: `huggingface_hub` is imported when a search runs. Honours HF_ENDPOINT, HF_TOKEN
 and HF_HUB_OFFLINE like every other Hub call in workbench.
@@ -12,6 +12,10 @@ from workbench.errors import UserError
 
 _EXPAND = ["downloads", "likes", "cardData", "usedStorage", "gated", "pipeline_tag", "library_name",
            "tags", "safetensors", "gguf", "lastModified"]
+#: What a search row shows, as the download stage's finder and `workbench search` print it.
+COLUMNS = (("id", "repository", "text"), ("downloads", "downloads", "count"), ("likes", "likes", "count"),
+           ("size", "size", "bytes"), ("params", "params", "count"), ("license", "licence", "text"),
+           ("gguf", "GGUF", "flag"), ("gated", "gated", "flag"))
 
 
 def search(query: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import Cancelled, UserError
 from workbench.options import option
-from workbench.stages import Stage
+from workbench.stages import Finder, Stage
+from workbench_download import hub
 
 if TYPE_CHECKING:
     from workbench.context import Context
@@ -60,6 +61,7 @@ examples:
     Options = Options
     supports_resume = True
     supports_cancel = True
+    finders = (Finder("repo_id", "Search the Hugging Face Hub", hub.search, hub.COLUMNS),)
 
     def validate(self, options: Options, ctx: Context) -> None:
         repo = options.repo_id

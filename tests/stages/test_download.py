@@ -375,10 +375,31 @@ def test_hub_search_shows_size_and_licence(hub):
     assert top["downloads"] == 1200 and top["likes"] == 7 and top["license"] == "apache-2.0"
     assert top["size"] == sum(len(d) for d in hub.repos["tiny/llama"].commits[hub.commits["llama"]].values())
     assert rows[2]["gated"] is True
+    assert top["params"] > 0 and not top["gguf"] and rows[1]["gguf"] and rows[1]["params"] is None
 
     offline = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert offline.returncode != 0 and "HF_HUB_OFFLINE=1" in offline.stderr
+
+
+def test_search_command_prints_the_matches(hub):
+    proc = run_cli("search", "llama")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    row = next(line for line in lines if "tiny/llama " in line)
+    assert "1.2k" in row and "apache-2.0" in row
+    assert any("tiny/llama-gguf" in line and "yes" in line for line in lines)
+    assert "workbench download REPO_ID" in proc.stdout
+
+    as_json = json.loads(run_cli("search", "gguf", "--json", "--limit", "1").stdout)
+    assert [r["id"] for r in as_json] == ["tiny/llama-gguf"]
+
+    nothing = run_cli("search", "no-such-model")
+    assert nothing.returncode == 0 and "no model on the Hub matches 'no-such-model'" in nothing.stdout
+
+    offline = run_cli("search", "llama", env={"HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 2
+    assert offline.stderr.strip() == "error: searching the Hub needs the network, but HF_HUB_OFFLINE=1 is set"
 
 
 @pytest.mark.parametrize("bad", ["--gguf-file=Q4 --dtype=float16", "--gguf-file=Q4 --include=*.json"])

@@ -29,6 +29,7 @@ class StageFormScreen(WorkbenchScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "run", "Run", priority=True, tooltip="Start the stage with these options"),
         Binding("escape", "back", "Back"),
+        Binding("ctrl+f", "find", "Find", tooltip="Search for a value of this option (the Hub, say)"),
     ]
     app: WorkbenchApp
 
@@ -60,6 +61,10 @@ class StageFormScreen(WorkbenchScreen):
                     yield Static(group, classes="option-group")
                 for f in group_fields:
                     yield OptionField(f, self.artifacts, preset.get(f.name))
+                    for i, finder in enumerate(stage.finders):
+                        if finder.option == f.name:
+                            yield Button(f"{finder.title}… (ctrl+f)", id=f"find-{i}", classes="finder-button",
+                                         compact=True)
             if "advanced" in groups:
                 with Collapsible(title="Advanced options", collapsed=True):
                     for f in groups["advanced"]:
@@ -111,6 +116,37 @@ class StageFormScreen(WorkbenchScreen):
     @on(Button.Pressed, "#back")
     def action_back(self) -> None:
         self.dismiss()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "find":
+            return bool(self.entry.stage_cls.finders)
+        return True
+
+    @on(Button.Pressed, ".finder-button")
+    def _find_pressed(self, event: Button.Pressed) -> None:
+        self.action_find(int((event.button.id or "find-0").removeprefix("find-")))
+
+    def action_find(self, index: int | None = None) -> None:
+        """Open a finder: the one asked for, else the one of the focused option, else the first."""
+        from workbench.tui.screens.finder import FinderScreen
+
+        finders = self.entry.stage_cls.finders
+        if not finders:
+            return
+        if index is None:
+            around = self.focused.ancestors_with_self if self.focused is not None else []
+            focused = next((a for a in around if isinstance(a, OptionField)), None)
+            index = next((i for i, f in enumerate(finders) if focused and f.option == focused.field.name), 0)
+        finder = finders[index]
+        field = self.query_one(f"#option-{finder.option}", OptionField)
+        current = field.value if isinstance(field.value, str) else ""
+
+        def chosen(row: dict[str, Any] | None) -> None:
+            if row is not None and row.get(finder.fills) is not None:
+                field.set_value(str(row[finder.fills]))
+                field.control.focus()
+
+        self.app.push_screen(FinderScreen(finder, current), chosen)
 
     @work(thread=True, exclusive=True, group="start-run", exit_on_error=False)
     def start(self, values: dict[str, Any]) -> None:

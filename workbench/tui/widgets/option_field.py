@@ -113,6 +113,13 @@ class OptionField(Horizontal):
             return None
         return text
 
+    def set_value(self, text: str) -> None:
+        """Fill a text option from elsewhere (a finder); it validates as if typed."""
+        control = self.control
+        if isinstance(control, Input):
+            control.value = text
+            control.cursor_position = len(text)
+
     @property
     def changed(self) -> bool:
         """Only options that differ from their default are passed on, like CLI flags."""

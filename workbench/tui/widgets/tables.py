@@ -14,3 +14,7 @@ class StageTable(DataTable[object]):
 
 class RunTable(DataTable[object]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Monitor", tooltip="Follow the run")]
+
+
+class FinderTable(DataTable[object]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Use", tooltip="Fill the option with this row")]
