@@ -16,6 +16,19 @@ from workbench.errors import UserError
 from workbench.store import Artifact, Store
 
 TASKS = ("perplexity", "mc", "generation", "preference", "judge")
+
+
+def task_limits(options: Any) -> dict[str, int | None]:
+    """How many examples each task takes: --limit, overridden per task by --limits TASK=N."""
+    out: dict[str, int | None] = dict.fromkeys(TASKS, options.limit)
+    for item in options.limits:
+        task, sep, count = item.partition("=")
+        task = task.strip().lower()
+        if not sep or task not in TASKS or not count.strip().isdigit() or int(count) < 1:
+            raise UserError(f"--limits takes TASK=N with TASK one of {', '.join(TASKS)} and N at least 1, "
+                            f"not '{item}'")
+        out[task] = int(count)
+    return out
 #: The task each dataset type feeds.
 DATA_TASK = {"pretrain": "perplexity", "instruction": "generation", "preference": "preference"}
 MC_SUITE = Path(__file__).resolve().parents[2] / "assets" / "mc" / "workbench-mc.jsonl"

@@ -28,7 +28,7 @@ from workbench_evaluate.backends import (
     gguf_metadata,
 )
 from workbench_evaluate.mcfile import Question, read_questions
-from workbench_evaluate.plan import Plan, Target, gguf_file, make_plan
+from workbench_evaluate.plan import Plan, Target, gguf_file, make_plan, task_limits
 from workbench_evaluate.report import (
     comparison_table,
     judge_table,
@@ -126,19 +126,22 @@ class Inputs:
     """Everything read from disk once and shared by all models."""
 
     def __init__(self, plan: Plan, options: Any):
-        limit = options.limit
+        limit = task_limits(options)
         self.questions: list[Question] = []
         self.instructions: list[Any] = []
         self.pairs: list[Any] = []
         self.texts: list[str] = []
         if "mc" in plan.tasks and plan.mc_path is not None:
-            self.questions = read_questions(plan.mc_path)[:limit]
+            self.questions = read_questions(plan.mc_path)[: limit["mc"]]
         if {"generation", "judge"} & set(plan.tasks):
-            self.instructions = read_instructions(plan.data["instruction"].path / "val.jsonl", limit)
+            # the judge scores the generated answers, so generation's limit decides when both run
+            answered = limit["generation"] if "generation" in plan.tasks else limit["judge"]
+            self.instructions = read_instructions(plan.data["instruction"].path / "val.jsonl", answered)
         if "preference" in plan.tasks:
-            self.pairs = read_pairs(plan.data["preference"].path / "val.jsonl", limit)
+            self.pairs = read_pairs(plan.data["preference"].path / "val.jsonl", limit["preference"])
         if "perplexity" in plan.tasks:
-            self.texts = read_texts(plan.data["pretrain"].path / "val.jsonl", limit)
+            self.texts = read_texts(plan.data["pretrain"].path / "val.jsonl", limit["perplexity"])
+        self.documents = limit["perplexity"]
         self.streams: dict[Path, np.ndarray] = {}
 
     def stream(self, plan: Plan, target: Target, options: Any, ctx: Context) -> np.ndarray | None:
@@ -152,7 +155,7 @@ class Inputs:
             def built(done: int, total: int) -> None:
                 ctx.progress(done, total, unit="document", desc="tokenizing the held-out text")
 
-            self.streams[key] = tasks.token_stream(dataset, target.model_dir, options.limit, progress=built)
+            self.streams[key] = tasks.token_stream(dataset, target.model_dir, self.documents, progress=built)
         return self.streams[key]
 
 
@@ -272,7 +275,7 @@ def _finish(plan: Plan, options: Any, ctx: Context, metrics: dict[str, dict[str,
     if judge_report is not None:
         tables.append(judge_table(models, judge_report))
     data = {kind: {"id": a.id, "name": a.name} for kind, a in plan.data.items()}
-    settings = {"limit": options.limit, "context": options.context, "stride": options.stride,
+    settings = {"limit": options.limit, "limits": task_limits(options), "context": options.context, "stride": options.stride,
                 "mc_format": options.mc_format, "max_new_tokens": options.max_new_tokens,
                 "mc": str(plan.mc_path) if plan.mc_path and "mc" in plan.tasks else None}
     report = {

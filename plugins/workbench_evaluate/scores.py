@@ -21,7 +21,8 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the interval always holds p; rounding must not push a bound past it at 0% or 100%
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def normalize_answer(text: str) -> str:

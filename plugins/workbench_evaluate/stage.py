@@ -13,7 +13,7 @@ from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
 from workbench_evaluate.mcfile import FORMATS, read_questions
-from workbench_evaluate.plan import TASKS, make_plan
+from workbench_evaluate.plan import TASKS, make_plan, task_limits
 
 if TYPE_CHECKING:
     from workbench.context import Context
@@ -65,6 +65,11 @@ class Options:
     limit: int | None = option(
         None, min=1, help="At most this many examples per task, in file order (for perplexity: documents)",
     )
+    limits: list[str] = option(
+        [], advanced=True,
+        help="Per-task limits that override --limit, as TASK=N (generation=50,preference=200); "
+             "scoring tasks are cheap, generating answers is not",
+    )
     context: int | None = option(
         None, min=8, advanced=True,
         help="Longest sequence scored at once: the perplexity window (default: the model's context, at most 1024)",
@@ -111,6 +116,7 @@ class EvalStage(Stage):
         if options.stride and options.context and options.stride > options.context:
             raise UserError(f"--stride {options.stride} is longer than --context {options.context}; "
                             "windows would skip tokens")
+        task_limits(options)
         plan = make_plan(ctx.store, options)
         if "mc" in plan.tasks and plan.mc_path is not None:
             read_questions(plan.mc_path)  # names the first bad row by file and line

@@ -29,7 +29,7 @@ def corpus(tmp_path: Path) -> str:
 def test_two_models_named_as_words_give_one_table_and_a_report(registered_tiny_model, corpus, tmp_path, cli, workspace):
     other = register(make_tiny_model(tmp_path / "other", seed=1), "model", "tiny-other")
     out = cli("eval", registered_tiny_model, other, "--dataset", "corpus", "--tasks", "perplexity,mc",
-              "--limit", "4", "--json")
+              "--limit", "4", "--limits", "mc=3", "--json")
     assert out.returncode == 0, out.stderr
     done = json.loads(out.stdout)
     result = done["result"]
@@ -40,6 +40,8 @@ def test_two_models_named_as_words_give_one_table_and_a_report(registered_tiny_m
     # Two random models with different seeds measure differently on the same token ids.
     assert result["metrics"][registered_tiny_model]["perplexity"] != result["metrics"][other]["perplexity"]
     assert [a["kind"] for a in done["artifacts"]] == ["eval-report"] and done["artifacts"][0]["id"] == result["report"]
+    saved = json.loads((Path(done["artifacts"][0]["path"]) / "report.json").read_text())
+    assert all(d["mc"]["n"] == 3 for d in saved["details"].values())  # --limits overrides --limit per task
 
     shown = cli("eval", "--compare", registered_tiny_model, other, "--tasks", "perplexity", "--dataset", "corpus",
                 "--limit", "2")
@@ -54,6 +56,7 @@ def test_two_models_named_as_words_give_one_table_and_a_report(registered_tiny_m
     (["--tasks", "judge"], "task 'judge' cannot run: it needs a judge model"),
     (["--tasks", "mc", "--mc", "missing.jsonl"], "--mc missing.jsonl: no such file or folder"),
     (["--context", "64", "--stride", "100"], "--stride 100 is longer than --context 64"),
+    (["--limits", "speed=3"], "--limits takes TASK=N with TASK one of perplexity, mc"),
 ])
 def test_bad_input_is_refused_before_a_run_exists(registered_tiny_model, workspace, tmp_path, cli, args, message):
     chats = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
@@ -109,6 +112,8 @@ def test_wilson_interval_matches_known_values():
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     low, high = wilson_interval(90, 100)
     assert low == pytest.approx(0.8256, abs=1e-4) and high == pytest.approx(0.9448, abs=1e-4)
+    for n in range(1, 60):  # at 0% and 100% the bounds hold the proportion exactly, despite rounding
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
 
 
 @pytest.mark.parametrize(("n", "context", "stride"), [(1000, 128, 64), (1000, 128, 128), (100, 128, 64), (2, 8, 4),

@@ -65,7 +65,7 @@ async def test_offline_search_says_so_and_leaves_the_form_as_it_was(small_hub: H
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     app = WorkbenchApp()
     async with app.run_test(size=SIZE) as pilot:
-        form, finder = await open_finder(pilot)
+        form, _ = await open_finder(pilot)
         await pilot.press(*"llama", "enter")
         await wait_for(pilot, lambda: shows(app, "searching the Hub needs the network"), what="the refusal")
         assert not small_hub.log  # nothing was asked of the Hub
