@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +62,17 @@ def run_cli(*args: str, timeout: float = 300, input: str | None = None, env: dic
         [sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True,
         timeout=timeout, input=input, env={**os.environ, **(env or {})},
     )
+
+
+def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy (and return that), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture

@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.usefixtures("with_plugin")
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events(home: Path, run_id: str) -> list[dict]:

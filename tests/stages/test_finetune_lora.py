@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from itertools import islice
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, make_tiny_model, run_cli
+from tests.conftest import ROOT, make_tiny_model, run_cli, wait_for
 from workbench.context import Context
 from workbench.errors import UserError
 from workbench.events import read_events
@@ -130,16 +129,6 @@ def test_prompt_style_is_stored_with_adapter_and_model(tmp_path, demo_instructio
     assert cfg["prompt_style"] == style
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_cancel_and_resume_through_the_cli_matches_an_uninterrupted_run(registered_tiny_model, demo_instructions):
     args = ["finetune", "lora", registered_tiny_model, demo_instructions, "--rank", "4", "--alpha", "8",
@@ -155,10 +144,10 @@ def test_cancel_and_resume_through_the_cli_matches_an_uninterrupted_run(register
     run_id = json.loads(started.stdout)["run_id"]
     store = Store()
     events_path = store.get_run(run_id).run_dir / "events.jsonl"
-    _wait_for(lambda: any(e["type"] == "checkpoint" for e in read_events(events_path)), 120, "a checkpoint")
+    wait_for(lambda: any(e["type"] == "checkpoint" for e in read_events(events_path)), 120, "a checkpoint")
     cancel = run_cli("runs", "cancel", run_id)
     assert cancel.returncode == 0, cancel.stderr
-    _wait_for(lambda: any(e["type"] == "cancelled" for e in read_events(events_path)), 120, "the cancel")
+    wait_for(lambda: any(e["type"] == "cancelled" for e in read_events(events_path)), 120, "the cancel")
     cancelled = [e for e in read_events(events_path) if e["type"] == "checkpoint"][-1]
     assert store.get_run(run_id).status == "cancelled"
 

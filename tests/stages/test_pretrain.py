@@ -12,13 +12,12 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import make_tokenizer, run_cli
+from tests.conftest import make_tokenizer, run_cli, wait_for
 from workbench.context import Context
 from workbench.events import read_events
 from workbench.store import Store
@@ -264,16 +263,6 @@ def test_a_model_that_cannot_fit_is_refused_with_exit_2(inputs: dict[str, str], 
     assert out.returncode == 2, out.stderr
     assert "needs about" in out.stderr and "--force" in out.stderr
     assert not Store().list_artifacts("model")
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
