@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,9 @@ class Step:
 # Sizes for the full demo and the quick one CI runs (about 4 min on an idle 2-core CPU).
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"corpus_chars": 1_500_000, "vocab": 2048, "pretrain_steps": 300, "lora_steps": 300,
-             "dpo_steps": 80, "eval_limit": 64},
+             "dpo_steps": 150, "eval_limit": 64},
     "quick": {"corpus_chars": 300_000, "vocab": 1024, "pretrain_steps": 200, "lora_steps": 200,
-              "dpo_steps": 60, "eval_limit": 48},
+              "dpo_steps": 80, "eval_limit": 48},
 }
 # The demo's instruction and preference rows are short, so pretraining on 128-token windows
 # buys twice the steps of the preset's full context for the same time.
@@ -69,11 +70,16 @@ def steps(p: dict[str, Any]) -> list[Step]:
         Step("dpo", "DPO preference tuning", "dpo",
              lambda o: {"model": o["lora"]["model"], "dataset": o["preferences"]["dataset"],
                         "max_steps": p["dpo_steps"], "eval_every": max(p["dpo_steps"] // 3, 1),
-                        "lr": 3e-3, "name": "demo-dpo"}),
+                        # the same adapter shape as the LoRA step, and a rate that moves the policy
+                        # without dragging chosen and rejected answers down together
+                        "targets": ["query", "key", "value", "projection", "mlp"], "rank": 16, "alpha": 32,
+                        "lr": 1e-3, "batch_size": 16, "name": "demo-dpo"}),
         Step("eval", "Evaluate every stage side by side", "eval",
              lambda o: {"models": [o["pretrain"]["model"], o["lora"]["model"], o["dpo"]["model"]],
                         "dataset": o["corpus"]["dataset"], "instructions": o["instructions"]["dataset"],
-                        "preferences": o["preferences"]["dataset"], "limit": p["eval_limit"],
+                        "preferences": o["preferences"]["dataset"],
+                        # scoring every held-out pair costs seconds; generating answers does not
+                        "limits": [f"generation={p['eval_limit']}", f"perplexity={p['eval_limit']}"],
                         "tasks": ["perplexity", "generation", "preference"]}),
         Step("export", "Export GGUF builds (F16, Q8_0, Q4_K_M)", "export",
              lambda o: {"model": o["dpo"]["model"], "quant": ["f16", "q8_0", "q4_k_m"],
@@ -93,6 +99,60 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def state_path() -> Path:
     return locations.home() / "demo" / "state.json"
+
+
+def log_path() -> Path:
+    """Where `demo --tui` sends the output of the demo it runs in the background."""
+    return locations.home() / "demo" / "demo.log"
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """One demo at a time per workspace: a second would overwrite the first's state. The lock
+    goes with the process, however it ends."""
+    path = locations.home() / "demo" / "driver.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise UserError(f"a demo is already running in this workspace (pid {fh.read().strip() or '?'}); "
+                            "watch it with `workbench demo --tui`") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def running() -> bool:
+    """Whether a demo holds this workspace's lock now."""
+    path = locations.home() / "demo" / "driver.lock"
+    if not path.exists():
+        return False
+    with open(path, encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def outcome() -> str | None:
+    """How the last background demo ended, from its log: the report's path or its error."""
+    path = log_path()
+    if not path.exists():
+        return None
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    for line in reversed(lines):
+        if line.startswith(("report:", "error:")):
+            return line
+    return None
 
 
 def load_state() -> dict[str, Any]:
@@ -154,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
     store = Store()
     as_json = getattr(args, "json", False)
     # With --json, stdout carries only the final summary; each step's output goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with exclusive(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         report = _run_all(args, store, con)
     if as_json:
         sys.stdout.write(json.dumps(report.summary, indent=2) + "\n")
@@ -241,13 +301,23 @@ def scripted_chat(gguf: Any, instructions_id: str, store: Any, turns: int = 3) -
 
 
 def _in_tui(args: argparse.Namespace) -> int:
-    """Drive the demo in a background process and watch its runs live in the TUI."""
-    log = locations.home() / "demo" / "demo.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "workbench.cli", "demo"] + (["--quick"] if args.quick else []) + (
-        ["--fresh"] if args.fresh else [])
-    with open(log, "ab") as fh:
-        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
-    from workbench.cli import run_tui
+    """Run the demo in a background process and watch it in the TUI, which follows each step's
+    run as it starts. Closing the TUI leaves the demo running; `demo --tui` again watches it."""
+    if not running():
+        log = log_path()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "workbench.cli", "demo"] + (["--quick"] if args.quick else []) + (
+            ["--fresh"] if args.fresh else [])
+        with open(log, "wb") as fh:
+            driver = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
+        # The TUI tells the demo's end by its lock, so wait until the driver holds it.
+        deadline = time.monotonic() + 30
+        while not running() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if driver.poll() is not None:
+            raise UserError(f"the demo did not start: {outcome() or f'exit code {driver.returncode}'}; "
+                            f"see {log_path()}")
+    from workbench.tui.app import BackgroundJob, WorkbenchApp
 
-    return run_tui()
+    WorkbenchApp(follow_runs=True, job=BackgroundJob("demo", running, outcome)).run()
+    return 0

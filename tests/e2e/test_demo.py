@@ -25,8 +25,8 @@ def test_quick_demo_improves_every_stage_and_reruns_from_cache(workspace):
     assert all(s["before"] is not None and s["after"] is not None for s in stages.values())
     assert stages["pretrain"]["improved"] and stages["pretrain"]["after"] < stages["pretrain"]["before"] / 10
     assert stages["LoRA"]["improved"] and stages["LoRA"]["after"] >= 0.05
-    # DPO moves raw preference accuracy by a pair or two in the quick profile: never backwards.
-    assert stages["DPO"]["after"] >= stages["DPO"]["before"]
+    # Scored on every held-out pair (225), DPO gains well over the interval's noise of a few pairs.
+    assert stages["DPO"]["improved"] and stages["DPO"]["after"] >= stages["DPO"]["before"] + 0.05
     quants = {b["quant"]: b for b in report["gguf"]}
     assert set(quants) == {"f16", "q8_0", "q4_k_m"}
     assert quants["q4_k_m"]["size_bytes"] < quants["q8_0"]["size_bytes"] < quants["f16"]["size_bytes"]

@@ -65,6 +65,11 @@ def shows(app: App[Any], *texts: str) -> bool:
     return all(t in screen for t in texts)
 
 
+def notified(app: App[Any], *texts: str) -> bool:
+    """Whether one notification holds all `texts` (run_test draws no toasts, so read them)."""
+    return any(all(t in f"{n.title or ''}: {n.message}" for t in texts) for n in app._notifications)
+
+
 def add_artifact(store: Store, art_id: str, kind: str, name: str, *, parents: tuple[str, ...] = (),
                  t: float = 0.0, metrics: dict[str, float] | None = None,
                  metadata: dict[str, Any] | None = None, run_id: str | None = None) -> Artifact:

@@ -118,3 +118,42 @@ def test_a_run_started_in_the_real_terminal_shows_its_progress(with_plugin: Path
     [run] = runs.list_runs(Store())
     assert run.stage == "counter" and run.status == "done" and run.options["steps"] == 25
     terminal.keys("C-q")
+
+
+def test_demo_in_the_tui_follows_each_step_and_keeps_running_when_closed(terminal: Terminal) -> None:
+    from workbench import demo
+
+    terminal.start(workbench_command() + " demo --quick --tui")
+    try:
+        # The TUI opens on the Runs view and follows the demo's steps as they start.
+        screen = terminal.wait_for("· pretrain ·", "step", "ETA", timeout=120)
+        assert "2 Runs" in screen
+        again = subprocess.run([sys.executable, "-m", "workbench.cli", "demo", "--quick"], capture_output=True,
+                               text=True, timeout=60)
+        assert again.returncode == 2 and "a demo is already running in this workspace" in again.stderr
+
+        terminal.keys("C-q")
+        time.sleep(1.0)
+        assert demo.running(), "closing the TUI stopped the demo"
+    finally:
+        _stop_demo()
+
+
+def _stop_demo() -> None:
+    """End the background demo and the run it is following, as a user would with Ctrl-C and cancel."""
+    import signal
+
+    from workbench import demo, locations
+
+    lock = locations.home() / "demo" / "driver.lock"
+    if demo.running():
+        pid = int(lock.read_text().strip())
+        os.killpg(pid, signal.SIGTERM)
+    store = Store()
+    for run in runs.list_runs(store):
+        if run.status in ("running", "queued"):
+            runs.cancel(run.id, store)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(r.status in ("running", "queued", "cancelling")
+                                              for r in runs.list_runs(store)):
+        time.sleep(0.5)

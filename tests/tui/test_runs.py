@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from textual.widgets import ProgressBar
 
-from tests.tui.helpers import SIZE, screen_text, shows, wait_for
+from tests.tui.helpers import SIZE, notified, screen_text, shows, wait_for
 from tests.tui.test_pipeline import open_form, set_option
 from workbench import runs
 from workbench.events import read_events
@@ -146,3 +146,36 @@ async def test_a_killed_worker_shows_as_failed(with_plugin: Path) -> None:
         proc.wait()
         await wait_for(pilot, lambda: monitor_state(app).status == "failed", what="the failure")
         assert shows(app, "exited without finishing")
+
+
+async def test_follow_mode_opens_each_new_run_and_says_how_the_job_ended(with_plugin: Path) -> None:
+    """What `workbench demo --tui` shows: each step's run as it starts, then how the demo ended."""
+    from workbench.tui.app import BackgroundJob
+
+    job = {"running": True}
+    app = WorkbenchApp(follow_runs=True, job=BackgroundJob(
+        "demo", lambda: job["running"], lambda: "report: /workspace/demo/report.md"))
+    store = Store()
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.current_mode == "runs"  # the first view is the Runs view
+        await wait_for(pilot, lambda: app._seen is not None, what="the first look at the workspace")
+        first, _ = runs.start("counter", {"steps": 3, "sleep": 0.05}, store)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen) and app.screen.run_id == first.id,
+                       what="the first run's monitor")
+        await wait_for(pilot, lambda: monitor_state(app).status == "done", what="the first run to finish")
+
+        second, _ = runs.start("counter", {"steps": 40, "sleep": 0.05, "seed": 1}, store)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen) and app.screen.run_id == second.id,
+                       what="the second run's monitor")
+        assert sum(isinstance(s, RunMonitorScreen) for s in app.screen_stack) == 1  # replaced, not stacked
+        await wait_for(pilot, lambda: monitor_state(app).status == "done", what="the second run to finish")
+
+        job["running"] = False
+        await wait_for(pilot, lambda: notified(app, "demo finished", "report: /workspace/demo/report.md"),
+                       what="the job's outcome")
+
+        # Elsewhere in the app, a new run is announced by its end but never pulls the user away.
+        await pilot.press("3")
+        third, _ = runs.start("counter", {"steps": 2}, store)
+        await wait_for(pilot, lambda: notified(app, f"counter run {third.id} done"), what="the third run's end")
+        assert app.current_mode == "models"

@@ -11,6 +11,7 @@ import importlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -39,6 +40,16 @@ SCREENS = {
     "chat": "workbench.tui.screens.chat:ChatScreen",
     "doctor": "workbench.tui.screens.doctor:DoctorScreen",
 }
+
+
+@dataclass
+class BackgroundJob:
+    """Something running outside the app whose runs it follows (the demo): `running()` says
+    whether it still runs, `outcome()` the line that tells how it ended."""
+
+    name: str
+    running: Callable[[], bool]
+    outcome: Callable[[], str | None]
 
 
 def _lazy(target: str) -> Callable[[], Screen[None]]:
@@ -76,20 +87,30 @@ class WorkbenchApp(App[None]):
         chat_command: Sequence[str] = CHAT_COMMAND,
         doctor_command: Sequence[str] = DOCTOR_COMMAND,
         theme: str = "textual-dark",
+        follow_runs: bool = False,
+        job: BackgroundJob | None = None,
     ) -> None:
+        if follow_runs:
+            self.DEFAULT_MODE = "runs"  # read by App.__init__: the first frame is the Runs view
         super().__init__()
+        #: Open each new run's monitor as it starts (while the Runs view is showing).
+        self.follow_runs = follow_runs
+        self.job = job
+        self._job_seen_running = job is not None and job.running()
         self.chat_command = list(chat_command)
         self.doctor_command = list(doctor_command)
         self.theme = theme
         self.catalog: list[Entry] = []
         #: Worker processes started here, polled so they are reaped; they outlive the app.
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        #: Runs seen live at the last poll (read and written only by `poll_runs`).
+        #: Runs seen live, and all runs seen, at the last poll (read and written only by `poll_runs`).
         self._live: set[str] = set()
+        self._seen: set[str] | None = None
 
     def on_mount(self) -> None:
         # Plugins load after the first frame is drawn, so they never delay it.
         self.call_after_refresh(self.load_stages)
+        self.call_after_refresh(self.poll_runs)
         self.set_interval(1.0, self.poll_runs)
 
     # background -------------------------------------------------------------------------
@@ -118,8 +139,33 @@ class WorkbenchApp(App[None]):
         for run in recent:
             if run.id in self._live and run.id not in active:
                 self.call_from_thread(self._announce, run)
+        # Runs new since the last poll, newest first, however short; at the first poll, the live ones.
+        started = [r for r in recent if (r.id not in self._seen if self._seen is not None else r.id in active)]
+        if self.follow_runs and started:
+            self.call_from_thread(self._follow, started[0].id)
+        self._seen = {r.id for r in recent}
         self._live = active
         self.call_from_thread(setattr, self, "active_runs", len(active))
+        if self.job is not None and self._job_seen_running and not self.job.running():
+            self._job_seen_running = False
+            self.call_from_thread(self._job_ended, self.job.name, self.job.outcome())
+
+    def _follow(self, run_id: str) -> None:
+        """Show a run that just started, in place of the monitor that was showing."""
+        from workbench.tui.screens.runs import RunMonitorScreen
+
+        if self.current_mode != "runs":
+            return  # the user went elsewhere: a new run must not pull them away
+        if isinstance(self.screen, RunMonitorScreen):
+            if self.screen.run_id == run_id:
+                return
+            self.pop_screen()
+        self.push_screen(RunMonitorScreen(run_id))
+
+    def _job_ended(self, name: str, outcome: str | None) -> None:
+        failed = outcome is not None and outcome.startswith("error:")
+        self.notify(outcome or "it left no report", title=f"{name} {'failed' if failed else 'finished'}",
+                    severity="error" if failed else "information", timeout=30)
 
     def _announce(self, run: Run) -> None:
         """A run that ended while the app was open says so, whichever view is showing."""
