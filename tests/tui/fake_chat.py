@@ -2,9 +2,10 @@
 process: it speaks the same JSON-lines protocol without loading any model, so the chat
 screen's tests stay fast. The real command is tested with the chat plugin.
 
-Usage: python fake_chat.py MODEL --jsonl
+Usage: python fake_chat.py MODEL [--resume ID] --jsonl
 Each reply is "echo: <the user's words>" (prefixed by "[<system>] " when a system prompt is
-given), streamed one word per `token` message; the turn count shows that history is kept.
+given), streamed one word per `token` message; the turn count shows that history is kept. With --resume, the stored conversation is read from
+the workspace, as the real command does, and its turns count.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ def main() -> int:
     if model == "missing-model":
         sys.stderr.write(f"error: no model '{model}' in the workspace\n")
         return 2
-    emit(type="ready", model=model, n_ctx=256)
-    turns = 0
+    resume = sys.argv[sys.argv.index("--resume") + 1] if "--resume" in sys.argv else None
+    messages, system = [], ""
+    if resume:
+        from workbench.store import Store
+
+        conv = Store().get_conversation(resume)
+        messages = [{"role": m["role"], "content": m["content"]} for m in conv["messages"]]
+        system = conv["system_prompt"]
+    emit(type="ready", model=model, n_ctx=256, conversation_id=resume, system=system, messages=messages)
+    turns = sum(m["role"] == "user" for m in messages)
     for line in sys.stdin:
         message = json.loads(line)
         if message["type"] == "reset":

@@ -98,3 +98,42 @@ async def test_chat_opens_from_the_models_view_with_that_model() -> None:
         await pilot.press("t")
         await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat view")
         await wait_for(pilot, lambda: shows(app, "ready · gguf-260101-eeeeee"), what="the chat to start")
+
+
+async def test_a_stored_conversation_is_continued_or_deleted_from_the_history() -> None:
+    from workbench.tui.screens.confirm import ConfirmScreen
+    from workbench.tui.screens.conversations import ConversationsScreen
+    from workbench.tui.widgets.tables import ConversationTable
+
+    store = lineage_workspace()
+    old = store.add_conversation("what is a tokenizer", "gguf-260101-eeeeee", system_prompt="be brief")
+    store.add_message(old, "user", "what is a tokenizer")
+    store.add_message(old, "assistant", "it splits text into tokens")
+    newer = store.add_conversation("hello", "model-260101-bbbbbb")
+    store.add_message(newer, "user", "hello")
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat view")
+        screen: ChatScreen = app.screen  # type: ignore[assignment]
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConversationsScreen)
+                       and app.screen.query_one(ConversationTable).row_count == 2, what="the stored conversations")
+        assert shows(app, "2 conversations, newest first", "what is a tokenizer", "gguf-260101-eeeeee")
+
+        # Delete asks first; the newer conversation goes, the older stays.
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        await pilot.press("y")
+        history = app.screen
+        await wait_for(pilot, lambda: history.query_one(ConversationTable).row_count == 1, what="the deletion")
+        assert [c["id"] for c in Store().list_conversations()] == [old]
+
+        await pilot.press("enter")  # continue the one that is left
+        await wait_for(pilot, lambda: app.screen is screen and screen.ready, what="the resumed chat")
+        assert shows(app, f"continuing {old} (2 messages)", "you: what is a tokenizer",
+                     "model: it splits text into tokens")
+        assert screen.query_one("#chat-system", Input).value == "be brief"
+        assert screen.query_one("#chat-model", Select).value == "gguf-260101-eeeeee"
+        await say(pilot, screen, "and a vocabulary?")
+        assert shows(app, "echo: and a vocabulary? (turn 2)")  # the child counted the stored turn

@@ -26,10 +26,12 @@ class ChatClient:
         self.stderr: deque[str] = deque(maxlen=20)
         self._drain: asyncio.Task[None] | None = None
 
-    async def start(self, model: str) -> None:
+    async def start(self, model: str, resume: str | None = None) -> None:
+        """Start the child for `model`; with `resume`, it continues that stored conversation."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        extra = ["--resume", resume] if resume else []
         self.proc = await asyncio.create_subprocess_exec(
-            *self.command, model, "--jsonl",
+            *self.command, model, *extra, "--jsonl",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env,
             # A reply can be one long line; the default 64 KiB limit would cut it.

@@ -65,6 +65,7 @@ class ChatScreen(WorkbenchScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "new_chat", "New chat", tooltip="Forget the conversation and start again"),
         Binding("ctrl+o", "focus_model", "Model", tooltip="Choose the model to chat with"),
+        Binding("ctrl+l", "conversations", "History", tooltip="Continue or delete a stored conversation"),
         Binding("escape", "focus_prompt", "Prompt", show=False),
     ]
     app: WorkbenchApp
@@ -141,22 +142,28 @@ class ChatScreen(WorkbenchScreen):
         self.query_one("#chat-status", Static).update(text)
 
     @work(exclusive=True, group="chat", exit_on_error=False)
-    async def connect(self, model: str) -> None:
-        """Start a chat process for `model` and turn its lines into the transcript."""
+    async def connect(self, model: str, resume: str | None = None) -> None:
+        """Start a chat process for `model` (continuing conversation `resume`) and turn its lines
+        into the transcript."""
         if self.client is not None:
             await self.client.close()
         self.ready = self.busy = False
         self.reply = None
         self._status(f"loading {model}…")
-        self._note(f"new conversation with {model}")
+        if resume:
+            await self.query_one("#transcript").remove_children()
+        else:
+            self._note(f"new conversation with {model}")
         client = self.client = ChatClient(self.app.chat_command)
-        await client.start(model)
+        await client.start(model, resume=resume)
         async for message in client.events():
             kind = message.get("type")
             if kind == "ready":
                 self.ready = True
                 ctx = f" · context {message['n_ctx']} tokens" if message.get("n_ctx") else ""
                 self._status(f"ready · {message.get('model', model)}{ctx}")
+                if resume:
+                    await self._show_history(message)
             elif kind == "token" and self.reply is not None:
                 self.reply.append(str(message.get("text", "")))
             elif kind == "done":
@@ -174,6 +181,29 @@ class ChatScreen(WorkbenchScreen):
                 self.ready = self.busy = False
                 reason = message.get("stderr") or f"exit code {message.get('code')}"
                 self._status(Content.styled(f"chat process ended: {reason}", "$text-error"))
+
+    async def _show_history(self, ready: dict[str, Any]) -> None:
+        """A resumed conversation's stored turns, as the child loaded them."""
+        turns = [Turn(m["role"], m["content"]) for m in ready.get("messages") or []
+                 if m.get("role") in ("user", "assistant")]
+        note = Static(f"continuing {ready.get('conversation_id')} ({len(turns)} messages)", classes="chat-note")
+        await self.query_one("#transcript").mount_all([note, *turns])
+        self.query_one("#chat-system", Input).value = str(ready.get("system") or "")
+        self._scroll()
+
+    def action_conversations(self) -> None:
+        from workbench.tui.screens.conversations import ConversationsScreen
+
+        def chosen(conv: dict[str, Any] | None) -> None:
+            if conv is None:
+                return
+            select = self.query_one("#chat-model", Select)
+            with self.prevent(Select.Changed):  # the resume below starts the child, not the picker
+                if any(m.id == conv["model"] for m in self.models):
+                    select.value = conv["model"]
+            self.connect(conv["model"], resume=conv["id"])
+
+        self.app.push_screen(ConversationsScreen(), chosen)
 
     def _note(self, text: str, error: bool = False) -> None:
         note = Static(text, classes="chat-note -error" if error else "chat-note", markup=False)

@@ -18,3 +18,8 @@ class RunTable(DataTable[object]):
 
 class FinderTable(DataTable[object]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Use", tooltip="Fill the option with this row")]
+
+
+class ConversationTable(DataTable[object]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select_cursor", "Continue", tooltip="Continue the conversation with its model")]
