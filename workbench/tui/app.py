@@ -96,7 +96,8 @@ class WorkbenchApp(App[None]):
         #: Open each new run's monitor as it starts (while the Runs view is showing).
         self.follow_runs = follow_runs
         self.job = job
-        self._job_seen_running = job is not None and job.running()
+        #: The job's end is announced once, even when it ended before the first poll.
+        self._job_pending = job is not None
         self.chat_command = list(chat_command)
         self.doctor_command = list(doctor_command)
         self.theme = theme
@@ -146,8 +147,8 @@ class WorkbenchApp(App[None]):
         self._seen = {r.id for r in recent}
         self._live = active
         self.call_from_thread(setattr, self, "active_runs", len(active))
-        if self.job is not None and self._job_seen_running and not self.job.running():
-            self._job_seen_running = False
+        if self.job is not None and self._job_pending and not self.job.running():
+            self._job_pending = False
             self.call_from_thread(self._job_ended, self.job.name, self.job.outcome())
 
     def _follow(self, run_id: str) -> None:
