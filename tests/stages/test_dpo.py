@@ -8,12 +8,12 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import wait_for
 from workbench.context import Context
 from workbench.errors import UserError
 from workbench.events import read_events
@@ -209,16 +209,6 @@ def test_memory_preflight_refuses_a_run_that_cannot_fit(registered_tiny_model, p
     assert not Store().list_artifacts("adapter")
 
 
-def _wait_for(predicate, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
-
-
 @pytest.mark.slow
 def test_cancel_and_resume_through_the_cli_equals_an_uninterrupted_run(registered_tiny_model, prefs, cli):
     from safetensors.torch import load_file
@@ -237,9 +227,9 @@ def test_cancel_and_resume_through_the_cli_equals_an_uninterrupted_run(registere
         steps = [e["step"] for e in read_events(events_path) if e["type"] == "metric" and "loss" in e["values"]]
         return steps and steps[-1] >= 3
 
-    _wait_for(step_reached)
+    wait_for(step_reached, 120, "the step to cancel at")
     assert cli("runs", "cancel", run_id).returncode == 0
-    _wait_for(lambda: any(e["type"] == "cancelled" for e in read_events(events_path)))
+    wait_for(lambda: any(e["type"] == "cancelled" for e in read_events(events_path)), 120, "the cancel")
     stopped_at = max(e["step"] for e in read_events(events_path) if e["type"] == "checkpoint")
     assert 3 <= stopped_at < 60
 
