@@ -137,11 +137,13 @@ class WorkbenchApp(App[None]):
         with open_store() as store:
             recent = store.list_runs(limit=200) if store else []
         active = {r.id for r in recent if r.status in ACTIVE}
-        for run in recent:
-            if run.id in self._live and run.id not in active:
-                self.call_from_thread(self._announce, run)
         # Runs new since the last poll, newest first, however short; at the first poll, the live ones.
         started = [r for r in recent if (r.id not in self._seen if self._seen is not None else r.id in active)]
+        came_and_went = {r.id for r in started if r.id not in active} if self._seen is not None else set()
+        for run in recent:
+            # a run ended since the last poll: one that was live then, or one that came and went between
+            if run.id not in active and (run.id in self._live or run.id in came_and_went):
+                self.call_from_thread(self._announce, run)
         if self.follow_runs and started:
             self.call_from_thread(self._follow, started[0].id)
         self._seen = {r.id for r in recent}
