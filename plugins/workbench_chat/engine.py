@@ -10,7 +10,9 @@ This module is light: the backends import llama_cpp or torch when a model is ope
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -95,6 +97,45 @@ class Stats:
         if t_first is None or tokens < 2 or t_end <= t_first:
             return 0.0
         return (tokens - 1) / (t_end - t_first)
+
+
+def stream_tokens(tokens: Iterator[int], *, stats: Stats, max_new: int, is_stop: Callable[[int], bool],
+                  decode: Callable[[int], str], flush: Callable[[], str], stop: list[str],
+                  should_stop: ShouldStop | None = None) -> Iterator[str]:
+    """The decode loop both engines share. `tokens` yields sampled ids lazily (the prompt runs
+    when the first is asked for, so it counts in the time to first token); the loop counts them,
+    ends on a stop token, a stop string, `should_stop` or `max_new`, and fills in `stats`."""
+    scanner = StopScanner(stop)
+    t0 = time.perf_counter()
+    t_first: float | None = None
+    finish, hit = "length", False
+    with contextlib.closing(tokens):  # type: ignore[type-var]
+        for token in tokens:
+            t_first = t_first or time.perf_counter()
+            stats.tokens += 1
+            if should_stop and should_stop():
+                finish = "interrupted"
+                break
+            if is_stop(token):
+                finish = "stop"
+                break
+            text, hit = scanner.feed(decode(token))
+            if text:
+                yield text
+            if hit:
+                finish = "stop"
+                break
+            if stats.tokens >= max_new:
+                break
+    if not hit:
+        tail = scanner.feed(flush())[0] + scanner.flush()
+        if tail:
+            yield tail
+    t_end = time.perf_counter()
+    stats.ttft_s = (t_first or t_end) - t0
+    stats.total_s = t_end - t0
+    stats.tokens_per_s = Stats.rate(stats.tokens, t_first, t_end)
+    stats.finish_reason = finish
 
 
 class StopScanner:

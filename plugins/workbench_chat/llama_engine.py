@@ -16,7 +16,6 @@ import codecs
 import contextlib
 import io
 import secrets
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ from workbench_chat.engine import (
     Sampling,
     ShouldStop,
     Stats,
-    StopScanner,
+    stream_tokens,
     turn_end_stops,
 )
 
@@ -125,46 +124,17 @@ class LlamaEngine(Engine):
         stop_ids = {i for s in stop if (i := self._special_id(s)) is not None}
         budget = self.n_ctx - len(tokens)
         max_new = min(sampling.max_tokens or budget, budget)
-        scanner = StopScanner(stop)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-        t0 = time.perf_counter()
-        t_first: float | None = None
-        finish, hit = "length", False
         tokens_out = self.llm.generate(
             tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=0.0, temp=sampling.temperature,
             repeat_penalty=sampling.repeat_penalty)
-        try:
-            for token in tokens_out:
-                t_first = t_first or time.perf_counter()
-                stats.tokens += 1
-                if should_stop and should_stop():
-                    finish = "interrupted"
-                    break
-                if llama_cpp.llama_vocab_is_eog(self.vocab, token) or token in stop_ids:
-                    finish = "stop"
-                    break
-                # One token's bytes at a time: constant work per token, unlike create_completion,
-                # which detokenizes the whole reply again for every token it streams.
-                text, hit = scanner.feed(utf8.decode(self.llm.detokenize([token])))
-                if text:
-                    yield text
-                if hit:
-                    finish = "stop"
-                    break
-                if stats.tokens >= max_new:
-                    break
-        finally:
-            tokens_out.close()
-        if not hit:
-            tail = scanner.feed(utf8.decode(b"", final=True))[0] + scanner.flush()
-            if tail:
-                yield tail
-        t_end = time.perf_counter()
-        stats.ttft_s = (t_first or t_end) - t0
-        stats.total_s = t_end - t0
-        stats.tokens_per_s = Stats.rate(stats.tokens, t_first, t_end)
-        stats.finish_reason = finish
+        # One token's bytes at a time: constant work per token, unlike create_completion,
+        # which detokenizes the whole reply again for every token it streams.
+        yield from stream_tokens(
+            tokens_out, stats=stats, max_new=max_new, stop=stop, should_stop=should_stop,
+            is_stop=lambda t: llama_cpp.llama_vocab_is_eog(self.vocab, t) or t in stop_ids,
+            decode=lambda t: utf8.decode(self.llm.detokenize([t])),
+            flush=lambda: utf8.decode(b"", final=True))
 
     def _special_id(self, text: str) -> int | None:
         """The id of a stop string that is one control token (it detokenizes to nothing)."""

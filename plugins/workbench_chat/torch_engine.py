@@ -10,7 +10,6 @@ beyond the shared prefix are harmless and only the new suffix is fed.
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
 
 import torch
@@ -26,7 +25,7 @@ from workbench_chat.engine import (
     Sampling,
     ShouldStop,
     Stats,
-    StopScanner,
+    stream_tokens,
     turn_end_stops,
 )
 
@@ -100,43 +99,20 @@ class TorchEngine(Engine):
         stop_ids = {self.tokenizer.eos_id} | {i for s in stop if (i := self._special_id(s)) is not None}
         budget = self.n_ctx - len(ids)
         max_new = min(sampling.max_tokens or budget, budget)
-        scanner = StopScanner(stop)
         decoder = _Decoder(self.tokenizer, ids[-1])
 
-        t0 = time.perf_counter()
-        t_first: float | None = None
-        self._cached = self._cached[:reuse]
-        logits = self._feed(ids[reuse:])
-        history = list(ids)
-        finish, hit = "length", False
-        while stats.tokens < max_new:
-            token = _sample(logits, sampling, history, generator)
-            t_first = t_first or time.perf_counter()
-            stats.tokens += 1
-            history.append(token)
-            if should_stop and should_stop():
-                finish = "interrupted"
-                break
-            if token in stop_ids:
-                finish = "stop"
-                break
-            text, hit = scanner.feed(decoder.push(token))
-            if text:
-                yield text
-            if hit:
-                finish = "stop"
-                break
-            if stats.tokens < max_new:
-                logits = self._feed([token])
-        if not hit:
-            tail = scanner.feed(decoder.flush())[0] + scanner.flush()
-            if tail:
-                yield tail
-        t_end = time.perf_counter()
-        stats.ttft_s = (t_first or t_end) - t0
-        stats.total_s = t_end - t0
-        stats.tokens_per_s = Stats.rate(stats.tokens, t_first, t_end)
-        stats.finish_reason = finish
+        def sampled() -> Iterator[int]:
+            self._cached = self._cached[:reuse]
+            logits = self._feed(ids[reuse:])
+            history = list(ids)
+            while True:
+                token = _sample(logits, sampling, history, generator)
+                history.append(token)
+                yield token
+                logits = self._feed([token])  # only when the loop asks for another token
+
+        yield from stream_tokens(sampled(), stats=stats, max_new=max_new, stop=stop, should_stop=should_stop,
+                                 is_stop=stop_ids.__contains__, decode=decoder.push, flush=decoder.flush)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
