@@ -15,12 +15,12 @@ Light module: standard library only.
 from __future__ import annotations
 
 import csv
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.datasets import iter_jsonl
 from workbench.errors import UserError
 
 LETTERS = string.ascii_uppercase[:10]
@@ -90,27 +90,19 @@ def _question(q: Any, choices: list[Any], answer: Any, subject: Any, where: str)
 
 def _read_jsonl(path: Path) -> list[Question]:
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: a question must be a JSON object with question, choices and answer")
-            if "choices" in row:
-                choices = row["choices"]
-                if not isinstance(choices, list):
-                    raise UserError(f"{where}: 'choices' must be a list of texts")
-            else:
-                choices = [row[k] for k in LETTERS if k in row]
-            if "answer" not in row:
-                raise UserError(f"{where}: the row has no 'answer' (a letter or a 0-based index)")
-            out.append(_question(row.get("question"), choices, row["answer"],
-                                 row.get("subject") or _subject_of(path), where))
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: a question must be a JSON object with question, choices and answer")
+        if "choices" in row:
+            choices = row["choices"]
+            if not isinstance(choices, list):
+                raise UserError(f"{where}: 'choices' must be a list of texts")
+        else:
+            choices = [row[k] for k in LETTERS if k in row]
+        if "answer" not in row:
+            raise UserError(f"{where}: the row has no 'answer' (a letter or a 0-based index)")
+        out.append(_question(row.get("question"), choices, row["answer"],
+                             row.get("subject") or _subject_of(path), where))
     return out
 
 
