@@ -46,7 +46,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--n-ctx", type=int, metavar="N",
                    help="Context window in tokens (default: the model's, at most 4096)")
-    g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: all available cores)")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the physical cores other processes leave free, "
+                   "looked at again before each reply)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="Device for LitGPT checkpoints (GGUF runs through llama.cpp on the CPU)")
     g.add_argument("--response-cache", action="store_true",

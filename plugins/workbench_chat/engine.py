@@ -88,6 +88,8 @@ class Stats:
     finish_reason: str = "stop"  # stop | length | interrupted
     from_cache: bool = False
     seed: int | None = None
+    threads: int = 0  # CPU threads this reply ran on
+    cores: int = 0  # how many it would have had on an idle machine
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -205,6 +207,9 @@ class Engine(ABC):
         #: Things worth telling the user once (a missing chat template, a context cap).
         self.notes: list[str] = []
         self.last_stats = Stats()
+        self.threads = 1  # the CPU threads it runs on; each engine sets it when loading
+        #: Set by `open_engine` unless --threads was given: re-picks the threads before each reply.
+        self.thread_plan: ThreadPlan | None = None
 
     @abstractmethod
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -222,6 +227,19 @@ class Engine(ABC):
     @abstractmethod
     def forget(self) -> None:
         """Drop the KV cache: the next prompt is processed from scratch."""
+
+    def set_threads(self, n: int) -> None:  # noqa: B027 - optional hook
+        """Run on `n` CPU threads from the next reply on."""
+
+    def start_reply(self, stats: Stats) -> None:
+        """Called by an engine before a reply: picks its threads and records them in `stats`."""
+        if self.thread_plan is not None:
+            n = self.thread_plan.pick()
+            if n != self.threads:
+                self.set_threads(n)
+                self.threads = n
+        stats.threads = self.threads
+        stats.cores = self.thread_plan.ceiling if self.thread_plan else self.threads
 
     def stream(self, messages: list[dict[str, str]], sampling: Sampling,
                should_stop: ShouldStop | None = None) -> Iterator[str]:
@@ -244,18 +262,93 @@ def turn_end_stops(template: str) -> list[str]:
     return [m for m in TURN_END_MARKERS if m in template]
 
 
-def default_threads(model_bytes: int) -> int:
-    """All cores this process may use, except for small models.
-
-    llama.cpp's and torch's worker threads meet at a barrier after every operation; for a small
-    model that waiting costs more than the extra core gives, so models under 64 MiB get one.
-    """
-    if model_bytes < SMALL_MODEL_BYTES:
-        return 1
+def usable_cores() -> int:
+    """Physical cores this process may run on. Hyperthread siblings count once: two threads on one
+    core share its vector units, and llama.cpp and torch both default to physical cores."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = os.sched_getaffinity(0)
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+class CpuWatch:
+    """How much CPU other processes used on this process's CPUs between two looks (Linux).
+
+    It reads the kernel's per-CPU counters (/proc/stat) and takes away this process's own CPU
+    time, so what is left is other work: a training run, a build, a browser. Time the hypervisor
+    stole is not counted; nothing here can give it back.
+    """
+
+    #: A shorter window is too few clock ticks (10 ms each) to tell one busy core from none.
+    MIN_WINDOW_S = 0.25
+
+    def __init__(self) -> None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        self.cpus = {f"cpu{i}" for i in cpus}
+        self.tick_s = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(monotonic time, busy CPU-seconds of our CPUs, this process's CPU-seconds)."""
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            name, _, rest = line.partition(" ")
+            if name in self.cpus:
+                # user nice system idle iowait irq softirq steal ...
+                user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in rest.split()[:7])
+                busy += user + nice + system + irq + softirq
+        return time.monotonic(), busy * self.tick_s, time.process_time()
+
+    def others_busy(self) -> float | None:
+        """Cores' worth of other work since the last answer; None if unknown or too soon to tell
+        (the window then runs on to the next call)."""
+        now, last = self._sample(), self._last
+        if now is None or last is None or now[0] - last[0] < self.MIN_WINDOW_S:
+            return None
+        self._last = now
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
+
+
+class ThreadPlan:
+    """The CPU threads for the next reply: the cores other processes leave free.
+
+    llama.cpp's and torch's worker threads meet at a barrier after every operation. A thread
+    that shares its core with another busy process stalls all the others there: on 2 cores
+    beside a 2-thread torch training job, 2 threads decoded 6.6× slower than 1
+    (benchmarks/bench_chat.py has the figures). So before each reply the plan looks at what
+    other processes did since the last reply and leaves their cores to them.
+    """
+
+    def __init__(self, ceiling: int, watch: CpuWatch | None = None):
+        self.ceiling = ceiling
+        self.watch = watch or CpuWatch()
+        self.threads = ceiling
+
+    def pick(self) -> int:
+        busy = self.watch.others_busy()
+        if busy is not None:
+            self.threads = max(1, min(self.ceiling, usable_cores() - round(busy)))
+        return self.threads
+
+
+def thread_ceiling(backend: str, model_bytes: int) -> int:
+    """The threads a model gets on an idle machine: every core, except that torch runs a small
+    model on one (its per-operation barrier costs more than a second core gives; llama.cpp's
+    does not: a 3.6 MB Q4_K_M decodes 10% faster on 2 cores than on 1)."""
+    if backend == "torch" and model_bytes < SMALL_MODEL_BYTES:
+        return 1
+    return usable_cores()
 
 
 def resolve_model(ref: str, store: Any | None = None) -> ModelRef:
@@ -302,7 +395,14 @@ def open_engine(ref: str | ModelRef, *, n_ctx: int | None = None, threads: int |
     model = ref if isinstance(ref, ModelRef) else resolve_model(ref, store)
     if n_ctx is not None and n_ctx < 16:
         raise UserError(f"--n-ctx {n_ctx} is too small to chat in; use at least 16 tokens")
-    threads = threads or default_threads(model.weights.stat().st_size)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads} is not a thread count; use 1 or more")
+    plan = None
+    if threads is None:
+        # Made before the load, so a model that takes a while to load knows by its first
+        # reply what else the machine is doing.
+        plan = ThreadPlan(thread_ceiling(model.backend, model.weights.stat().st_size))
+        threads = plan.threads
     engine: Engine
     if model.backend == "llama.cpp":
         from workbench_chat.llama_engine import LlamaEngine
@@ -313,4 +413,5 @@ def open_engine(ref: str | ModelRef, *, n_ctx: int | None = None, threads: int |
 
         engine = TorchEngine(model, n_ctx=n_ctx, device=device, threads=threads)
     engine.prompt_cache = prompt_cache
+    engine.thread_plan = plan
     return engine

@@ -29,6 +29,8 @@ def stats_line(stats: dict[str, Any]) -> str:
     else:
         parts.append(f"{stats.get('tokens_per_s', 0.0):.1f} tokens/s")
         parts.append(f"first token {stats.get('ttft_s', 0.0):.2f} s")
+        if 0 < stats.get("threads", 0) < stats.get("cores", 0):
+            parts.append(f"{stats['threads']} of {stats['cores']} cores (others are busy)")
     if stats.get("finish_reason") == "interrupted":
         parts.append("stopped")
     elif stats.get("finish_reason") == "length":

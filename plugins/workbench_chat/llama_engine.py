@@ -82,6 +82,7 @@ class LlamaEngine(Engine):
         except ValueError as exc:
             last = next((line for line in reversed(log.getvalue().splitlines()) if line.strip()), str(exc))
             raise UserError(f"llama.cpp cannot load {model.path}: {last.strip()}") from None
+        self.threads = threads
         meta = self.llm.metadata
         self.eos_text = self._token_text(self.llm.token_eos())
         self.bos_text = self._token_text(self.llm.token_bos())
@@ -123,6 +124,7 @@ class LlamaEngine(Engine):
         self.llm.set_seed(seed)  # generate() builds its sampler from this seed
         stats = Stats(prompt_tokens=len(tokens), cached_prompt_tokens=cached, seed=seed)
         self.last_stats = stats
+        self.start_reply(stats)
         stop_ids = {i for s in stop if (i := self._special_id(s)) is not None}
         budget = self.n_ctx - len(tokens)
         max_new = min(sampling.max_tokens or budget, budget)
@@ -137,6 +139,9 @@ class LlamaEngine(Engine):
             is_stop=lambda t: llama_cpp.llama_vocab_is_eog(self.vocab, t) or t in stop_ids,
             decode=lambda t: utf8.decode(self.llm.detokenize([t])),
             flush=lambda: utf8.decode(b"", final=True))
+
+    def set_threads(self, n: int) -> None:
+        llama_cpp.llama_set_n_threads(self.llm.ctx, n, n)
 
     def _special_id(self, text: str) -> int | None:
         """The id of a stop string that is one control token (it detokenizes to nothing)."""

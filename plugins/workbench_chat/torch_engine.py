@@ -49,6 +49,7 @@ class TorchEngine(Engine):
             self.notes.append(f"--n-ctx {n_ctx} is beyond this checkpoint's block size; using {block}")
         self.gpt.max_seq_length = self.n_ctx
         self.gpt.set_kv_cache(batch_size=1, device=self.device, dtype=dtype)
+        self.threads = torch.get_num_threads()
         self.tokenizer = load_tokenizer(model.path)
         style = style_for_model(model.path)
         if style is None:
@@ -58,6 +59,9 @@ class TorchEngine(Engine):
         self.chat_stop = list(style.stop) or turn_end_stops(style.chat_template)
         self._stop_ids: dict[str, int | None] = {}
         self._cached: list[int] = []  # tokens whose keys and values sit in the KV cache
+
+    def set_threads(self, n: int) -> None:
+        torch.set_num_threads(n)
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.style.render(messages)
@@ -96,6 +100,7 @@ class TorchEngine(Engine):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         stats = Stats(prompt_tokens=len(ids), cached_prompt_tokens=reuse, seed=seed)
         self.last_stats = stats
+        self.start_reply(stats)
         stop_ids = {self.tokenizer.eos_id} | {i for s in stop if (i := self._special_id(s)) is not None}
         budget = self.n_ctx - len(ids)
         max_new = min(sampling.max_tokens or budget, budget)

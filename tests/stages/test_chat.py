@@ -323,6 +323,35 @@ def test_ctrl_c_stops_a_repl_reply_without_leaving(cli, models):
     assert partial["stats"]["finish_reason"] == "interrupted" and 0 < partial["stats"]["tokens"] < 4000
 
 
+@pytest.mark.timeout(120)
+def test_a_reply_leaves_the_cores_a_busy_process_uses_and_says_so(models):
+    from workbench_chat.engine import usable_cores
+
+    cores = usable_cores()
+    if cores < 2:
+        pytest.skip("needs 2 cores: one for the busy process, one for the reply")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        chat = Chat(str(models["gguf"]), "--jsonl")
+        assert chat.event()["type"] == "ready"
+        time.sleep(1.0)  # the user types while the other process computes
+        chat.send(json.dumps({"type": "user", "content": "hi", "temperature": 0, "max_tokens": 8}))
+        while (event := chat.event())["type"] == "token":
+            pass
+    finally:
+        busy.kill()
+        busy.wait()
+    assert event["type"] == "done", event
+    stats = event["stats"]
+    # Spinning worker threads on a core the other process holds would stall every step.
+    assert stats["cores"] == cores and stats["threads"] < cores, stats
+    from workbench_chat.history import stats_line
+
+    assert f"{stats['threads']} of {cores} cores (others are busy)" in stats_line(stats)
+    rc, stderr = chat.finish()
+    assert rc == 0, stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # the engines themselves
 
@@ -383,6 +412,8 @@ def test_bad_model_references_are_one_line_errors(cli, tmp_path, workspace, mode
     truncated = cli("chat", str(cut))
     assert truncated.returncode == 2 and "is not a readable GGUF file" in truncated.stderr
     assert cli("chat").returncode == 2
+    threads = cli("chat", str(models["gguf"]), "--threads", "0")
+    assert threads.returncode == 2 and "--threads 0 is not a thread count" in threads.stderr
     assert "Traceback" not in missing.stderr + r.stderr + truncated.stderr
 
 

@@ -57,6 +57,8 @@ def stats_text(stats: dict[str, Any]) -> str:
         parts.append(f"{fmt_num(float(stats['tokens_per_s']))} tok/s")
     if stats.get("ttft_s") is not None:
         parts.append(f"first token {fmt_num(float(stats['ttft_s']))} s")
+    if 0 < stats.get("threads", 0) < stats.get("cores", 0):
+        parts.append(f"{stats['threads']} of {stats['cores']} cores (others are busy)")
     return " · ".join(parts)
 
 
