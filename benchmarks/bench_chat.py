@@ -15,6 +15,9 @@ checkpoint, exported with `workbench_export.gguf_writer` and quantized with
 - time to first token on turn 5 of a conversation (llama.cpp F16), with the KV cache kept across
   turns (only the new tokens run) and with it dropped before each turn (the whole history runs).
 - a temperature-0 request served from the response cache against the same request generated.
+- decode on a busy machine: another process keeps one core busy, or runs torch matrix products
+  on every core (like a training run), while Q4_K_M decodes with the threads our engine picks
+  before each reply, and with every core (what llama.cpp does unless told otherwise).
 
     python benchmarks/bench_chat.py [--width 512 --layers 4 --vocab 8192 --tokens 128 --repeats 3]
 """
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -156,6 +161,42 @@ def response_cache_ttft(engine: Any, root: Path) -> tuple[float, float]:
     return times[1], times[0]
 
 
+#: Other processes on the machine: one busy core, and torch computing on every core as a training
+#: run does. Each prints a line once it is computing.
+BUSY_JOBS = {
+    "one busy core": 'print("computing", flush=True)\nwhile True: pass',
+    "a torch job on every core": (
+        "import torch, sys\ntorch.set_num_threads(int(sys.argv[1]))\nx = torch.randn(1024, 1024)\nx @ x\n"
+        'print("computing", flush=True)\nwhile True: x @ x'),
+}
+
+
+def beside_busy_job(job_code: str, path: Path, prompt: str, tokens: int,
+                    repeats: int) -> tuple[float, int, float, int]:
+    """Decode tokens/s while another process computes: (rate, threads) with the threads the
+    engine picks, then with all cores."""
+    from workbench_chat.engine import open_engine, usable_cores
+
+    cores = usable_cores()
+    job = subprocess.Popen([sys.executable, "-c", job_code, str(cores)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert job.stdout is not None and job.stdout.readline(), "the busy job did not start"
+        picked = open_engine(str(path), n_ctx=2048)
+        every = open_engine(str(path), n_ctx=2048, threads=cores)
+        time.sleep(0.5)  # a person typing: the engine watches the machine meanwhile
+        rates: dict[str, list[float]] = {"picked": [], "every": []}
+        for _ in range(repeats):
+            rates["picked"].append(engine_decode_rates(picked, prompt, tokens)[0])
+            rates["every"].append(engine_decode_rates(every, prompt, tokens)[0])
+        threads = picked.last_stats.threads
+        picked.close()
+        every.close()
+    finally:
+        job.kill()
+        job.wait()
+    return statistics.median(rates["picked"]), threads, statistics.median(rates["every"]), cores
+
+
 def measure(width: int, layers: int, vocab: int, tokens: int, repeats: int, threads: int) -> dict[str, Any]:
     import torch
     from workbench_chat.engine import open_engine
@@ -201,6 +242,7 @@ def measure(width: int, layers: int, vocab: int, tokens: int, repeats: int, thre
         out["response_cache"] = response_cache_ttft(f16_engine, root)
         for engine in engines.values():
             engine.close()
+        out["busy"] = {name: beside_busy_job(code, q4, prompt, tokens, repeats) for name, code in BUSY_JOBS.items()}
     return out
 
 
@@ -225,6 +267,9 @@ def table(m: dict[str, Any], width: int, layers: int) -> list[dict]:
          "ours": reuse[0] * 1e3, "peer": full[0] * 1e3, "ratio": full[0] / reuse[0], "target": "> 1× (speed-up)"},
         {"figure": "temperature-0 reply ms: response cache hit vs generated", "ours": hit * 1e3,
          "peer": miss * 1e3, "ratio": miss / hit, "target": "> 1× (speed-up)"},
+        *({"figure": f"Q4_K_M tokens/s beside {name}: {b[1]} picked vs all {b[3]} threads",
+           "ours": b[0], "peer": b[2], "ratio": b[0] / b[2], "target": "> 1× (speed-up)"}
+          for name, b in m["busy"].items()),
     ]
 
 
