@@ -175,9 +175,11 @@ def beside_busy_job(job_code: str, path: Path, prompt: str, tokens: int,
                     repeats: int) -> tuple[float, int, float, int]:
     """Decode tokens/s while another process computes: (rate, threads) with the threads the
     engine picks, then with all cores."""
-    from workbench_chat.engine import open_engine, usable_cores
+    from workbench_chat.engine import open_engine
 
-    cores = usable_cores()
+    from workbench.hardware import physical_cores
+
+    cores = physical_cores()
     job = subprocess.Popen([sys.executable, "-c", job_code, str(cores)], stdout=subprocess.PIPE, text=True)
     try:
         assert job.stdout is not None and job.stdout.readline(), "the busy job did not start"

@@ -10,7 +10,9 @@ import os
 import platform
 import shutil
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workbench import locations
@@ -79,6 +81,86 @@ def host_available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 * GiB
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on. Hyperthread siblings count once: two threads on one
+    core share its vector units, and llama.cpp and torch both default to physical cores."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+class CpuWatch:
+    """How much CPU other processes used on this process's CPUs between two looks (Linux).
+
+    It reads the kernel's per-CPU counters (/proc/stat) and takes away this process's own CPU
+    time, so what is left is other work: a training run, a build, a browser. Time the hypervisor
+    stole is not counted; nothing here can give it back.
+    """
+
+    #: A shorter window is too few clock ticks (10 ms each) to tell one busy core from none.
+    MIN_WINDOW_S = 0.25
+
+    def __init__(self) -> None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        self.cpus = {f"cpu{i}" for i in cpus}
+        self.tick_s = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+        self._last = self._sample()
+        self.works = self._last is not None
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(monotonic time, busy CPU-seconds of our CPUs, this process's CPU-seconds)."""
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            name, _, rest = line.partition(" ")
+            if name in self.cpus:
+                # user nice system idle iowait irq softirq steal ...
+                user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in rest.split()[:7])
+                busy += user + nice + system + irq + softirq
+        return time.monotonic(), busy * self.tick_s, time.process_time()
+
+    def others_busy(self) -> float | None:
+        """Cores' worth of other work since the last answer; None if unknown or too soon to tell
+        (the window then runs on to the next call)."""
+        now, last = self._sample(), self._last
+        if now is None or last is None or now[0] - last[0] < self.MIN_WINDOW_S:
+            return None
+        self._last = now
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
+
+    def free_cores(self) -> int | None:
+        """Physical cores other processes left idle since the last answer (at least one); None
+        if unknown or too soon to tell."""
+        busy = self.others_busy()
+        return None if busy is None else max(1, physical_cores() - round(busy))
+
+
+def free_cores() -> int:
+    """Physical cores other processes leave idle, seen over a quarter of a second from now; all
+    of them where that cannot be seen (not Linux). For jobs that pick their threads once.
+
+    Worker threads of llama.cpp and torch wait for each other after every operation, so one that
+    shares its core with another busy process stalls them all (on 2 cores beside one busy
+    process, 2 threads decoded 6-10x slower than 1): a core someone else uses is best left alone.
+    """
+    watch = CpuWatch()
+    if not watch.works:
+        return physical_cores()
+    time.sleep(CpuWatch.MIN_WINDOW_S)
+    return watch.free_cores() or physical_cores()
 
 
 @dataclass
@@ -186,6 +268,7 @@ def doctor() -> dict[str, Any]:
         device = choose_device()
         info: dict[str, Any] = {"torch": torch.__version__, "device": device,
                                 "precision": choose_precision(device), "cpu_cores": os.cpu_count(),
+                                "physical_cores": physical_cores(),
                                 "threads": torch.get_num_threads()}
         if device == "cuda":
             props = torch.cuda.get_device_properties(0)

@@ -11,7 +11,6 @@ This module is light: the backends import llama_cpp or torch when a model is ope
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
+from workbench.hardware import CpuWatch, physical_cores
 
 #: Chat-turn end markers of common templates; used as stop strings when a template contains one.
 TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
@@ -262,73 +262,11 @@ def turn_end_stops(template: str) -> list[str]:
     return [m for m in TURN_END_MARKERS if m in template]
 
 
-def usable_cores() -> int:
-    """Physical cores this process may run on. Hyperthread siblings count once: two threads on one
-    core share its vector units, and llama.cpp and torch both default to physical cores."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        try:
-            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
-
-
-class CpuWatch:
-    """How much CPU other processes used on this process's CPUs between two looks (Linux).
-
-    It reads the kernel's per-CPU counters (/proc/stat) and takes away this process's own CPU
-    time, so what is left is other work: a training run, a build, a browser. Time the hypervisor
-    stole is not counted; nothing here can give it back.
-    """
-
-    #: A shorter window is too few clock ticks (10 ms each) to tell one busy core from none.
-    MIN_WINDOW_S = 0.25
-
-    def __init__(self) -> None:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-        self.cpus = {f"cpu{i}" for i in cpus}
-        self.tick_s = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
-        self._last = self._sample()
-
-    def _sample(self) -> tuple[float, float, float] | None:
-        """(monotonic time, busy CPU-seconds of our CPUs, this process's CPU-seconds)."""
-        try:
-            lines = Path("/proc/stat").read_text().splitlines()
-        except OSError:
-            return None
-        busy = 0
-        for line in lines:
-            name, _, rest = line.partition(" ")
-            if name in self.cpus:
-                # user nice system idle iowait irq softirq steal ...
-                user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in rest.split()[:7])
-                busy += user + nice + system + irq + softirq
-        return time.monotonic(), busy * self.tick_s, time.process_time()
-
-    def others_busy(self) -> float | None:
-        """Cores' worth of other work since the last answer; None if unknown or too soon to tell
-        (the window then runs on to the next call)."""
-        now, last = self._sample(), self._last
-        if now is None or last is None or now[0] - last[0] < self.MIN_WINDOW_S:
-            return None
-        self._last = now
-        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
-
-
 class ThreadPlan:
-    """The CPU threads for the next reply: the cores other processes leave free.
-
-    llama.cpp's and torch's worker threads meet at a barrier after every operation. A thread
-    that shares its core with another busy process stalls all the others there: on 2 cores
-    beside a 2-thread torch training job, 2 threads decoded 6.6× slower than 1
-    (benchmarks/bench_chat.py has the figures). So before each reply the plan looks at what
-    other processes did since the last reply and leaves their cores to them.
-    """
+    """The CPU threads for the next reply: the cores other processes leave free (see
+    `workbench.hardware.free_cores` for why). A chat lives long and the machine's load changes,
+    so before each reply the plan looks at what other processes did since the last one; the
+    user's typing time makes a good window."""
 
     def __init__(self, ceiling: int, watch: CpuWatch | None = None):
         self.ceiling = ceiling
@@ -336,9 +274,9 @@ class ThreadPlan:
         self.threads = ceiling
 
     def pick(self) -> int:
-        busy = self.watch.others_busy()
-        if busy is not None:
-            self.threads = max(1, min(self.ceiling, usable_cores() - round(busy)))
+        free = self.watch.free_cores()
+        if free is not None:
+            self.threads = min(self.ceiling, free)
         return self.threads
 
 
@@ -348,7 +286,7 @@ def thread_ceiling(backend: str, model_bytes: int) -> int:
     does not: a 3.6 MB Q4_K_M decodes 10% faster on 2 cores than on 1)."""
     if backend == "torch" and model_bytes < SMALL_MODEL_BYTES:
         return 1
-    return usable_cores()
+    return physical_cores()
 
 
 def resolve_model(ref: str, store: Any | None = None) -> ModelRef:

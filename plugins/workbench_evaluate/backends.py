@@ -13,7 +13,6 @@ Log-softmax is taken in float64 on both sides.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from workbench.errors import UserError
+from workbench.hardware import free_cores
 
 #: Longest sequence scored at once unless `--context` says otherwise.
 DEFAULT_CONTEXT = 1024
@@ -155,12 +155,6 @@ def gguf_metadata(path: Path) -> dict[str, str]:
         llm.close()
 
 
-def default_threads(path: Path) -> int:
-    # llama.cpp's worker threads spin at every graph barrier; for a small model that costs far
-    # more than it saves, so small files run on one.
-    return 1 if path.stat().st_size < 64 * 2**20 else os.cpu_count() or 1
-
-
 class LlamaBackend:
     """A GGUF file in llama-cpp-python with every position's logits kept (`logits_all`)."""
 
@@ -176,7 +170,7 @@ class LlamaBackend:
         self.metadata = meta
         self.context = min(trained, context or DEFAULT_CONTEXT)
         n_ctx = min(n_ctx or self.context, trained)
-        threads = threads or default_threads(path)
+        threads = threads or free_cores()
         gpu_layers = -1 if device in ("cuda", "mps") else 0
         try:
             self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,

@@ -17,7 +17,6 @@ llama.cpp's own precision choice and would hide export bugs under its noise) and
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from workbench.errors import UserError
+from workbench.hardware import free_cores
 from workbench.prompts import style_for_model
 
 # Strings where tokenizers like to disagree: runs of spaces, newlines and tabs, digits,
@@ -195,9 +195,7 @@ def load_llama(path: Path, n_ctx: int, *, logits_all: bool = True) -> Any:
     """llama-cpp-python on CPU with an F32 KV cache: the configuration verification trusts."""
     from llama_cpp import Llama
 
-    # llama.cpp's worker threads spin at every graph barrier; for a small model that costs far
-    # more than it saves (0.15 s per batch seen on 2 busy cores), so small files run on one.
-    threads = 1 if Path(path).stat().st_size < 64 * 2**20 else os.cpu_count() or 1
+    threads = free_cores()
     return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
                  type_k=0, type_v=0, n_gpu_layers=0, n_threads=threads, n_threads_batch=threads,
                  verbose=False)

@@ -325,9 +325,9 @@ def test_ctrl_c_stops_a_repl_reply_without_leaving(cli, models):
 
 @pytest.mark.timeout(120)
 def test_a_reply_leaves_the_cores_a_busy_process_uses_and_says_so(models):
-    from workbench_chat.engine import usable_cores
+    from workbench.hardware import physical_cores
 
-    cores = usable_cores()
+    cores = physical_cores()
     if cores < 2:
         pytest.skip("needs 2 cores: one for the busy process, one for the reply")
     # Busy enough to be seen on a starved CI host too.
