@@ -87,7 +87,8 @@ class Options:
     )
     threads: int | None = option(
         None, min=1, advanced=True,
-        help="CPU threads for torch and llama.cpp (default: one for small models, all cores otherwise)",
+        help="CPU threads (default: llama.cpp gets the cores other processes leave free; torch one for "
+             "checkpoints under 20M parameters, all cores otherwise)",
     )
     name: str | None = option(None, help="Name of the eval-report artifact (default: eval-<model names>)")
 
