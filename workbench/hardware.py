@@ -148,19 +148,34 @@ class CpuWatch:
         return None if busy is None else max(1, physical_cores() - round(busy))
 
 
-def free_cores() -> int:
-    """Physical cores other processes leave idle, seen over a quarter of a second from now; all
-    of them where that cannot be seen (not Linux). For jobs that pick their threads once.
+class _FreeCores:
+    """`free_cores` for this process: one watch since the module loaded, so a job's first look
+    covers its own start-up (imports, loading) and later looks the time since the last one."""
 
-    Worker threads of llama.cpp and torch wait for each other after every operation, so one that
-    shares its core with another busy process stalls them all (on 2 cores beside one busy
-    process, 2 threads decoded 6-10x slower than 1): a core someone else uses is best left alone.
-    """
-    watch = CpuWatch()
-    if not watch.works:
-        return physical_cores()
-    time.sleep(CpuWatch.MIN_WINDOW_S)
-    return watch.free_cores() or physical_cores()
+    def __init__(self) -> None:
+        self.watch = CpuWatch()
+        self.last: int | None = None
+
+    def __call__(self) -> int:
+        if not self.watch.works:
+            return physical_cores()
+        free = self.watch.free_cores()
+        if free is None and self.last is None:  # a process younger than one window
+            time.sleep(CpuWatch.MIN_WINDOW_S)
+            free = self.watch.free_cores()
+        if free is not None:
+            self.last = free
+        return self.last or physical_cores()
+
+
+#: Physical cores other processes leave idle, seen since the last call in this process (or
+#: since it started); all of them where that cannot be seen (not Linux). For jobs that pick
+#: their threads once.
+#:
+#: Worker threads of llama.cpp and torch wait for each other after every operation, so one that
+#: shares its core with another busy process stalls them all (on 2 cores beside one busy
+#: process, 2 threads decoded 6-10x slower than 1): a core someone else uses is best left alone.
+free_cores = _FreeCores()
 
 
 @dataclass

@@ -116,12 +116,11 @@ def _raw_encode(tokenizer: Any, text: str) -> list[int]:
 
 
 @contextmanager
-def _threads_for(model: torch.nn.Module) -> Iterator[None]:
-    """One torch thread for small models: their matmuls are too small to share, and on busy
-    cores the threads' synchronisation made the reference several times slower."""
+def _on_free_cores() -> Iterator[None]:
+    """Torch on the cores other processes leave free: on busy cores the threads' per-operation
+    synchronisation made the reference several times slower."""
     previous = torch.get_num_threads()
-    if sum(p.numel() for p in model.parameters()) < 20_000_000:
-        torch.set_num_threads(1)
+    torch.set_num_threads(free_cores())
     try:
         yield
     finally:
@@ -167,7 +166,7 @@ class Reference:
         steps = len(probe_ids) * (n_greedy + 1) + len(chunks)
         done = 0
         logits_out, greedy = [], []
-        with torch.no_grad(), _threads_for(model):
+        with torch.no_grad(), _on_free_cores():
             for ids_ in probe_ids:
                 logits_out.append(model(torch.tensor([ids_]))[0].numpy())
                 seq = list(ids_)
