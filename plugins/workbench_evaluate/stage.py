@@ -87,8 +87,7 @@ class Options:
     )
     threads: int | None = option(
         None, min=1, advanced=True,
-        help="CPU threads (default: llama.cpp gets the cores other processes leave free; torch one for "
-             "checkpoints under 20M parameters, all cores otherwise)",
+        help="CPU threads for torch and llama.cpp (default: the physical cores other processes leave free)",
     )
     name: str | None = option(None, help="Name of the eval-report artifact (default: eval-<model names>)")
 
