@@ -45,6 +45,7 @@ class Context:
         self.resume_from = resume_from
         self.attempt = attempt
         self.cancel_requested = False
+        self._cancel_logged = False
         self._progress_t0: float | None = None
         self._progress_s0 = 0
         self._last_progress = 0.0
@@ -54,8 +55,14 @@ class Context:
     # reporting ----------------------------------------------------------------------------
 
     def emit(self, type: str, **fields: Any) -> None:
-        if self.events is not None:
-            self.events.emit(type, **fields)
+        if self.events is None:
+            return
+        if self.cancel_requested and not self._cancel_logged:
+            # Said here, not in the signal handler: the signal may arrive while this very file
+            # is being flushed, and a second write into it from the handler fails the run.
+            self._cancel_logged = True
+            self.events.emit("log", level="warning", message="cancel requested; stopping at the next safe point")
+        self.events.emit(type, **fields)
 
     def progress(self, step: int, total: int | None = None, *, unit: str = "step", desc: str | None = None) -> None:
         """Report position; ETA comes from the rate since this attempt started. Throttled to 5/s."""
@@ -168,8 +175,7 @@ def install_cancel_handler(ctx: Context, cooperative: bool) -> None:
     def handler(signum: int, frame: Any) -> None:
         if ctx.cancel_requested or not cooperative:
             raise Cancelled()
-        ctx.cancel_requested = True
-        ctx.log("cancel requested; stopping at the next safe point", level="warning")
+        ctx.cancel_requested = True  # the next event written says so (see Context.emit)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
