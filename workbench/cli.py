@@ -253,16 +253,20 @@ def follow_cli(run: Any, store: Any, proc: Any = None, *, as_json: bool = False,
                 runs.cancel(run.id, store)
             except UserError:
                 pass
-            view.note("cancelling… (Ctrl-C again to detach and leave it running)")
+            # The loop below says so: printing here could land inside a write it is making.
         else:
             raise KeyboardInterrupt
 
     view = RunView(run, quiet=as_json)
     old = signal.signal(signal.SIGINT, on_sigint)
     final: dict[str, Any] | None = None
+    noted = False
     try:
         with view:
             for event in runs.follow_run(run, store, proc, offset=offset):
+                if interrupts and not noted:
+                    view.note("cancelling… (Ctrl-C again to detach and leave it running)")
+                    noted = True
                 view.update(event)
                 if event["type"] in ("done", "failed", "cancelled"):
                     final = event
