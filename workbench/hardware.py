@@ -5,12 +5,15 @@ torch is imported inside the functions, never at module load.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata as md
 import os
 import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,7 @@ def host_available_memory() -> int:
         return 8 * GiB
 
 
+@functools.cache
 def physical_cores() -> int:
     """Physical cores this process may run on. Hyperthread siblings count once: two threads on one
     core share its vector units, and llama.cpp and torch both default to physical cores."""
@@ -148,34 +152,56 @@ class CpuWatch:
         return None if busy is None else max(1, physical_cores() - round(busy))
 
 
-class _FreeCores:
-    """`free_cores` for this process: one watch since the module loaded, so a job's first look
-    covers its own start-up (imports, loading) and later looks the time since the last one."""
+class FreeCores:
+    """The physical cores other processes left idle since the last look, at most `ceiling`
+    (default: every core).
 
-    def __init__(self) -> None:
+    Worker threads of llama.cpp and torch wait for each other after every operation, so one that
+    shares its core with another busy process stalls them all (on 2 cores beside one busy
+    process, 2 threads decoded 6-10x slower than 1): a core someone else uses is best left alone.
+
+    The first look covers the time since the instance was made; each later one the time since
+    the one before. A look too soon to tell keeps the last answer (at first the ceiling, or, with
+    `settle`, it waits out the window). Where nothing can be seen (not Linux): the ceiling.
+    """
+
+    def __init__(self, ceiling: int | None = None, *, settle: bool = False):
         self.watch = CpuWatch()
+        self._ceiling = ceiling
+        self.settle = settle
         self.last: int | None = None
 
+    @property
+    def ceiling(self) -> int:
+        return self._ceiling or physical_cores()
+
     def __call__(self) -> int:
-        if not self.watch.works:
-            return physical_cores()
         free = self.watch.free_cores()
-        if free is None and self.last is None:  # a process younger than one window
+        if free is None and self.last is None and self.settle and self.watch.works:
             time.sleep(CpuWatch.MIN_WINDOW_S)
             free = self.watch.free_cores()
         if free is not None:
-            self.last = free
-        return self.last or physical_cores()
+            self.last = min(self.ceiling, free)
+        return self.last or self.ceiling
 
 
-#: Physical cores other processes leave idle, seen since the last call in this process (or
-#: since it started); all of them where that cannot be seen (not Linux). For jobs that pick
-#: their threads once.
-#:
-#: Worker threads of llama.cpp and torch wait for each other after every operation, so one that
-#: shares its core with another busy process stalls them all (on 2 cores beside one busy
-#: process, 2 threads decoded 6-10x slower than 1): a core someone else uses is best left alone.
-free_cores = _FreeCores()
+#: For jobs that pick their threads once: one watch per process from import, so a job's first
+#: look covers its own start-up (imports, loading) with no wait.
+free_cores = FreeCores(settle=True)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch on `n` CPU threads inside the block (unchanged for None), as before after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
-from workbench.hardware import CpuWatch, physical_cores
+from workbench.hardware import FreeCores, physical_cores
 
 #: Chat-turn end markers of common templates; used as stop strings when a template contains one.
 TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
@@ -208,8 +208,10 @@ class Engine(ABC):
         self.notes: list[str] = []
         self.last_stats = Stats()
         self.threads = 1  # the CPU threads it runs on; each engine sets it when loading
-        #: Set by `open_engine` unless --threads was given: re-picks the threads before each reply.
-        self.thread_plan: ThreadPlan | None = None
+        #: Set by `open_engine` unless --threads was given: it re-picks the threads before each
+        #: reply. A chat lives long and the machine's load changes; the user's typing time between
+        #: replies makes a good window to look at it.
+        self.thread_plan: FreeCores | None = None
 
     @abstractmethod
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -234,7 +236,7 @@ class Engine(ABC):
     def start_reply(self, stats: Stats) -> None:
         """Called by an engine before a reply: picks its threads and records them in `stats`."""
         if self.thread_plan is not None:
-            n = self.thread_plan.pick()
+            n = self.thread_plan()
             if n != self.threads:
                 self.set_threads(n)
                 self.threads = n
@@ -260,24 +262,6 @@ class Engine(ABC):
 
 def turn_end_stops(template: str) -> list[str]:
     return [m for m in TURN_END_MARKERS if m in template]
-
-
-class ThreadPlan:
-    """The CPU threads for the next reply: the cores other processes leave free (see
-    `workbench.hardware.free_cores` for why). A chat lives long and the machine's load changes,
-    so before each reply the plan looks at what other processes did since the last one; the
-    user's typing time makes a good window."""
-
-    def __init__(self, ceiling: int, watch: CpuWatch | None = None):
-        self.ceiling = ceiling
-        self.watch = watch or CpuWatch()
-        self.threads = ceiling
-
-    def pick(self) -> int:
-        free = self.watch.free_cores()
-        if free is not None:
-            self.threads = min(self.ceiling, free)
-        return self.threads
 
 
 def thread_ceiling(backend: str, model_bytes: int) -> int:
@@ -339,8 +323,8 @@ def open_engine(ref: str | ModelRef, *, n_ctx: int | None = None, threads: int |
     if threads is None:
         # Made before the load, so a model that takes a while to load knows by its first
         # reply what else the machine is doing.
-        plan = ThreadPlan(thread_ceiling(model.backend, model.weights.stat().st_size))
-        threads = plan.threads
+        plan = FreeCores(thread_ceiling(model.backend, model.weights.stat().st_size))
+        threads = plan.ceiling
     engine: Engine
     if model.backend == "llama.cpp":
         from workbench_chat.llama_engine import LlamaEngine

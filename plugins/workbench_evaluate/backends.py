@@ -13,8 +13,8 @@ Log-softmax is taken in float64 on both sides.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, redirect_stderr
+from collections.abc import Sequence
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from workbench.errors import UserError
-from workbench.hardware import free_cores
+from workbench.hardware import free_cores, torch_threads
 
 #: Longest sequence scored at once unless `--context` says otherwise.
 DEFAULT_CONTEXT = 1024
@@ -67,20 +67,10 @@ class TorchBackend:
         self.batch_size = batch_size
         self._has_cache = False
 
-    @contextmanager
-    def _threaded(self) -> Iterator[None]:
-        previous = torch.get_num_threads()
-        if self._threads:
-            torch.set_num_threads(self._threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
     @torch.inference_mode()
     def logprobs(self, items: Sequence[Item]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
-        with self._threaded():
+        with torch_threads(self._threads):
             i = 0
             while i < len(items):
                 longest = len(items[i][0])
@@ -101,7 +91,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def greedy(self, prompt: list[int], max_new: int, stop_ids: set[int]) -> list[int]:
-        with self._threaded():
+        with torch_threads(self._threads):
             if not self._has_cache:
                 self.model.set_kv_cache(batch_size=1, device=self.device, dtype=self.dtype)
                 self._has_cache = True

@@ -17,8 +17,7 @@ llama.cpp's own precision choice and would hide export bugs under its noise) and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from workbench.errors import UserError
-from workbench.hardware import free_cores
+from workbench.hardware import free_cores, torch_threads
 from workbench.prompts import style_for_model
 
 # Strings where tokenizers like to disagree: runs of spaces, newlines and tabs, digits,
@@ -115,18 +114,6 @@ def _raw_encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.processor.encode(text))
 
 
-@contextmanager
-def _on_free_cores() -> Iterator[None]:
-    """Torch on the cores other processes leave free: on busy cores the threads' per-operation
-    synchronisation made the reference several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(free_cores())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @dataclass
 class Reference:
     """LitGPT's answers, computed once and compared with every exported file."""
@@ -166,7 +153,7 @@ class Reference:
         steps = len(probe_ids) * (n_greedy + 1) + len(chunks)
         done = 0
         logits_out, greedy = [], []
-        with torch.no_grad(), _on_free_cores():
+        with torch.no_grad(), torch_threads(free_cores()):
             for ids_ in probe_ids:
                 logits_out.append(model(torch.tensor([ids_]))[0].numpy())
                 seq = list(ids_)
