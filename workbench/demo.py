@@ -106,11 +106,16 @@ def log_path() -> Path:
     return locations.home() / "demo" / "demo.log"
 
 
+def lock_path() -> Path:
+    """Held by the running demo's driver for as long as it lives."""
+    return locations.home() / "demo" / "driver.lock"
+
+
 @contextlib.contextmanager
 def exclusive() -> Iterator[None]:
     """One demo at a time per workspace: a second would overwrite the first's state. The lock
     goes with the process, however it ends."""
-    path = locations.home() / "demo" / "driver.lock"
+    path = lock_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as fh:
         try:
@@ -131,7 +136,7 @@ def exclusive() -> Iterator[None]:
 
 def running() -> bool:
     """Whether a demo holds this workspace's lock now."""
-    path = locations.home() / "demo" / "driver.lock"
+    path = lock_path()
     if not path.exists():
         return False
     with open(path, encoding="utf-8") as fh:
