@@ -11,12 +11,16 @@ the same way:
 
 One engine generates one reply at a time: requests queue on a lock. A client that disconnects
 mid-stream stops its generation at the next token.
+
+Every request's body is read whole before the reply, errors included, so a kept-open connection
+stays in sync; a body that cannot be read is refused from its headers and the connection closed.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import sys
@@ -32,13 +36,18 @@ from workbench_chat.engine import Engine, Sampling, Stats
 from workbench_chat.respcache import ResponseCache, cache_key
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+LINGER_SECONDS = 5.0  # how long a refused body is drained so the client can read the refusal
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+    """An error reply. `close`: the request body could not be read, so the connection must end."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 *, close: bool = False):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.close = close
 
     def body(self) -> dict[str, Any]:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
@@ -99,6 +108,7 @@ class Handler(BaseHTTPRequestHandler):
     server: ChatServer
     protocol_version = "HTTP/1.1"
     server_version = "workbench-serve"
+    body = b""
 
     # routing --------------------------------------------------------------------------------
 
@@ -109,9 +119,15 @@ class Handler(BaseHTTPRequestHandler):
         self._route({"/v1/chat/completions": self._chat, "/chat/completions": self._chat,
                      "/v1/completions": self._completions, "/completions": self._completions})
 
+    def _no_method(self) -> None:  # still routed, so the body is read and the connection stays in sync
+        self._route({})
+
+    do_PUT = do_DELETE = do_PATCH = _no_method
+
     def _route(self, routes: dict[str, Any]) -> None:
         path = urlsplit(self.path).path.rstrip("/")
         try:
+            self.body = self._read_body()
             self._check_key()
             if path.startswith("/v1/models/") and self.command == "GET":
                 self._model(path.removeprefix("/v1/models/"))
@@ -121,12 +137,62 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, f"no route {self.command} {path}", code="not_found")
             handler()
         except ApiError as exc:
-            self._send_json(exc.status, exc.body())
+            self._send_json(exc.status, exc.body(), close=exc.close)
+            if exc.close:
+                self._linger()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # one failed request must not take the server down
             self.log_error("failed: %s: %s", type(exc).__name__, exc)
             self._send_json(500, ApiError(500, f"{type(exc).__name__}: {exc}").body())
+
+    # the body ---------------------------------------------------------------------------------
+
+    def _body_length(self) -> int:
+        """The declared body length; an ApiError (closing the connection) when it cannot be read."""
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(411, "send the body with a Content-Length header, not chunked", close=True)
+        declared = self.headers.get_all("Content-Length") or []
+        if not declared:
+            if self.command == "POST":
+                raise ApiError(411, "the request needs a Content-Length header")
+            return 0
+        value = declared[0].strip()
+        if len(set(declared)) != 1 or not re.fullmatch(r"[0-9]+", value):
+            raise ApiError(400, "bad Content-Length header", close=True)
+        if len(value) > 12 or int(value) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is over the limit of {MAX_BODY_BYTES} bytes",
+                           code="request_too_large", close=True)
+        return int(value)
+
+    def _read_body(self) -> bytes:
+        """The whole body, read before any reply, so a kept-open connection stays in sync."""
+        length = self._body_length()
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise ApiError(400, "the body ended before its Content-Length", close=True)
+        return raw
+
+    def handle_expect_100(self) -> bool:
+        # A body that will be refused unread is not asked for.
+        try:
+            self._body_length()
+        except ApiError:
+            return True
+        return super().handle_expect_100()
+
+    def _linger(self) -> None:
+        """Close after a refusal without resetting it away: end our side, drain what is in flight."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_SECONDS)
+            deadline = time.monotonic() + LINGER_SECONDS
+            while time.monotonic() < deadline and self.connection.recv(1 << 16):
+                pass
+        except OSError:
+            pass
 
     def _check_key(self) -> None:
         key = self.server.api_key
@@ -235,28 +301,23 @@ class Handler(BaseHTTPRequestHandler):
     # wire helpers ---------------------------------------------------------------------------
 
     def _read_json(self) -> dict[str, Any]:
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            raise ApiError(400, "bad Content-Length header") from None
-        if length <= 0:
+        if not self.body:
             raise ApiError(400, "the request needs a JSON body")
-        if length > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
-        raw = self.rfile.read(length)
         try:
-            body = json.loads(raw)
+            body = json.loads(self.body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         return body
 
-    def _send_json(self, status: int, data: dict[str, Any]) -> None:
+    def _send_json(self, status: int, data: dict[str, Any], *, close: bool = False) -> None:
         payload = json.dumps(data, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
 

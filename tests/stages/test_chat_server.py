@@ -6,8 +6,10 @@ library's HTTP client, the way a local application would talk to it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -39,6 +41,23 @@ class Server:
         found = re.search(r"at (http://\S+/v1)$", line.strip())
         assert found, f"no address in {line!r}; stderr: {self.proc.stderr.read() if self.proc.stderr else ''}"
         self.url = found.group(1)
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def connect(self) -> http.client.HTTPConnection:
+        """A connection of its own, kept open across requests unless the server closes it."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, Any]:
+        """One request on a fresh connection: status, headers, and the JSON body (None if empty)."""
+        conn = self.connect()
+        try:
+            conn.request(method, "/v1" + path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+            return resp.status, resp.headers, json.loads(raw) if raw else None
+        finally:
+            conn.close()
 
     def request(self, path: str, body: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -145,3 +164,56 @@ def test_serving_a_checkpoint_and_a_busy_port(tmp_path, cli):
         assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
     finally:
         s.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# the wire: bodies, kept-open connections, limits
+
+ASK = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "temperature": 0}).encode()
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_kept_open_connection_stays_in_sync_after_errors(server):
+    conn = server.connect()
+    try:
+        # Each error body below, left unread, would be parsed as the start of the next request.
+        smuggled = b"GET /v1/nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        conn.request("POST", "/v1/no/such/route", body=smuggled, headers=JSON)
+        first = conn.getresponse()
+        assert first.status == 404 and json.loads(first.read())["error"]["code"] == "not_found"
+        sock = conn.sock
+        conn.request("PUT", "/v1/models", body=ASK, headers=JSON)
+        second = conn.getresponse()
+        assert second.status == 404 and json.loads(second.read())["error"]
+        conn.request("POST", "/v1/chat/completions", body=ASK, headers=JSON)
+        valid = conn.getresponse()
+        assert valid.status == 200 and json.loads(valid.read())["object"] == "chat.completion"
+        assert conn.sock is sock  # all on the one connection
+    finally:
+        conn.close()
+
+
+def test_an_oversized_body_gets_413_and_the_server_goes_on(server):
+    conn = server.connect()
+    try:
+        conn.request("POST", "/v1/chat/completions", body=b"x" * (50 * 1024 * 1024), headers=JSON)
+        resp = conn.getresponse()  # not a broken pipe: the refusal arrives whole
+        assert resp.status == 413 and resp.headers["Connection"] == "close"
+        assert json.loads(resp.read())["error"]["code"] == "request_too_large"
+    finally:
+        conn.close()
+    host = f"127.0.0.1:{server.port}".encode()
+    # Declared but never sent: refused from the headers alone, without waiting for the body.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 52428800\r\nExpect: 100-continue\r\n\r\n" % host)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))  # until the server closes
+        assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
+    # A chunked body is refused too, and that connection closed, since its end was never found.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"prompt\": \"hi\"}\r\n0\r\n\r\n" % host)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 411 ") and b"Connection: close" in reply
+    status, _, models = server.call("GET", "/models")
+    assert status == 200 and models["data"]
