@@ -12,8 +12,11 @@ the same way:
 One engine generates one reply at a time: requests queue on a lock. A client that disconnects
 mid-stream stops its generation at the next token.
 
-Every request's body is read whole before the reply, errors included, so a kept-open connection
-stays in sync; a body that cannot be read is refused from its headers and the connection closed.
+A web page the user opens can send requests to 127.0.0.1 too, so every request passes the same
+gate before it is routed: its body is read whole (or refused, and the connection closed, when it
+cannot be), its Host must name this server (DNS rebinding), its Origin, if any, must be one the
+user allowed, its key must match, and a POST body must be declared JSON (a cross-site form or
+text/plain post cannot be).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from workbench_chat.respcache import ResponseCache, cache_key
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 LINGER_SECONDS = 5.0  # how long a refused body is drained so the client can read the refusal
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
+HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -54,19 +61,77 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+def normalize_origin(value: str) -> str:
+    """`scheme://host[:port]` the way browsers send it in Origin; ValueError if it is not one."""
+    value = value.strip()
+    if value in ("*", "null"):
+        return value
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in origin '{value}'") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username is not None \
+            or parts.password is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"'{value}' is not an origin such as http://localhost:3000")
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    default = 80 if scheme == "http" else 443
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def parse_origins(values: list[str]) -> frozenset[str]:
+    """--allow-origin values (repeated or comma-separated) as normalized origins."""
+    out = set()
+    for value in values:
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            try:
+                out.add(normalize_origin(item))
+            except ValueError as exc:
+                raise UserError(f"--allow-origin: {exc}") from None
+    return frozenset(out)
+
+
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], engine: Engine | None, *, model_name: str,
-                 api_key: str | None = None, response_cache: ResponseCache | None = None):
+                 api_key: str | None = None, allow_origins: frozenset[str] = frozenset(),
+                 response_cache: ResponseCache | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
         self.engine: Engine = engine  # type: ignore[assignment] - set by serve() once loaded
         self.model_name = model_name
         self.api_key = api_key
+        self.allow_origins = allow_origins
+        self.bound_host = address[0].strip("[]").lower()
         self.cache = response_cache
         self.lock = threading.Lock()
         self.created = int(time.time())
+
+    def host_allowed(self, header: str) -> bool:
+        """Whether a Host header names this server: a name a DNS-rebinding page cannot use."""
+        found = HOST_HEADER.fullmatch(header.strip())
+        if not found:
+            return False
+        name, port = found.group(1).strip("[]").lower(), int(found.group(2) or 80)
+        if port != self.server_port:
+            return False
+        if name in LOOPBACK_NAMES or name == self.bound_host:
+            return True
+        if self.bound_host in WILDCARD_HOSTS:  # any of this machine's addresses, or its own name
+            return _is_ip(name) or name == socket.gethostname().lower()
+        return False
+
+    def origin_allowed(self, origin: str) -> bool:
+        if "*" in self.allow_origins:
+            return True
+        try:
+            return normalize_origin(origin) in self.allow_origins
+        except ValueError:
+            return False
 
 
 def parse_messages(raw: Any) -> list[dict[str, str]]:
@@ -108,6 +173,7 @@ class Handler(BaseHTTPRequestHandler):
     server: ChatServer
     protocol_version = "HTTP/1.1"
     server_version = "workbench-serve"
+    cors_origin: str | None = None  # the allowed Origin of the current request, echoed back
     body = b""
 
     # routing --------------------------------------------------------------------------------
@@ -119,6 +185,9 @@ class Handler(BaseHTTPRequestHandler):
         self._route({"/v1/chat/completions": self._chat, "/chat/completions": self._chat,
                      "/v1/completions": self._completions, "/completions": self._completions})
 
+    def do_OPTIONS(self) -> None:
+        self._route({})
+
     def _no_method(self) -> None:  # still routed, so the body is read and the connection stays in sync
         self._route({})
 
@@ -128,7 +197,15 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path.rstrip("/")
         try:
             self.body = self._read_body()
+            self._check_host()
+            self._check_origin()
+            if self.command == "OPTIONS":
+                self._options()
+                return
             self._check_key()
+            if self.command == "POST" and self.headers.get_content_type() != "application/json":
+                raise ApiError(415, "the body must be JSON, sent with 'Content-Type: application/json'",
+                               code="unsupported_media_type")
             if path.startswith("/v1/models/") and self.command == "GET":
                 self._model(path.removeprefix("/v1/models/"))
                 return
@@ -146,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
             self.log_error("failed: %s: %s", type(exc).__name__, exc)
             self._send_json(500, ApiError(500, f"{type(exc).__name__}: {exc}").body())
 
-    # the body ---------------------------------------------------------------------------------
+    # the gate -------------------------------------------------------------------------------
 
     def _body_length(self) -> int:
         """The declared body length; an ApiError (closing the connection) when it cannot be read."""
@@ -194,11 +271,54 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _check_host(self) -> None:
+        host = self.headers.get("Host")
+        if host is None:
+            raise ApiError(400, "the request has no Host header")
+        if not self.server.host_allowed(host):
+            raise ApiError(421, f"Host '{host}' does not name this server; use "
+                           f"http://127.0.0.1:{self.server.server_port}", code="misdirected_request")
+
+    def _check_origin(self) -> None:
+        origin = self.headers.get("Origin")
+        if origin is None:  # not sent by a browser page: nothing cross-site to guard against
+            return
+        if not self.server.origin_allowed(origin):
+            raise ApiError(403, f"requests from origin '{origin}' are not allowed; start the server "
+                           "with --allow-origin ORIGIN to allow them", code="origin_not_allowed")
+        self.cors_origin = origin
+
     def _check_key(self) -> None:
         key = self.server.api_key
         if key and self.headers.get("Authorization", "") != f"Bearer {key}":
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                            code="invalid_api_key")
+
+    def _options(self) -> None:
+        """CORS preflight for an allowed origin (others got a 403 at the gate); Allow otherwise."""
+        self.send_response(204)
+        self.send_header("Allow", "GET, POST, OPTIONS")
+        if self.cors_origin and "Access-Control-Request-Method" in self.headers:
+            self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            asked = self.headers.get("Access-Control-Request-Headers", "").strip()
+            # The origin is trusted, so any header it asks for (the OpenAI SDKs send several) is fine.
+            allowed = asked if HEADER_NAMES.fullmatch(asked) else "Authorization, Content-Type"
+            self.send_header("Access-Control-Allow-Headers", allowed)
+            self.send_header("Access-Control-Max-Age", "600")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def parse_request(self) -> bool:
+        self.cors_origin = None  # a kept-open connection must not carry one request's origin to the next
+        return super().parse_request()
+
+    def end_headers(self) -> None:
+        if self.cors_origin:
+            self.send_header("Access-Control-Allow-Origin", self.cors_origin)
+            self.send_header("Vary", "Origin")
+        elif self.server.allow_origins:
+            self.send_header("Vary", "Origin")
+        super().end_headers()
 
     # plain routes ---------------------------------------------------------------------------
 
@@ -334,20 +454,29 @@ class Handler(BaseHTTPRequestHandler):
             gone.set()
 
 
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def bind(host: str, port: int, *, api_key: str | None = None,
+def bind(host: str, port: int, *, api_key: str | None = None, allow_origins: frozenset[str] = frozenset(),
          response_cache: ResponseCache | None = None) -> ChatServer:
     """Listen before the model loads, so a busy port fails fast."""
     try:
-        return ChatServer((host, port), None, model_name="", api_key=api_key, response_cache=response_cache)
+        return ChatServer((host, port), None, model_name="", api_key=api_key, allow_origins=allow_origins,
+                          response_cache=response_cache)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
 
@@ -363,6 +492,9 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
     if not is_loopback(host):
         sys.stderr.write(f"warning: listening on {host}: other machines can reach this model"
                          f"{'' if server.api_key else ' and there is no --api-key'}\n")
+    if "*" in server.allow_origins:
+        sys.stderr.write("note: --allow-origin '*': any web page may send requests"
+                         f"{' that carry the API key' if server.api_key else ''}\n")
     sys.stdout.write(f"serving {server.model_name} ({engine.backend}, context {engine.n_ctx} tokens) "
                      f"at http://{shown}:{server.server_port}/v1\n")
     sys.stdout.flush()

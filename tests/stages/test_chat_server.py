@@ -185,6 +185,12 @@ def test_a_kept_open_connection_stays_in_sync_after_errors(server):
         conn.request("PUT", "/v1/models", body=ASK, headers=JSON)
         second = conn.getresponse()
         assert second.status == 404 and json.loads(second.read())["error"]
+        conn.request("POST", "/v1/chat/completions", body=ASK, headers={"Content-Type": "text/plain"})
+        third = conn.getresponse()
+        assert third.status == 415 and json.loads(third.read())["error"]
+        conn.request("POST", "/v1/chat/completions", body=ASK, headers={**JSON, "Host": "evil.example"})
+        fourth = conn.getresponse()
+        assert fourth.status == 421 and json.loads(fourth.read())["error"]
         conn.request("POST", "/v1/chat/completions", body=ASK, headers=JSON)
         valid = conn.getresponse()
         assert valid.status == 200 and json.loads(valid.read())["object"] == "chat.completion"
@@ -217,3 +223,81 @@ def test_an_oversized_body_gets_413_and_the_server_goes_on(server):
         assert reply.startswith(b"HTTP/1.1 411 ") and b"Connection: close" in reply
     status, _, models = server.call("GET", "/models")
     assert status == 200 and models["data"]
+
+# ----------------------------------------------------------------------------------------------
+# who can reach it: web pages, DNS-rebinding names, other machines
+
+def test_only_json_bodies_are_accepted(server):
+    # text/plain and form posts are what a web page can send cross-site without asking first.
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, _, err = server.call("POST", "/chat/completions", ASK, {"Content-Type": kind})
+        assert status == 415, kind
+        assert err["error"]["type"] == "invalid_request_error" and "application/json" in err["error"]["message"]
+    status, _, err = server.call("POST", "/completions", b'{"prompt": "hi"}', {})  # no Content-Type at all
+    assert status == 415
+    status, _, done = server.call("POST", "/chat/completions", ASK, {"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200 and done["object"] == "chat.completion"
+
+
+def test_host_must_name_this_server(server):
+    port = server.port
+    for host in (f"evil.example:{port}", f"127.0.0.1.evil.example:{port}",  # DNS rebinding
+                 f"127.0.0.1:{port + 1}", "127.0.0.1", f"user@127.0.0.1:{port}"):
+        status, _, err = server.call("GET", "/models", headers={"Host": host})
+        assert status == 421, host
+        assert err["error"]["code"] == "misdirected_request" and host in err["error"]["message"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+        status, _, models = server.call("GET", "/models", headers={"Host": host})
+        assert status == 200 and models["data"], host
+
+
+def test_a_wildcard_bind_accepts_this_machines_names_only():
+    from workbench_chat.server import bind
+
+    s = bind("0.0.0.0", 0)  # bound, never served: only its Host rule is looked at
+    try:
+        port = s.server_port
+        for host in (f"192.168.1.20:{port}", f"10.0.0.5:{port}", f"localhost:{port}", f"{socket.gethostname()}:{port}"):
+            assert s.host_allowed(host), host
+        for host in (f"evil.example:{port}", f"192.168.1.20:{port + 1}", "192.168.1.20"):
+            assert not s.host_allowed(host), host
+    finally:
+        s.server_close()
+
+
+def test_origins_and_cors_preflight(gguf_model):
+    s = Server(str(gguf_model), "--port", "0", "--threads", "1",
+               "--allow-origin", "http://localhost:3000, https://App.Example:443", "--allow-origin", "http://[::1]:8000")
+    try:
+        # A page from anywhere else is refused, and gets no CORS header to read the refusal with.
+        for origin in ("https://evil.example", "http://localhost:3001", "null", "http://localhost:3000.evil.example"):
+            status, headers, err = s.call("POST", "/chat/completions", ASK, {**JSON, "Origin": origin})
+            assert status == 403 and err["error"]["code"] == "origin_not_allowed", origin
+            assert headers["Access-Control-Allow-Origin"] is None
+            status, headers, _ = s.call("OPTIONS", "/chat/completions", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST"})
+            assert status == 403 and headers["Access-Control-Allow-Origin"] is None
+        # An allowed page is served, with the headers its browser needs to hand it the reply.
+        for origin in ("http://localhost:3000", "https://app.example", "http://[::1]:8000"):
+            status, headers, done = s.call("POST", "/chat/completions", ASK, {**JSON, "Origin": origin})
+            assert status == 200 and done["choices"], origin
+            assert headers["Access-Control-Allow-Origin"] == origin and "Origin" in headers["Vary"]
+        status, headers, body = s.call("OPTIONS", "/chat/completions", headers={
+            "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"})
+        assert status == 204 and body is None
+        assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert {"GET", "POST"} <= {m.strip() for m in headers["Access-Control-Allow-Methods"].split(",")}
+        assert headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-stainless-os"
+        # Errors reach the allowed page too, so it can show them.
+        status, headers, err = s.call("POST", "/chat/completions", b"{}", {**JSON, "Origin": "http://localhost:3000"})
+        assert status == 400 and headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    finally:
+        s.stop()
+
+
+def test_a_bad_allowed_origin_is_refused_at_start(gguf_model, cli):
+    done = cli("serve", str(gguf_model), "--port", "0", "--allow-origin", "localhost:3000", timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "error: --allow-origin: 'localhost:3000' is not an origin such as http://localhost:3000"]
