@@ -21,6 +21,8 @@ text/plain post cannot be).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import re
@@ -94,6 +96,15 @@ def parse_origins(values: list[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def check_api_key(key: str | None, host: str) -> None:
+    """An empty or unsendable key is a mistake; without a key only loopback may be bound."""
+    if key is not None and not re.fullmatch(r"[\x21-\x7e]+", key):
+        raise UserError("the API key must be non-empty printable ASCII without spaces (it is sent in a header)")
+    if key is None and not is_loopback(host):
+        raise UserError(f"--host {host} lets other machines reach the model: set a key with --api-key KEY "
+                        "or the WORKBENCH_API_KEY environment variable")
+
+
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -104,7 +115,8 @@ class ChatServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.engine: Engine = engine  # type: ignore[assignment] - set by serve() once loaded
         self.model_name = model_name
-        self.api_key = api_key
+        # Only a digest is compared, so the comparison time says nothing about the key's length.
+        self.key_digest = hashlib.sha256(f"Bearer {api_key}".encode()).digest() if api_key else None
         self.allow_origins = allow_origins
         self.bound_host = address[0].strip("[]").lower()
         self.cache = response_cache
@@ -289,8 +301,11 @@ class Handler(BaseHTTPRequestHandler):
         self.cors_origin = origin
 
     def _check_key(self) -> None:
-        key = self.server.api_key
-        if key and self.headers.get("Authorization", "") != f"Bearer {key}":
+        want = self.server.key_digest
+        if want is None:
+            return
+        given = hashlib.sha256(self.headers.get("Authorization", "").encode("utf-8", "surrogateescape")).digest()
+        if not hmac.compare_digest(given, want):
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                            code="invalid_api_key")
 
@@ -436,6 +451,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
         if close:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -474,6 +491,7 @@ def is_loopback(host: str) -> bool:
 def bind(host: str, port: int, *, api_key: str | None = None, allow_origins: frozenset[str] = frozenset(),
          response_cache: ResponseCache | None = None) -> ChatServer:
     """Listen before the model loads, so a busy port fails fast."""
+    check_api_key(api_key, host)
     try:
         return ChatServer((host, port), None, model_name="", api_key=api_key, allow_origins=allow_origins,
                           response_cache=response_cache)
@@ -490,11 +508,10 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
     for note in engine.notes:
         sys.stderr.write(f"note: {note}\n")
     if not is_loopback(host):
-        sys.stderr.write(f"warning: listening on {host}: other machines can reach this model"
-                         f"{'' if server.api_key else ' and there is no --api-key'}\n")
+        sys.stderr.write(f"note: listening on {host}: other machines can reach this model with the API key\n")
     if "*" in server.allow_origins:
         sys.stderr.write("note: --allow-origin '*': any web page may send requests"
-                         f"{' that carry the API key' if server.api_key else ''}\n")
+                         f"{' that carry the API key' if server.key_digest else ''}\n")
     sys.stdout.write(f"serving {server.model_name} ({engine.backend}, context {engine.n_ctx} tokens) "
                      f"at http://{shown}:{server.server_port}/v1\n")
     sys.stdout.flush()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
 import subprocess
@@ -33,9 +34,10 @@ def gguf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Server:
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "serve", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         found = re.search(r"at (http://\S+/v1)$", line.strip())
@@ -254,7 +256,7 @@ def test_host_must_name_this_server(server):
 def test_a_wildcard_bind_accepts_this_machines_names_only():
     from workbench_chat.server import bind
 
-    s = bind("0.0.0.0", 0)  # bound, never served: only its Host rule is looked at
+    s = bind("0.0.0.0", 0, api_key="k")  # bound, never served: only its Host rule is looked at
     try:
         port = s.server_port
         for host in (f"192.168.1.20:{port}", f"10.0.0.5:{port}", f"localhost:{port}", f"{socket.gethostname()}:{port}"):
@@ -301,3 +303,27 @@ def test_a_bad_allowed_origin_is_refused_at_start(gguf_model, cli):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         "error: --allow-origin: 'localhost:3000' is not an origin such as http://localhost:3000"]
+
+
+def test_api_key_from_the_environment_is_checked(gguf_model):
+    s = Server(str(gguf_model), "--port", "0", "--threads", "1", env={"WORKBENCH_API_KEY": "s3cret-key"})
+    try:
+        assert "s3cret-key" not in " ".join(s.proc.args)  # not in the process list
+        for auth in (None, "Bearer s3cret-keY", "Bearer s3cret-key2", "Bearer s3cret", "s3cret-key", "Basic s3cret-key"):
+            status, headers, err = s.call("POST", "/chat/completions", ASK, {**JSON, **({"Authorization": auth} if auth else {})})
+            assert status == 401 and err["error"]["code"] == "invalid_api_key", auth
+            assert headers["WWW-Authenticate"] == "Bearer"
+        status, _, done = s.call("POST", "/chat/completions", ASK, {**JSON, "Authorization": "Bearer s3cret-key"})
+        assert status == 200 and done["choices"]
+    finally:
+        s.stop()
+
+
+def test_other_hosts_need_a_key(gguf_model, cli):
+    for host in ("0.0.0.0", "::"):
+        done = cli("serve", str(gguf_model), "--host", host, "--port", "0", timeout=60)
+        assert done.returncode == 2 and done.stdout == ""
+        [line] = done.stderr.strip().splitlines()
+        assert f"--host {host}" in line and "--api-key" in line and "WORKBENCH_API_KEY" in line
+    done = cli("serve", str(gguf_model), "--port", "0", "--api-key", "", timeout=60)
+    assert done.returncode == 2 and "API key" in done.stderr
