@@ -320,6 +320,9 @@ class Handler(BaseHTTPRequestHandler):
             allowed = asked if HEADER_NAMES.fullmatch(asked) else "Authorization, Content-Type"
             self.send_header("Access-Control-Allow-Headers", allowed)
             self.send_header("Access-Control-Max-Age", "600")
+            if self.headers.get("Access-Control-Request-Private-Network", "").lower() == "true":
+                # Chrome asks before a page on a public address may call one on this machine.
+                self.send_header("Access-Control-Allow-Private-Network", "true")
         self.send_header("Content-Length", "0")
         self.end_headers()
 

@@ -291,6 +291,12 @@ def test_origins_and_cors_preflight(gguf_model):
         assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
         assert {"GET", "POST"} <= {m.strip() for m in headers["Access-Control-Allow-Methods"].split(",")}
         assert headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-stainless-os"
+        assert headers["Access-Control-Allow-Private-Network"] is None  # only when asked for
+        status, headers, _ = s.call("OPTIONS", "/models", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Private-Network": "true"})
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert headers["Access-Control-Allow-Private-Network"] == "true"
         # Errors reach the allowed page too, so it can show them.
         status, headers, err = s.call("POST", "/chat/completions", b"{}", {**JSON, "Origin": "http://localhost:3000"})
         assert status == 400 and headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
