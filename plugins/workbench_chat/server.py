@@ -284,9 +284,10 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def _check_host(self) -> None:
-        host = self.headers.get("Host")
-        if host is None:
-            raise ApiError(400, "the request has no Host header")
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1:
+            raise ApiError(400, "the request needs exactly one Host header")
+        host = hosts[0]
         if not self.server.host_allowed(host):
             raise ApiError(421, f"Host '{host}' does not name this server; use "
                            f"http://127.0.0.1:{self.server.server_port}", code="misdirected_request")
@@ -333,8 +334,7 @@ class Handler(BaseHTTPRequestHandler):
     def end_headers(self) -> None:
         if self.cors_origin:
             self.send_header("Access-Control-Allow-Origin", self.cors_origin)
-            self.send_header("Vary", "Origin")
-        elif self.server.allow_origins:
+        if self.server.allow_origins:  # the reply depends on the Origin, so caches must keep them apart
             self.send_header("Vary", "Origin")
         super().end_headers()
 

@@ -251,6 +251,9 @@ def test_host_must_name_this_server(server):
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
         status, _, models = server.call("GET", "/models", headers={"Host": host})
         assert status == 200 and models["data"], host
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # which of two would count?
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example:{port}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
 
 
 def test_a_wildcard_bind_accepts_this_machines_names_only():
