@@ -7,6 +7,7 @@ torch) load inside `main` when a model is opened.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -34,11 +35,16 @@ examples:
 SERVE_DESCRIPTION = """\
 Serve a model over an OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions and
 /v1/completions (both streaming with "stream": true). Binds to 127.0.0.1 by default, so only
-programs on this machine can reach it.
+programs on this machine can reach it. Requests must name this server in Host, send JSON
+bodies as application/json, and come from no web page unless its origin is allowed
+(--allow-origin). Another --host needs an API key. See docs/chat.md.
 
-example:
+examples:
   workbench serve my-model-q4 --port 8080
-  curl http://127.0.0.1:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "hi"}]}'
+  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"messages": [{"role": "user", "content": "hi"}]}'
+  WORKBENCH_API_KEY=s3cret workbench serve my-model-q4 --host 0.0.0.0
+  workbench serve my-model-q4 --allow-origin http://localhost:3000
 """
 
 
@@ -201,17 +207,24 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="Port (0 picks a free one; default 8080)")
     p.add_argument("--model-name", metavar="NAME", help="Model id reported by /v1/models (default: the artifact name)")
     p.add_argument("--api-key", metavar="KEY",
-                   help="Require 'Authorization: Bearer KEY' (worth setting with a non-local --host)")
+                   help="Require 'Authorization: Bearer KEY' (default: $WORKBENCH_API_KEY, which keeps the key "
+                   "out of the process list); required with a --host other than loopback")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the API, with CORS; "
+                   "repeatable or comma-separated; '*' allows any page")
     _add_model_options(p)
 
 
 def main_serve(args: argparse.Namespace) -> int:
     from workbench_chat.engine import open_engine, resolve_model
     from workbench_chat.respcache import ResponseCache
-    from workbench_chat.server import bind, serve
+    from workbench_chat.server import bind, check_api_key, parse_origins, serve
 
+    key = args.api_key if args.api_key is not None else os.environ.get("WORKBENCH_API_KEY") or None
+    check_api_key(key, args.host)
+    origins = parse_origins(args.allow_origin)
     model = resolve_model(args.model)
-    server = bind(args.host, args.port, api_key=args.api_key,
+    server = bind(args.host, args.port, api_key=key, allow_origins=origins,
                   response_cache=ResponseCache() if args.response_cache else None)
     engine = open_engine(model, n_ctx=args.n_ctx, threads=args.threads, device=args.device)
     try:

@@ -11,12 +11,21 @@ the same way:
 
 One engine generates one reply at a time: requests queue on a lock. A client that disconnects
 mid-stream stops its generation at the next token.
+
+A web page the user opens can send requests to 127.0.0.1 too, so every request passes the same
+gate before it is routed: its body is read whole (or refused, and the connection closed, when it
+cannot be), its Host must name this server (DNS rebinding), its Origin, if any, must be one the
+user allowed, its key must match, and a POST body must be declared JSON (a cross-site form or
+text/plain post cannot be).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import sys
@@ -32,32 +41,109 @@ from workbench_chat.engine import Engine, Sampling, Stats
 from workbench_chat.respcache import ResponseCache, cache_key
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+LINGER_SECONDS = 5.0  # how long a refused body is drained so the client can read the refusal
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
+HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+    """An error reply. `close`: the request body could not be read, so the connection must end."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 *, close: bool = False):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.close = close
 
     def body(self) -> dict[str, Any]:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+def normalize_origin(value: str) -> str:
+    """`scheme://host[:port]` the way browsers send it in Origin; ValueError if it is not one."""
+    value = value.strip()
+    if value in ("*", "null"):
+        return value
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in origin '{value}'") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username is not None \
+            or parts.password is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"'{value}' is not an origin such as http://localhost:3000")
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    default = 80 if scheme == "http" else 443
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def parse_origins(values: list[str]) -> frozenset[str]:
+    """--allow-origin values (repeated or comma-separated) as normalized origins."""
+    out = set()
+    for value in values:
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            try:
+                out.add(normalize_origin(item))
+            except ValueError as exc:
+                raise UserError(f"--allow-origin: {exc}") from None
+    return frozenset(out)
+
+
+def check_api_key(key: str | None, host: str) -> None:
+    """An empty or unsendable key is a mistake; without a key only loopback may be bound."""
+    if key is not None and not re.fullmatch(r"[\x21-\x7e]+", key):
+        raise UserError("the API key must be non-empty printable ASCII without spaces (it is sent in a header)")
+    if key is None and not is_loopback(host):
+        raise UserError(f"--host {host} lets other machines reach the model: set a key with --api-key KEY "
+                        "or the WORKBENCH_API_KEY environment variable")
+
+
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], engine: Engine | None, *, model_name: str,
-                 api_key: str | None = None, response_cache: ResponseCache | None = None):
+                 api_key: str | None = None, allow_origins: frozenset[str] = frozenset(),
+                 response_cache: ResponseCache | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
         self.engine: Engine = engine  # type: ignore[assignment] - set by serve() once loaded
         self.model_name = model_name
-        self.api_key = api_key
+        # Only a digest is compared, so the comparison time says nothing about the key's length.
+        self.key_digest = hashlib.sha256(f"Bearer {api_key}".encode()).digest() if api_key else None
+        self.allow_origins = allow_origins
+        self.bound_host = address[0].strip("[]").lower()
         self.cache = response_cache
         self.lock = threading.Lock()
         self.created = int(time.time())
+
+    def host_allowed(self, header: str) -> bool:
+        """Whether a Host header names this server: a name a DNS-rebinding page cannot use."""
+        found = HOST_HEADER.fullmatch(header.strip())
+        if not found:
+            return False
+        name, port = found.group(1).strip("[]").lower(), int(found.group(2) or 80)
+        if port != self.server_port:
+            return False
+        if name in LOOPBACK_NAMES or name == self.bound_host:
+            return True
+        if self.bound_host in WILDCARD_HOSTS:  # any of this machine's addresses, or its own name
+            return _is_ip(name) or name == socket.gethostname().lower()
+        return False
+
+    def origin_allowed(self, origin: str) -> bool:
+        if "*" in self.allow_origins:
+            return True
+        try:
+            return normalize_origin(origin) in self.allow_origins
+        except ValueError:
+            return False
 
 
 def parse_messages(raw: Any) -> list[dict[str, str]]:
@@ -99,6 +185,8 @@ class Handler(BaseHTTPRequestHandler):
     server: ChatServer
     protocol_version = "HTTP/1.1"
     server_version = "workbench-serve"
+    cors_origin: str | None = None  # the allowed Origin of the current request, echoed back
+    body = b""
 
     # routing --------------------------------------------------------------------------------
 
@@ -109,10 +197,27 @@ class Handler(BaseHTTPRequestHandler):
         self._route({"/v1/chat/completions": self._chat, "/chat/completions": self._chat,
                      "/v1/completions": self._completions, "/completions": self._completions})
 
+    def do_OPTIONS(self) -> None:
+        self._route({})
+
+    def _no_method(self) -> None:  # still routed, so the body is read and the connection stays in sync
+        self._route({})
+
+    do_PUT = do_DELETE = do_PATCH = _no_method
+
     def _route(self, routes: dict[str, Any]) -> None:
         path = urlsplit(self.path).path.rstrip("/")
         try:
+            self.body = self._read_body()
+            self._check_host()
+            self._check_origin()
+            if self.command == "OPTIONS":
+                self._options()
+                return
             self._check_key()
+            if self.command == "POST" and self.headers.get_content_type() != "application/json":
+                raise ApiError(415, "the body must be JSON, sent with 'Content-Type: application/json'",
+                               code="unsupported_media_type")
             if path.startswith("/v1/models/") and self.command == "GET":
                 self._model(path.removeprefix("/v1/models/"))
                 return
@@ -121,18 +226,117 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, f"no route {self.command} {path}", code="not_found")
             handler()
         except ApiError as exc:
-            self._send_json(exc.status, exc.body())
+            self._send_json(exc.status, exc.body(), close=exc.close)
+            if exc.close:
+                self._linger()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # one failed request must not take the server down
             self.log_error("failed: %s: %s", type(exc).__name__, exc)
             self._send_json(500, ApiError(500, f"{type(exc).__name__}: {exc}").body())
 
+    # the gate -------------------------------------------------------------------------------
+
+    def _body_length(self) -> int:
+        """The declared body length; an ApiError (closing the connection) when it cannot be read."""
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(411, "send the body with a Content-Length header, not chunked", close=True)
+        declared = self.headers.get_all("Content-Length") or []
+        if not declared:
+            if self.command == "POST":
+                raise ApiError(411, "the request needs a Content-Length header")
+            return 0
+        value = declared[0].strip()
+        if len(set(declared)) != 1 or not re.fullmatch(r"[0-9]+", value):
+            raise ApiError(400, "bad Content-Length header", close=True)
+        if len(value) > 12 or int(value) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is over the limit of {MAX_BODY_BYTES} bytes",
+                           code="request_too_large", close=True)
+        return int(value)
+
+    def _read_body(self) -> bytes:
+        """The whole body, read before any reply, so a kept-open connection stays in sync."""
+        length = self._body_length()
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise ApiError(400, "the body ended before its Content-Length", close=True)
+        return raw
+
+    def handle_expect_100(self) -> bool:
+        # A body that will be refused unread is not asked for.
+        try:
+            self._body_length()
+        except ApiError:
+            return True
+        return super().handle_expect_100()
+
+    def _linger(self) -> None:
+        """Close after a refusal without resetting it away: end our side, drain what is in flight."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_SECONDS)
+            deadline = time.monotonic() + LINGER_SECONDS
+            while time.monotonic() < deadline and self.connection.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    def _check_host(self) -> None:
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1:
+            raise ApiError(400, "the request needs exactly one Host header")
+        host = hosts[0]
+        if not self.server.host_allowed(host):
+            raise ApiError(421, f"Host '{host}' does not name this server; use "
+                           f"http://127.0.0.1:{self.server.server_port}", code="misdirected_request")
+
+    def _check_origin(self) -> None:
+        origin = self.headers.get("Origin")
+        if origin is None:  # not sent by a browser page: nothing cross-site to guard against
+            return
+        if not self.server.origin_allowed(origin):
+            raise ApiError(403, f"requests from origin '{origin}' are not allowed; start the server "
+                           "with --allow-origin ORIGIN to allow them", code="origin_not_allowed")
+        self.cors_origin = origin
+
     def _check_key(self) -> None:
-        key = self.server.api_key
-        if key and self.headers.get("Authorization", "") != f"Bearer {key}":
+        want = self.server.key_digest
+        if want is None:
+            return
+        given = hashlib.sha256(self.headers.get("Authorization", "").encode("utf-8", "surrogateescape")).digest()
+        if not hmac.compare_digest(given, want):
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                            code="invalid_api_key")
+
+    def _options(self) -> None:
+        """CORS preflight for an allowed origin (others got a 403 at the gate); Allow otherwise."""
+        self.send_response(204)
+        self.send_header("Allow", "GET, POST, OPTIONS")
+        if self.cors_origin and "Access-Control-Request-Method" in self.headers:
+            self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            asked = self.headers.get("Access-Control-Request-Headers", "").strip()
+            # The origin is trusted, so any header it asks for (the OpenAI SDKs send several) is fine.
+            allowed = asked if HEADER_NAMES.fullmatch(asked) else "Authorization, Content-Type"
+            self.send_header("Access-Control-Allow-Headers", allowed)
+            self.send_header("Access-Control-Max-Age", "600")
+            if self.headers.get("Access-Control-Request-Private-Network", "").lower() == "true":
+                # Chrome asks before a page on a public address may call one on this machine.
+                self.send_header("Access-Control-Allow-Private-Network", "true")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def parse_request(self) -> bool:
+        self.cors_origin = None  # a kept-open connection must not carry one request's origin to the next
+        return super().parse_request()
+
+    def end_headers(self) -> None:
+        if self.cors_origin:
+            self.send_header("Access-Control-Allow-Origin", self.cors_origin)
+        if self.server.allow_origins:  # the reply depends on the Origin, so caches must keep them apart
+            self.send_header("Vary", "Origin")
+        super().end_headers()
 
     # plain routes ---------------------------------------------------------------------------
 
@@ -235,28 +439,25 @@ class Handler(BaseHTTPRequestHandler):
     # wire helpers ---------------------------------------------------------------------------
 
     def _read_json(self) -> dict[str, Any]:
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            raise ApiError(400, "bad Content-Length header") from None
-        if length <= 0:
+        if not self.body:
             raise ApiError(400, "the request needs a JSON body")
-        if length > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
-        raw = self.rfile.read(length)
         try:
-            body = json.loads(raw)
+            body = json.loads(self.body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         return body
 
-    def _send_json(self, status: int, data: dict[str, Any]) -> None:
+    def _send_json(self, status: int, data: dict[str, Any], *, close: bool = False) -> None:
         payload = json.dumps(data, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
 
@@ -273,20 +474,30 @@ class Handler(BaseHTTPRequestHandler):
             gone.set()
 
 
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def bind(host: str, port: int, *, api_key: str | None = None,
+def bind(host: str, port: int, *, api_key: str | None = None, allow_origins: frozenset[str] = frozenset(),
          response_cache: ResponseCache | None = None) -> ChatServer:
     """Listen before the model loads, so a busy port fails fast."""
+    check_api_key(api_key, host)
     try:
-        return ChatServer((host, port), None, model_name="", api_key=api_key, response_cache=response_cache)
+        return ChatServer((host, port), None, model_name="", api_key=api_key, allow_origins=allow_origins,
+                          response_cache=response_cache)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
 
@@ -300,8 +511,10 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
     for note in engine.notes:
         sys.stderr.write(f"note: {note}\n")
     if not is_loopback(host):
-        sys.stderr.write(f"warning: listening on {host}: other machines can reach this model"
-                         f"{'' if server.api_key else ' and there is no --api-key'}\n")
+        sys.stderr.write(f"note: listening on {host}: other machines can reach this model with the API key\n")
+    if "*" in server.allow_origins:
+        sys.stderr.write("note: --allow-origin '*': any web page may send requests"
+                         f"{' that carry the API key' if server.key_digest else ''}\n")
     sys.stdout.write(f"serving {server.model_name} ({engine.backend}, context {engine.n_ctx} tokens) "
                      f"at http://{shown}:{server.server_port}/v1\n")
     sys.stdout.flush()

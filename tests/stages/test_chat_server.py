@@ -6,8 +6,11 @@ library's HTTP client, the way a local application would talk to it.
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -31,14 +34,32 @@ def gguf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Server:
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "serve", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         found = re.search(r"at (http://\S+/v1)$", line.strip())
         assert found, f"no address in {line!r}; stderr: {self.proc.stderr.read() if self.proc.stderr else ''}"
         self.url = found.group(1)
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def connect(self) -> http.client.HTTPConnection:
+        """A connection of its own, kept open across requests unless the server closes it."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, Any]:
+        """One request on a fresh connection: status, headers, and the JSON body (None if empty)."""
+        conn = self.connect()
+        try:
+            conn.request(method, "/v1" + path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+            return resp.status, resp.headers, json.loads(raw) if raw else None
+        finally:
+            conn.close()
 
     def request(self, path: str, body: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -145,3 +166,173 @@ def test_serving_a_checkpoint_and_a_busy_port(tmp_path, cli):
         assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
     finally:
         s.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# the wire: bodies, kept-open connections, limits
+
+ASK = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "temperature": 0}).encode()
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_kept_open_connection_stays_in_sync_after_errors(server):
+    conn = server.connect()
+    try:
+        # Each error body below, left unread, would be parsed as the start of the next request.
+        smuggled = b"GET /v1/nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        conn.request("POST", "/v1/no/such/route", body=smuggled, headers=JSON)
+        first = conn.getresponse()
+        assert first.status == 404 and json.loads(first.read())["error"]["code"] == "not_found"
+        sock = conn.sock
+        conn.request("PUT", "/v1/models", body=ASK, headers=JSON)
+        second = conn.getresponse()
+        assert second.status == 404 and json.loads(second.read())["error"]
+        conn.request("POST", "/v1/chat/completions", body=ASK, headers={"Content-Type": "text/plain"})
+        third = conn.getresponse()
+        assert third.status == 415 and json.loads(third.read())["error"]
+        conn.request("POST", "/v1/chat/completions", body=ASK, headers={**JSON, "Host": "evil.example"})
+        fourth = conn.getresponse()
+        assert fourth.status == 421 and json.loads(fourth.read())["error"]
+        conn.request("POST", "/v1/chat/completions", body=ASK, headers=JSON)
+        valid = conn.getresponse()
+        assert valid.status == 200 and json.loads(valid.read())["object"] == "chat.completion"
+        assert conn.sock is sock  # all on the one connection
+    finally:
+        conn.close()
+
+
+def test_an_oversized_body_gets_413_and_the_server_goes_on(server):
+    conn = server.connect()
+    try:
+        conn.request("POST", "/v1/chat/completions", body=b"x" * (50 * 1024 * 1024), headers=JSON)
+        resp = conn.getresponse()  # not a broken pipe: the refusal arrives whole
+        assert resp.status == 413 and resp.headers["Connection"] == "close"
+        assert json.loads(resp.read())["error"]["code"] == "request_too_large"
+    finally:
+        conn.close()
+    host = f"127.0.0.1:{server.port}".encode()
+    # Declared but never sent: refused from the headers alone, without waiting for the body.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 52428800\r\nExpect: 100-continue\r\n\r\n" % host)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))  # until the server closes
+        assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
+    # A chunked body is refused too, and that connection closed, since its end was never found.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"prompt\": \"hi\"}\r\n0\r\n\r\n" % host)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 411 ") and b"Connection: close" in reply
+    status, _, models = server.call("GET", "/models")
+    assert status == 200 and models["data"]
+
+# ----------------------------------------------------------------------------------------------
+# who can reach it: web pages, DNS-rebinding names, other machines
+
+def test_only_json_bodies_are_accepted(server):
+    # text/plain and form posts are what a web page can send cross-site without asking first.
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, _, err = server.call("POST", "/chat/completions", ASK, {"Content-Type": kind})
+        assert status == 415, kind
+        assert err["error"]["type"] == "invalid_request_error" and "application/json" in err["error"]["message"]
+    status, _, err = server.call("POST", "/completions", b'{"prompt": "hi"}', {})  # no Content-Type at all
+    assert status == 415
+    status, _, done = server.call("POST", "/chat/completions", ASK, {"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200 and done["object"] == "chat.completion"
+
+
+def test_host_must_name_this_server(server):
+    port = server.port
+    for host in (f"evil.example:{port}", f"127.0.0.1.evil.example:{port}",  # DNS rebinding
+                 f"127.0.0.1:{port + 1}", "127.0.0.1", f"user@127.0.0.1:{port}"):
+        status, _, err = server.call("GET", "/models", headers={"Host": host})
+        assert status == 421, host
+        assert err["error"]["code"] == "misdirected_request" and host in err["error"]["message"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+        status, _, models = server.call("GET", "/models", headers={"Host": host})
+        assert status == 200 and models["data"], host
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # which of two would count?
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example:{port}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_wildcard_bind_accepts_this_machines_names_only():
+    from workbench_chat.server import bind
+
+    s = bind("0.0.0.0", 0, api_key="k")  # bound, never served: only its Host rule is looked at
+    try:
+        port = s.server_port
+        for host in (f"192.168.1.20:{port}", f"10.0.0.5:{port}", f"localhost:{port}", f"{socket.gethostname()}:{port}"):
+            assert s.host_allowed(host), host
+        for host in (f"evil.example:{port}", f"192.168.1.20:{port + 1}", "192.168.1.20"):
+            assert not s.host_allowed(host), host
+    finally:
+        s.server_close()
+
+
+def test_origins_and_cors_preflight(gguf_model):
+    s = Server(str(gguf_model), "--port", "0", "--threads", "1",
+               "--allow-origin", "http://localhost:3000, https://App.Example:443", "--allow-origin", "http://[::1]:8000")
+    try:
+        # A page from anywhere else is refused, and gets no CORS header to read the refusal with.
+        for origin in ("https://evil.example", "http://localhost:3001", "null", "http://localhost:3000.evil.example"):
+            status, headers, err = s.call("POST", "/chat/completions", ASK, {**JSON, "Origin": origin})
+            assert status == 403 and err["error"]["code"] == "origin_not_allowed", origin
+            assert headers["Access-Control-Allow-Origin"] is None
+            status, headers, _ = s.call("OPTIONS", "/chat/completions", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST"})
+            assert status == 403 and headers["Access-Control-Allow-Origin"] is None
+        # An allowed page is served, with the headers its browser needs to hand it the reply.
+        for origin in ("http://localhost:3000", "https://app.example", "http://[::1]:8000"):
+            status, headers, done = s.call("POST", "/chat/completions", ASK, {**JSON, "Origin": origin})
+            assert status == 200 and done["choices"], origin
+            assert headers["Access-Control-Allow-Origin"] == origin and "Origin" in headers["Vary"]
+        status, headers, body = s.call("OPTIONS", "/chat/completions", headers={
+            "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"})
+        assert status == 204 and body is None
+        assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert {"GET", "POST"} <= {m.strip() for m in headers["Access-Control-Allow-Methods"].split(",")}
+        assert headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-stainless-os"
+        assert headers["Access-Control-Allow-Private-Network"] is None  # only when asked for
+        status, headers, _ = s.call("OPTIONS", "/models", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Private-Network": "true"})
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert headers["Access-Control-Allow-Private-Network"] == "true"
+        # Errors reach the allowed page too, so it can show them.
+        status, headers, err = s.call("POST", "/chat/completions", b"{}", {**JSON, "Origin": "http://localhost:3000"})
+        assert status == 400 and headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    finally:
+        s.stop()
+
+
+def test_a_bad_allowed_origin_is_refused_at_start(gguf_model, cli):
+    done = cli("serve", str(gguf_model), "--port", "0", "--allow-origin", "localhost:3000", timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "error: --allow-origin: 'localhost:3000' is not an origin such as http://localhost:3000"]
+
+
+def test_api_key_from_the_environment_is_checked(gguf_model):
+    s = Server(str(gguf_model), "--port", "0", "--threads", "1", env={"WORKBENCH_API_KEY": "s3cret-key"})
+    try:
+        assert "s3cret-key" not in " ".join(s.proc.args)  # not in the process list
+        for auth in (None, "Bearer s3cret-keY", "Bearer s3cret-key2", "Bearer s3cret", "s3cret-key", "Basic s3cret-key"):
+            status, headers, err = s.call("POST", "/chat/completions", ASK, {**JSON, **({"Authorization": auth} if auth else {})})
+            assert status == 401 and err["error"]["code"] == "invalid_api_key", auth
+            assert headers["WWW-Authenticate"] == "Bearer"
+        status, _, done = s.call("POST", "/chat/completions", ASK, {**JSON, "Authorization": "Bearer s3cret-key"})
+        assert status == 200 and done["choices"]
+    finally:
+        s.stop()
+
+
+def test_other_hosts_need_a_key(gguf_model, cli):
+    for host in ("0.0.0.0", "::"):
+        done = cli("serve", str(gguf_model), "--host", host, "--port", "0", timeout=60)
+        assert done.returncode == 2 and done.stdout == ""
+        [line] = done.stderr.strip().splitlines()
+        assert f"--host {host}" in line and "--api-key" in line and "WORKBENCH_API_KEY" in line
+    done = cli("serve", str(gguf_model), "--port", "0", "--api-key", "", timeout=60)
+    assert done.returncode == 2 and "API key" in done.stderr
