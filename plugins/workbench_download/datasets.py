@@ -35,7 +35,8 @@ PARQUET_BRANCH = "refs/convert/parquet"
 _METADATA_FILES = {"dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"}
 _SPLIT_WORDS = ("train", "training", "validation", "valid", "val", "dev", "test", "testing", "eval", "evaluation")
 _HELD_OUT = ("validation", "valid", "val", "dev")
-_SHARD = re.compile(r"^(?P<split>.+?)(?:[-_]\d{5}-of-\d{5}|[-_]\d+)$")
+# SPLIT-00000-of-00002, with the content hash older uploads appended, or SPLIT-0 / SPLIT_1.
+_SHARD = re.compile(r"^(?P<split>.+?)(?:[-_]\d{5}-of-\d{5}(?:-[0-9a-f]{8,})?|[-_]\d+)$")
 # Parquet holds text compressed; as JSONL rows in the workspace it takes a few times the bytes.
 _EXPANSION = {".parquet": 4.0}
 
@@ -107,7 +108,8 @@ def _place(path: str) -> tuple[str, str]:
 
 
 def _split_of(name: str) -> str:
-    """`train-00000-of-00002.parquet` → train; `test.jsonl` → test; `alpaca_data.json` → train."""
+    """`train-00000-of-00002.parquet` → train; `test.jsonl` → test; `alpaca_data.json` → train.
+    A sharded file's split is any name (`train_prefs-00000-of-00001.parquet`)."""
     stem = name.rsplit(".", 1)[0]
     shard = _SHARD.match(stem)
     if shard:
