@@ -216,7 +216,7 @@ def _card_file(downloader: Downloader) -> str | None:
 def _parquet_conversion(downloader: Downloader, options: Options, ctx: Context,
                         scripts: list[str]) -> Downloader:
     """The Hub's Parquet export of a repository without data files in a format we read."""
-    from workbench_download.fetch import Downloader
+    from workbench_download.fetch import Downloader, RevisionMissing
 
     repo = options.repo_id
     what = (f"is built by a loading script ({', '.join(scripts)}), which workbench never runs" if scripts
@@ -226,7 +226,7 @@ def _parquet_conversion(downloader: Downloader, options: Options, ctx: Context,
                         "Parquet, JSONL, JSON or CSV files")
     try:
         converted = Downloader(dataclasses.replace(options, revision=PARQUET_BRANCH), ctx, repo_type="dataset")
-    except UserError:
+    except RevisionMissing:
         raise UserError(f"dataset {repo} {what}, and the Hub has no Parquet conversion of it "
                         f"({PARQUET_BRANCH}); pick a repository that publishes Parquet, JSONL, JSON or "
                         "CSV files") from None

@@ -38,6 +38,10 @@ class DownloadInterrupted(RuntimeError):
     """A transfer broke off more often than the run may retry; the bytes received are kept."""
 
 
+class RevisionMissing(UserError):
+    """The branch, tag or commit asked for is not in the repository."""
+
+
 class IntegrityError(RuntimeError):
     """A file's bytes do not match the sha256 the Hub publishes for it."""
 
@@ -332,7 +336,7 @@ class Downloader:
             raise UserError(f"{kind} {repo} was not found on {self.endpoint}: check the id "
                             f"(owner/name, as in {page}){hint}") from None
         except RevisionNotFoundError:
-            raise UserError(f"revision '{self.revision}' does not exist in {repo}; use a branch, tag or "
+            raise RevisionMissing(f"revision '{self.revision}' does not exist in {repo}; use a branch, tag or "
                             f"commit hash from {page}") from None
         except RemoteEntryNotFoundError:
             raise UserError(f"{path} is not in {repo} at {self.revision}") from None
