@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +281,20 @@ def test_loading_scripts_are_never_run(hub, workspace):
     art = only_artifact(out)
     assert art["metadata"]["hf_revision"] == hub.commits["converted"] and art["metadata"]["type"] == "instruction"
     assert not hub.requests_for("converted.py")
+
+
+def test_models_rm_hf_cache_removes_the_dataset_not_the_model_of_the_same_id(hub, workspace):
+    proc, out = download("--dataset", "tiny/alpaca")
+    assert proc.returncode == 0, proc.stderr
+    fetch_model_card = "from huggingface_hub import hf_hub_download; hf_hub_download('tiny/alpaca', 'README.md')"
+    subprocess.run([sys.executable, "-c", fetch_model_card], check=True, env=os.environ.copy())
+    model_cache = workspace / "hf" / "hub" / "models--tiny--alpaca"
+    assert model_cache.is_dir()
+    proc = run_cli("models", "rm", only_artifact(out)["id"], "--hf-cache", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert not cache_dataset(workspace, "tiny/alpaca").exists() or not any(
+        (cache_dataset(workspace, "tiny/alpaca") / "snapshots").iterdir())
+    assert (model_cache / "snapshots").is_dir() and any((model_cache / "snapshots").iterdir())
 
 
 @pytest.mark.parametrize(("args", "message"), [
