@@ -10,6 +10,14 @@ real client through `HF_ENDPOINT`:
   answered directly with a git-blob `ETag`; large ("LFS") files get a 302 to `/lfs/{sha256}` with
   `X-Linked-Etag` and `X-Linked-Size`, as the Hub sends its CDN. Every answer has `X-Repo-Commit`.
 - `GET /lfs/{sha256}?repo=…&file=…`                             the "CDN": Range requests → 206
+- `GET /api/datasets/{repo}[/revision/{rev}][?blobs=true]`     `dataset_info`, with `cardData` read
+  from the README's YAML front matter, as the Hub does
+- `HEAD|GET /datasets/{repo}/resolve/{rev}/{path}`             `hf_hub_download(repo_type="dataset")`;
+  Parquet files are LFS files, so they take the CDN redirect
+
+Dataset repositories (`add_repo(..., repo_type="dataset")`) live beside the model repositories
+under the same ids without clashing, as on the Hub. A revision may contain slashes
+(`refs/convert/parquet`); the client sends it percent-encoded.
 
 Gated repositories answer file requests with 401 (no token) or 403 (token without access) and
 `X-Error-Code: GatedRepo`; unknown repositories 404 `RepoNotFound`, unknown revisions 404
@@ -31,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pth", ".pt")
+LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pth", ".pt", ".parquet")
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -68,6 +76,7 @@ class HubServer:
 
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
+        self.datasets: dict[str, Repo] = {}  # dataset repositories, a namespace of their own
         self.blobs: dict[str, bytes] = {}  # sha256 -> bytes, the "CDN"
         # (sha256, git blob sha1) of every file's bytes, computed once as the Hub stores them.
         self.digests: dict[int, tuple[str, str]] = {}
@@ -80,15 +89,16 @@ class HubServer:
     # building repositories -----------------------------------------------------------------
 
     def add_repo(self, repo_id: str, files: dict[str, bytes | str | Path], *, ref: str = "main",
-                 **settings: Any) -> str:
+                 repo_type: str = "model", **settings: Any) -> str:
         """Add (or extend) a repository with one commit of `files`; returns the commit hash."""
-        repo = self.repos.setdefault(repo_id, Repo(repo_id))
+        repos = self.datasets if repo_type == "dataset" else self.repos
+        repo = repos.setdefault(repo_id, Repo(repo_id))
         for key, value in settings.items():
             setattr(repo, key, value)
         data = {path: _as_bytes(content) for path, content in files.items()}
         for content in data.values():
             self.digests[id(content)] = (hashlib.sha256(content).hexdigest(), git_blob_sha1(content))
-        digest = hashlib.sha1(repo_id.encode())
+        digest = hashlib.sha1((repo_id if repo_type == "model" else f"{repo_type}/{repo_id}").encode())
         for path in sorted(data):
             digest.update(path.encode() + b"\0" + self.digests[id(data[path])][0].encode())
         commit = digest.hexdigest()
@@ -160,6 +170,18 @@ def _safetensors_params(files: dict[str, bytes]) -> int:
     return total
 
 
+def _front_matter(readme: bytes) -> dict[str, Any]:
+    """The YAML block at the top of a README, which the Hub serves as `cardData`."""
+    import yaml
+
+    text = readme.decode()
+    if not text.startswith("---\n"):
+        return {}
+    block = text[4:].split("\n---", 1)[0]
+    data = yaml.safe_load(block)
+    return data if isinstance(data, dict) else {}
+
+
 def _is_lfs(path: str) -> bool:
     return path.endswith(LFS_SUFFIXES)
 
@@ -194,17 +216,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(self._search(query), head)
             elif path.startswith("/api/models/"):
                 self._send_json(self._info(path[len("/api/models/"):], query), head)
+            elif path.startswith("/api/datasets/"):
+                self._send_json(self._dataset_info(path[len("/api/datasets/"):], query), head)
             elif path.startswith("/lfs/"):
                 self._send_blob(path[len("/lfs/"):], query, head)
+            elif path.startswith("/datasets/") and "/resolve/" in path:
+                self._resolve(path[len("/datasets"):], head, self.hub.datasets)
             elif "/resolve/" in path:
-                self._resolve(path, head)
+                self._resolve(path, head, self.hub.repos)
             else:
                 raise _Error(404, "", "no such route")
         except _Error as err:
             self._send_error(err, head)
 
-    def _repo(self, repo_id: str) -> Repo:
-        repo = self.hub.repos.get(repo_id)
+    def _repo(self, repo_id: str, repos: dict[str, Repo] | None = None) -> Repo:
+        repo = (self.hub.repos if repos is None else repos).get(repo_id)
         if repo is None:
             raise _Error(404, "RepoNotFound", "Repository not found")
         return repo
@@ -268,10 +294,21 @@ class _Handler(BaseHTTPRequestHandler):
             **({"safetensors": {"parameters": {"F32": params}, "total": params}} if params else {}),
         }
 
-    def _resolve(self, path: str, head: bool) -> None:
+    def _dataset_info(self, rest: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        repo_id, _, revision = rest.partition("/revision/")
+        repo = self._repo(unquote(repo_id), self.hub.datasets)
+        commit = self._commit(repo, unquote(revision) if revision else "main")
+        info = self._model_json(repo, commit, blobs=query.get("blobs", [""])[0].lower() == "true")
+        for key in ("modelId", "library_name", "pipeline_tag", "safetensors"):
+            info.pop(key, None)
+        readme = repo.commits[commit].get("README.md")
+        info["cardData"] = {**info["cardData"], **_front_matter(readme)} if readme else info["cardData"]
+        return info
+
+    def _resolve(self, path: str, head: bool, repos: dict[str, Repo]) -> None:
         repo_part, _, rest = path.lstrip("/").partition("/resolve/")
         revision, _, filename = rest.partition("/")
-        repo = self._repo(unquote(repo_part))
+        repo = self._repo(unquote(repo_part), repos)
         commit = self._commit(repo, unquote(revision))
         filename = unquote(filename)
         if repo.gated:

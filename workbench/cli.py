@@ -449,7 +449,9 @@ def _remove_artifact_files(art: Any, *, hf_cache: bool) -> None:
         from huggingface_hub import scan_cache_dir
 
         info = scan_cache_dir()
-        revs = [r.commit_hash for repo_info in info.repos if repo_info.repo_id == repo for r in repo_info.revisions]
+        repo_type = art.metadata.get("hf_repo_type", "model")  # a model and a dataset may share an id
+        revs = [r.commit_hash for repo_info in info.repos if (repo_info.repo_id, repo_info.repo_type) == (repo, repo_type)
+                for r in repo_info.revisions]
         if revs:
             info.delete_revisions(*revs).execute()
 

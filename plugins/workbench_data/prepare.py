@@ -21,6 +21,7 @@ from typing import Any
 from workbench.context import Context
 from workbench.errors import UserError
 from workbench_data import card as cards
+from workbench_data import columns
 from workbench_data import demo as demos
 from workbench_data.clean import Cleaner, QualityRules, quality_checks
 from workbench_data.minhash import near_duplicates
@@ -50,10 +51,15 @@ class Prepared:
     val: list[Row]
 
 
-def prepare(options: Options, ctx: Context) -> dict[str, Any]:
+def prepare(options: Options, ctx: Context, *, origin: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the dataset artifact. `origin` describes where the sources came from when they are
+    not the user's own files (a Hub dataset): its `source` replaces the file list in the card,
+    and all of it is kept in the card and the artifact's metadata, for lineage."""
     t0 = time.monotonic()
     dropped = Dropped() if options.skip_invalid else None
     records, val_records, source = _sources(options, ctx, dropped)
+    if origin is not None:
+        source = origin["source"]
     kind, items = _normalise(options, records, val_records, dropped, ctx)
     steps: list[dict[str, Any]] = []
     items = _clean(options, items, steps)
@@ -69,7 +75,7 @@ def prepare(options: Options, ctx: Context) -> dict[str, Any]:
 
     staged = ctx.staging_dir("dataset")
     try:
-        art, card = _write_and_register(options, ctx, result, staged)
+        art, card = _write_and_register(options, ctx, result, staged, origin or {})
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)  # a cancelled or failed run leaves no half dataset
         raise
@@ -79,12 +85,15 @@ def prepare(options: Options, ctx: Context) -> dict[str, Any]:
             "train_rows": len(train), "val_rows": len(val)}
 
 
-def _write_and_register(options: Options, ctx: Context, p: Prepared, staged: Path) -> tuple[Any, dict[str, Any]]:
+def _write_and_register(options: Options, ctx: Context, p: Prepared, staged: Path,
+                        origin: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     for split, rows in (("train", p.train), ("val", p.val)):
         with open(staged / f"{split}.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     name = options.name or (f"demo-{options.demo}" if options.demo else Path(options.sources[0]).stem)
     card = _card(options, p, name)
+    if origin:
+        card["origin"] = origin
     tok_id = None
     if options.tokenizer:
         tok_art = ctx.artifact(options.tokenizer, ("tokenizer", "model"))
@@ -99,7 +108,7 @@ def _write_and_register(options: Options, ctx: Context, p: Prepared, staged: Pat
         metrics["tokens"] = card["tokens"]["train"] + card["tokens"]["val"]
     art = ctx.register(
         "dataset", staged, name=name, parents=[tok_id] if tok_id else [],
-        metadata={"type": p.kind, "source": p.source, "train_rows": len(p.train), "val_rows": len(p.val),
+        metadata={**origin, "type": p.kind, "source": p.source, "train_rows": len(p.train), "val_rows": len(p.val),
                   **({"labels": card["labels"]} if "labels" in card else {})},
         metrics=metrics,
     )
@@ -158,6 +167,10 @@ def _normalise(options: Options, records: list[Record], val_records: list[Record
                dropped: Dropped | None, ctx: Context) -> tuple[str, list[Item]]:
     if not records:
         raise UserError("no rows were read from the sources; check that the files hold data")
+    columns.check_named(options, records[0].value, records[0].source)
+    roles = columns.mapping(options)
+    records = [Record(columns.rename(r.value, roles), r.where, r.source) for r in records]
+    val_records = [Record(columns.rename(r.value, roles), r.where, r.source) for r in val_records]
     kind = options.demo or options.type
     if kind == "auto":
         kind = _detect(records, options, dropped)

@@ -6,9 +6,11 @@
     classification  {"text": str, "label": str}
 
 Accepted inputs: plain text; objects with a text field; Alpaca `instruction`/`input`/`output`
-(an optional `system`); chat `messages` lists; preference `prompt`/`chosen`/`rejected` where
-the prompt is text or a message list and the answers are text or message lists ending with the
-assistant's turn; `text`/`label` pairs for classification.
+(an optional `system`); chat `messages` lists of {role, content}, or ShareGPT's {from, value}
+(human, gpt, system); preference `prompt`/`chosen`/`rejected` where the prompt is text or a
+message list and the answers are text or message lists ending with the assistant's turn (the
+binarized shape of UltraFeedback); `text`/`label` pairs for classification. Columns named
+otherwise are renamed first (`columns.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Any
 from workbench_data.readers import Record, RecordError, json_type
 
 ROLES = ("system", "user", "assistant")
+#: ShareGPT's speaker names for the roles.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
+                  "assistant": "assistant"}
 
 Row = dict[str, Any]
 
@@ -64,12 +69,17 @@ def _need_object(r: Record) -> dict[str, Any]:
     return r.value
 
 
+def _missing(r: Record, key: str) -> RecordError:
+    present = ", ".join(r.value) if isinstance(r.value, dict) else ""
+    return RecordError(r.where, f'missing field "{key}" (fields present: {present or "none"})', "missing field")
+
+
 def _str(r: Record, key: str, *, optional: bool = False) -> str:
     value = _need_object(r).get(key)
     if value is None:
         if optional:
             return ""
-        raise RecordError(r.where, f'missing field "{key}"', "missing field")
+        raise _missing(r, key)
     if not isinstance(value, str):
         raise RecordError(r.where, f'field "{key}" must be a string, got {json_type(value)}', "wrong type")
     return value
@@ -78,7 +88,7 @@ def _str(r: Record, key: str, *, optional: bool = False) -> str:
 def _label(r: Record, key: str) -> str:
     value = _need_object(r).get(key)
     if value is None:
-        raise RecordError(r.where, f'missing field "{key}"', "missing field")
+        raise _missing(r, key)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise RecordError(
             r.where, f'field "{key}" must be a string or an integer, got {json_type(value)}', "wrong type")
@@ -94,7 +104,13 @@ def _messages(r: Record, value: Any, field: str) -> list[dict[str, str]]:
     for i, msg in enumerate(value):
         if not isinstance(msg, dict):
             raise RecordError(r.where, f'{field}[{i}] must be an object, got {json_type(msg)}', "wrong type")
-        role, content = msg.get("role"), msg.get("content")
+        if "from" in msg and "role" not in msg:  # ShareGPT
+            speaker, content = msg.get("from"), msg.get("value")
+            role = SHAREGPT_ROLES.get(speaker, speaker) if isinstance(speaker, str) else speaker
+            if content is None:
+                raise RecordError(r.where, f'{field}[{i}] is missing "value"', "missing field")
+        else:
+            role, content = msg.get("role"), msg.get("content")
         if role is None or content is None:
             missing = "role" if role is None else "content"
             raise RecordError(r.where, f'{field}[{i}] is missing "{missing}"', "missing field")
@@ -129,7 +145,7 @@ def _answer(r: Record, obj: dict[str, Any], key: str) -> tuple[str, list[dict[st
     """An answer given as text, or as a conversation ending with the assistant (its prompt too)."""
     value = obj.get(key)
     if value is None:
-        raise RecordError(r.where, f'missing field "{key}"', "missing field")
+        raise _missing(r, key)
     if isinstance(value, str):
         return value, None
     msgs = _messages(r, value, key)
@@ -145,7 +161,7 @@ def _preference(r: Record) -> Row:
     prompt = obj.get("prompt", obj.get("messages"))
     if prompt is None:
         if not chosen_prompt:
-            raise RecordError(r.where, 'missing field "prompt"', "missing field")
+            raise _missing(r, "prompt")
         msgs = chosen_prompt
     elif isinstance(prompt, str):
         msgs = [{"role": "user", "content": prompt}]

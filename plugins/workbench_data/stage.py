@@ -13,6 +13,7 @@ from workbench.context import Context
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
+from workbench_data.columns import column_option
 
 TYPES = ("pretrain", "instruction", "preference", "classification")
 QUALITY_FILTERS = ("symbols", "repeated-lines", "short")
@@ -37,6 +38,14 @@ class Options:
     seed: int = option(0, help="Seed of the train/validation split (and of the demo corpus)", group="split")
     text_field: str = option("text", help="Field or column holding the text in JSON, JSONL, CSV and Parquet", group="input")
     label_field: str = option("label", help="Field or column holding the class label", group="input")
+    instruction_field: str = column_option("instruction")
+    input_field: str = column_option("input")
+    output_field: str = column_option("output")
+    system_field: str = column_option("system")
+    messages_field: str = column_option("messages")
+    prompt_field: str = column_option("prompt")
+    chosen_field: str = column_option("chosen")
+    rejected_field: str = column_option("rejected")
     txt_unit: str = option("file", choices=("file", "paragraph", "line"), help="What one document is in a .txt file", group="input")
     skip_invalid: bool = option(False, help="Drop bad rows and count them in the card instead of stopping", group="input")
     unicode: str = option("NFC", choices=("NFC", "NFKC", "none"), help="Unicode normalisation form", group="cleaning")
@@ -76,6 +85,7 @@ class PrepareStage(Stage):
         "Examples:\n"
         "  workbench data prepare corpus/            # .txt/.jsonl/.csv/.parquet → pretrain dataset\n"
         "  workbench data prepare alpaca.json        # instruction/input/output → chat messages\n"
+        "  workbench data prepare qa.parquet --instruction-field question --output-field answer\n"
         "  workbench data prepare --demo pretrain    # offline demo data, no download\n"
         "  workbench data prepare data.jsonl --skip-invalid --quality symbols,short"
     )

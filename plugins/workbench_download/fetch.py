@@ -1,7 +1,7 @@
 """Fetching a repository's files into the standard Hugging Face cache.
 
 Everything goes through `huggingface_hub`: the cache is the one other tools share
-(`HF_HOME/hub/models--owner--name/`), an interrupted transfer leaves a `.incomplete` blob that
+(`HF_HOME/hub/models--owner--name/`, `datasets--owner--name/` for dataset repositories), an interrupted transfer leaves a `.incomplete` blob that
 the next call continues with a Range request, `HF_TOKEN` is sent when set, and `HF_HUB_OFFLINE=1`
 resolves from the cache alone. What this module adds: one listing pinned to a commit, the disk
 preflight, byte progress through `ctx`, retries that resume, cancellation, sha256 checks against
@@ -38,6 +38,10 @@ class DownloadInterrupted(RuntimeError):
     """A transfer broke off more often than the run may retry; the bytes received are kept."""
 
 
+class RevisionMissing(UserError):
+    """The branch, tag or commit asked for is not in the repository."""
+
+
 class IntegrityError(RuntimeError):
     """A file's bytes do not match the sha256 the Hub publishes for it."""
 
@@ -65,18 +69,21 @@ def matches(path: str, patterns: list[str]) -> bool:
 
 
 class Downloader:
-    """One repository at one commit: list, select, preflight, fetch, verify."""
+    """One repository (a model's or a dataset's) at one commit: list, select, preflight, fetch, verify."""
 
-    def __init__(self, options: Options, ctx: Context):
+    def __init__(self, options: Options, ctx: Context, repo_type: str = "model"):
         from huggingface_hub import constants, get_token
 
         self.ctx = ctx
+        self.repo_type = repo_type
         self.repo_id: str = options.repo_id
         self.ref: str = options.revision
         self.retries: int = options.retries
         self.include: list[str] = list(options.include)
         self.exclude: list[str] = list(options.exclude)
         self.endpoint = constants.ENDPOINT
+        prefix = constants.REPO_TYPES_URL_PREFIXES.get(repo_type, "")
+        self.page = f"{self.endpoint}/{prefix}{self.repo_id}"
         self.offline = constants.is_offline_mode()
         self.cache_dir = Path(constants.HF_HUB_CACHE)
         self.has_token = get_token() is not None
@@ -103,17 +110,19 @@ class Downloader:
         from huggingface_hub import HfApi, ModelCard, snapshot_download
 
         if self.offline:
-            folder = Path(snapshot_download(self.repo_id, revision=self.revision, local_files_only=True))
+            folder = Path(snapshot_download(self.repo_id, repo_type=self.repo_type, revision=self.revision,
+                                            local_files_only=True))
             files = {
                 p.relative_to(folder).as_posix(): RemoteFile(p.relative_to(folder).as_posix(), p.stat().st_size, None)
                 for p in sorted(folder.rglob("*")) if p.is_file()
             }
-            # The licence is in the model card's front matter, when the card was downloaded.
+            # The licence is in the card's front matter, when the card was downloaded.
             readme = folder / "README.md"
             card = ModelCard.load(readme, ignore_metadata_errors=True).data if readme.exists() else None
             return Listing(commit=folder.name, files=files, license=card.license if card else None, gated=False)
-        info = HfApi().model_info(self.repo_id, revision=self.revision, files_metadata=True)
-        assert info.sha, "the Hub answers model info with the commit hash"
+        info = HfApi().repo_info(self.repo_id, repo_type=self.repo_type, revision=self.revision,
+                                 files_metadata=True)
+        assert info.sha, "the Hub answers repository info with the commit hash"
         files = {
             s.rfilename: RemoteFile(s.rfilename, s.lfs.size if s.lfs else s.size, s.lfs.sha256 if s.lfs else None)
             for s in info.siblings or []
@@ -136,7 +145,7 @@ class Downloader:
 
     @property
     def snapshot_dir(self) -> Path:
-        folder = "models--" + self.repo_id.replace("/", "--")
+        folder = f"{self.repo_type}s--" + self.repo_id.replace("/", "--")
         return self.cache_dir / folder / "snapshots" / self.listing.commit
 
     def candidates(self) -> list[str]:
@@ -158,7 +167,7 @@ class Downloader:
         total = 0
         for path in paths:
             cached = try_to_load_from_cache(self.repo_id, path, cache_dir=self.cache_dir,
-                                            revision=self.listing.commit)
+                                            revision=self.listing.commit, repo_type=self.repo_type)
             if isinstance(cached, str):
                 continue
             remote = self.listing.files[path]
@@ -208,8 +217,9 @@ class Downloader:
         for attempt in range(self.retries + 1):
             try:
                 with self.errors(path):
-                    local = hf_hub_download(self.repo_id, path, revision=self.listing.commit,
-                                            cache_dir=self.cache_dir, tqdm_class=progress.bar_class())
+                    local = hf_hub_download(self.repo_id, path, repo_type=self.repo_type,
+                                            revision=self.listing.commit, cache_dir=self.cache_dir,
+                                            tqdm_class=progress.bar_class())
                 return Path(local)
             except httpx.TransportError as exc:
                 # The blob's `.incomplete` part stays; the next attempt asks for the rest only.
@@ -286,7 +296,8 @@ class Downloader:
 
     def source_metadata(self, files: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "hf_repo_id": self.repo_id, "hf_revision": self.listing.commit, "hf_ref": self.ref,
+            "hf_repo_id": self.repo_id, "hf_repo_type": self.repo_type, "hf_revision": self.listing.commit,
+            "hf_ref": self.ref,
             "hf_endpoint": self.endpoint, "hf_cache": str(self.snapshot_dir), "hf_gated": self.listing.gated,
             "license": self.listing.license, "files": files,
         }
@@ -305,7 +316,7 @@ class Downloader:
             RevisionNotFoundError,
         )
 
-        repo, page = self.repo_id, f"{self.endpoint}/{self.repo_id}"
+        repo, page = self.repo_id, self.page
         try:
             yield
         except GatedRepoError as exc:
@@ -321,10 +332,11 @@ class Downloader:
             ) from None
         except RepositoryNotFoundError:
             hint = "" if self.has_token else "; if it is private, set HF_TOKEN to a token that can read it"
-            raise UserError(f"repository {repo} was not found on {self.endpoint}: check the id "
+            kind = "dataset repository" if self.repo_type == "dataset" else "repository"
+            raise UserError(f"{kind} {repo} was not found on {self.endpoint}: check the id "
                             f"(owner/name, as in {page}){hint}") from None
         except RevisionNotFoundError:
-            raise UserError(f"revision '{self.revision}' does not exist in {repo}; use a branch, tag or "
+            raise RevisionMissing(f"revision '{self.revision}' does not exist in {repo}; use a branch, tag or "
                             f"commit hash from {page}") from None
         except RemoteEntryNotFoundError:
             raise UserError(f"{path} is not in {repo} at {self.revision}") from None

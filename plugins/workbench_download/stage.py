@@ -1,4 +1,5 @@
-"""The `download` stage: a Hugging Face repository becomes a `model` or `gguf` artifact.
+"""The `download` stage: a Hugging Face repository becomes a `model` or `gguf` artifact, or,
+with --dataset, a prepared `dataset` artifact.
 
 Light module: the Hub client, torch and LitGPT are imported inside `run()`.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from workbench_data.columns import column_option
 
 from workbench.errors import Cancelled, UserError
 from workbench.options import option
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
 
 # The Hub's own rule (huggingface_hub.utils.validate_repo_id), checked here without importing it.
 _REPO_ID = re.compile(r"^(?:[\w\-.]+/)?[\w\-.]{1,96}$")
+DATASET_TYPES = ("pretrain", "instruction", "preference", "classification")
 
 
 @dataclass
@@ -38,11 +42,35 @@ class Options:
                                choices=["float32", "bfloat16", "float16"])
     retries: int = option(3, help="How often an interrupted transfer is resumed within the run", min=0,
                           max=50, advanced=True)
+    dataset: bool = option(False, help="The repository is a dataset: download its data files and prepare "
+                           "them as a dataset artifact for finetune lora, dpo or pretrain", group="dataset")
+    # The Hub's viewer calls a config a subset; `--config` is taken by the options file.
+    subset: str | None = option(None, help="Dataset config (subset) to take (default: the card's default, "
+                                "or the only one)", group="dataset")
+    split: str | None = option(None, help="Dataset split to take (default: train, or the only one)",
+                               group="dataset")
+    type: str = option("auto", choices=("auto", *DATASET_TYPES),
+                       help="Dataset type; auto tells it from the first row", group="dataset")
+    text_field: str = option("text", help="Column holding the text of pretrain and classification rows",
+                             group="columns")
+    label_field: str = option("label", help="Column holding the class label", group="columns", advanced=True)
+    instruction_field: str = column_option("instruction")
+    input_field: str = column_option("input")
+    output_field: str = column_option("output")
+    system_field: str = column_option("system")
+    messages_field: str = column_option("messages")
+    prompt_field: str = column_option("prompt")
+    chosen_field: str = column_option("chosen")
+    rejected_field: str = column_option("rejected")
+
+
+_DATASET_ONLY = ("subset", "split", "type", "text_field", "label_field", "instruction_field", "input_field",
+                 "output_field", "system_field", "messages_field", "prompt_field", "chosen_field", "rejected_field")
 
 
 class DownloadStage(Stage):
     name = "download"
-    summary = "Download a model from the Hugging Face Hub into the workspace"
+    summary = "Download a model or a dataset from the Hugging Face Hub into the workspace"
     description = """\
 Files go to the standard Hugging Face cache (HF_HOME), shared with other tools; an interrupted
 transfer continues where it stopped. Models whose architecture LitGPT supports (Llama, Mistral,
@@ -50,14 +78,20 @@ Qwen2, Qwen3) are converted to a LitGPT checkpoint; with --gguf-file a GGUF file
 ready for chat. Safetensors are preferred; .bin weights are read with weights_only=True; repository
 code is never run.
 
+With --dataset, the repository's data files (Parquet, JSONL, JSON, CSV) for one config and split
+(--subset picks the config) are prepared as by `workbench data prepare`; --X-field options map
+differently named columns. Loading scripts are never run.
+
 Gated models: accept the licence on the model's Hub page, then set HF_TOKEN to a read token.
 Offline: HF_HUB_OFFLINE=1 resolves from the cache alone.
 
 examples:
   workbench download HuggingFaceTB/SmolLM2-135M-Instruct
   workbench download Qwen/Qwen2.5-0.5B-Instruct-GGUF --gguf-file Q4_K_M
-  workbench download meta-llama/Llama-3.2-1B --revision main --dtype bfloat16"""
-    produces = ("model", "gguf")
+  workbench download meta-llama/Llama-3.2-1B --revision main --dtype bfloat16
+  workbench download --dataset tatsu-lab/alpaca
+  workbench download --dataset HuggingFaceH4/ultrafeedback_binarized --split train_prefs"""
+    produces = ("model", "gguf", "dataset")
     Options = Options
     supports_resume = True
     supports_cancel = True
@@ -78,8 +112,24 @@ examples:
             raise UserError("--dtype applies to converted checkpoints; a GGUF file is kept exactly as published")
         if options.gguf_file and options.include:
             raise UserError("--include selects files to convert; with --gguf-file, name the one file to keep")
+        if options.dataset:
+            for flag, value in (("--gguf-file", options.gguf_file), ("--dtype", options.dtype),
+                                ("--include", options.include)):
+                if value:
+                    raise UserError(f"{flag} applies to models; for a dataset, choose the data with "
+                                    "--subset and --split")
+        else:
+            defaults = Options()
+            for name in _DATASET_ONLY:
+                if getattr(options, name) != getattr(defaults, name):
+                    flag = "--" + name.replace("_", "-")
+                    raise UserError(f"{flag} applies to datasets; add --dataset to download {repo} as one")
 
     def run(self, options: Options, ctx: Context) -> dict[str, Any]:
+        if options.dataset:
+            from workbench_download.datasets import download_dataset
+
+            return download_dataset(options, ctx)
         from workbench_download.fetch import Downloader, DownloadInterrupted
 
         downloader = Downloader(options, ctx)
