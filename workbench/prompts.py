@@ -107,8 +107,9 @@ def _refusal(origin: str, exc: Exception) -> UserError:
         what = str(exc).removeprefix("access to ").removesuffix(".").removesuffix(" is unsafe")
         return TemplateRefused(f"chat template of {origin} tries to reach {what} outside the sandbox; refused")
     if isinstance(exc, TemplateSyntaxError):
-        return TemplateRefused(f"chat template of {origin} is not valid Jinja: {exc.message} "
-                               f"(template line {exc.lineno}); refused")
+        reason = " ".join(str(exc.message).split()).rstrip(".")
+        return TemplateRefused(f"chat template of {origin} is not valid Jinja: {reason} (template line {exc.lineno}); "
+                               "refused")
     message = exc.message if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {exc}"
     return TemplateFailed(f"chat template of {origin} fails on this conversation: {' '.join(str(message).split())}")
 

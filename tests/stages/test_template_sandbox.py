@@ -175,3 +175,17 @@ def test_a_template_that_hides_from_the_probe_is_refused_per_request(tiny, marke
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_template_with_a_syntax_error_is_one_line_too(tiny, tmp_path):
+    model = tmp_path / "broken"
+    shutil.copytree(tiny, model)
+    meta = json.loads((model / "workbench.json").read_text())
+    meta["prompt_style"] = {**meta["prompt_style"], "chat_template": "{% for m in messages %}{{ m.content }}"}
+    (model / "workbench.json").write_text(json.dumps(meta))
+    proc = run_cli("chat", str(model), "--jsonl", "--no-save", input='{"content": "hi"}\n', timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+    assert proc.stderr.splitlines() == [
+        f"error: chat template of model broken ({model / 'workbench.json'}) is not valid Jinja: Unexpected end "
+        "of template. Jinja was looking for the following tags: 'endfor' or 'else'. The innermost block that "
+        "needs to be closed is 'for' (template line 1); refused"]
