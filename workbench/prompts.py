@@ -98,8 +98,9 @@ def _compile(chat_template: str) -> Any:
     return _environment().from_string(chat_template)
 
 
-def _refusal(origin: str, exc: Exception) -> UserError:
-    """One line naming the template's origin and what is wrong with it."""
+def template_error(origin: str, exc: Exception) -> UserError:
+    """One line naming the template's origin and what is wrong with it (a Jinja error, or any
+    error a template raised while rendering)."""
     from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 
     if isinstance(exc, SecurityError):
@@ -130,7 +131,7 @@ def render_chat_template(chat_template: str, messages: list[dict[str, Any]], *, 
         return str(template.render(messages=messages, tools=tools, documents=documents,
                                    add_generation_prompt=add_generation_prompt, **variables))
     except Exception as exc:  # whatever the template does wrong is the template's fault: say whose
-        raise _refusal(origin, exc) from None
+        raise template_error(origin, exc) from None
 
 
 #: Conversations a probe render tries: the shapes most templates accept.

@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import make_tiny_model, run_cli
 from tests.hubserver import HubServer
 from tests.stages.conftest import hf_repo_files, tiny_gguf
-from workbench.prompts import CHATML
+from workbench.prompts import CHATML, TemplateRefused
 
 
 def hostile_template(marker: Path, *, when: str = "true") -> str:
@@ -189,3 +189,14 @@ def test_a_template_with_a_syntax_error_is_one_line_too(tiny, tmp_path):
         f"error: chat template of model broken ({model / 'workbench.json'}) is not valid Jinja: Unexpected end "
         "of template. Jinja was looking for the following tags: 'endfor' or 'else'. The innermost block that "
         "needs to be closed is 'for' (template line 1); refused"]
+
+
+def test_eval_names_a_gguf_whose_template_does_not_parse(tiny, tmp_path):
+    """llama-cpp-python compiles a GGUF's template while loading it; eval reads GGUF metadata
+    that way, and a template that does not parse is the one-line refusal, not a Jinja traceback."""
+    from workbench_evaluate.backends import gguf_metadata
+
+    broken = tiny_gguf(tiny, tmp_path / "broken.gguf", "{% for m in messages %}{{ m.content }}")
+    with pytest.raises(TemplateRefused, match=r"^chat template of model broken.gguf \(tokenizer.chat_template of "
+                       r".*broken.gguf\) is not valid Jinja: Unexpected end of template"):
+        gguf_metadata(broken)
