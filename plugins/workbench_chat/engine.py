@@ -331,6 +331,9 @@ def open_engine(ref: str | ModelRef, *, n_ctx: int | None = None, threads: int |
 
         engine = LlamaEngine(model, n_ctx=n_ctx, threads=threads)
     else:
+        from workbench.prompts import style_for_model
+
+        style_for_model(model.path)  # a hostile chat template is refused before torch is even imported
         from workbench_chat.torch_engine import TorchEngine
 
         engine = TorchEngine(model, n_ctx=n_ctx, device=device, threads=threads)

@@ -3,8 +3,8 @@
 One `Llama` object lives as long as the engine. Every turn hands `Llama.generate` the whole
 prompt; it compares it with the tokens already in its KV cache and evaluates only the new
 suffix, so a follow-up turn costs its new tokens, not the whole history. The chat template comes
-from the file (`tokenizer.chat_template`) and is rendered with llama-cpp-python's own sandboxed
-Jinja formatter.
+from the file (`tokenizer.chat_template`), is checked before the weights load, and is rendered
+by the project's one sandboxed renderer (`workbench.prompts`), as in every other place.
 
 The loop over `generate` is ours because `create_completion(stream=True)` detokenizes the whole
 reply again for every token it yields: on a 300-token reply that was 95% of the time.
@@ -21,10 +21,9 @@ from typing import Any
 
 import llama_cpp
 from llama_cpp import Llama
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from workbench.errors import UserError
-from workbench.prompts import CHATML
+from workbench.prompts import CHATML, PromptStyle, check_chat_template
 from workbench_chat.engine import (
     DEFAULT_MAX_CTX,
     Engine,
@@ -37,8 +36,8 @@ from workbench_chat.engine import (
 )
 
 
-def gguf_context_length(path: str) -> int | None:
-    """The context length the model was trained with, read from the file's metadata."""
+def gguf_header(path: str) -> tuple[int | None, str | None]:
+    """The context length the model was trained with and its chat template, from the metadata."""
     from gguf import GGUFReader
 
     try:
@@ -46,18 +45,21 @@ def gguf_context_length(path: str) -> int | None:
     except (ValueError, OSError):  # numpy's reshape errors say nothing useful here
         raise UserError(f"{path} is not a readable GGUF file: it is truncated or corrupt; "
                         "copy or export it again") from None
+    template_field = reader.get_field("tokenizer.chat_template")
+    template = str(template_field.contents()) if template_field is not None else None
     arch_field = reader.get_field("general.architecture")
-    if arch_field is None:
-        return None
-    ctx_field = reader.get_field(f"{arch_field.contents()}.context_length")
-    return int(ctx_field.contents()) if ctx_field is not None else None
+    ctx_field = reader.get_field(f"{arch_field.contents()}.context_length") if arch_field is not None else None
+    return (int(ctx_field.contents()) if ctx_field is not None else None), template
 
 
 class LlamaEngine(Engine):
     backend = "llama.cpp"
 
     def __init__(self, model: ModelRef, *, n_ctx: int | None, threads: int, f32_kv_cache: bool = False):
-        trained = gguf_context_length(str(model.path))
+        trained, template = gguf_header(str(model.path))
+        origin = f"model {model.name} (tokenizer.chat_template of {model.path})"
+        if template:  # refused before llama.cpp reads gigabytes of weights
+            check_chat_template(template, origin=origin)
         asked = n_ctx
         n_ctx = n_ctx or min(trained or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
         super().__init__(model, n_ctx)
@@ -83,15 +85,13 @@ class LlamaEngine(Engine):
             last = next((line for line in reversed(log.getvalue().splitlines()) if line.strip()), str(exc))
             raise UserError(f"llama.cpp cannot load {model.path}: {last.strip()}") from None
         self.threads = threads
-        meta = self.llm.metadata
         self.eos_text = self._token_text(self.llm.token_eos())
         self.bos_text = self._token_text(self.llm.token_bos())
-        template = meta.get("tokenizer.chat_template")
         if not template:
             template = CHATML
             self.notes.append("this GGUF has no chat template (tokenizer.chat_template); using ChatML")
         self.template = template
-        self.formatter = Jinja2ChatFormatter(template, eos_token=self.eos_text, bos_token=self.bos_text)
+        self.style = PromptStyle("gguf", template, bos_token=self.bos_text, eos_token=self.eos_text, origin=origin)
         self.chat_stop = turn_end_stops(template)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._stop_ids: dict[str, int | None] = {}
@@ -102,7 +102,7 @@ class LlamaEngine(Engine):
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return self.formatter(messages=messages).prompt  # type: ignore[arg-type]
+        return self.style.render(messages)
 
     def tokenize(self, text: str) -> list[int]:
         # add_bos=True adds BOS only when the model asks for one; a template that writes

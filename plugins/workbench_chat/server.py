@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from workbench.errors import UserError
+from workbench.prompts import TemplateFailed, TemplateRefused
 from workbench_chat.engine import Engine, Sampling, Stats
 from workbench_chat.respcache import ResponseCache, cache_key
 
@@ -363,7 +364,13 @@ class Handler(BaseHTTPRequestHandler):
         messages = parse_messages(body.get("messages"))
         engine = self.server.engine
         sampling = parse_sampling(body)
-        self._generate(body, engine.render(messages), sampling, [*engine.chat_stop, *sampling.stop], chat=True)
+        try:
+            prompt = engine.render(messages)
+        except TemplateRefused as exc:  # the model's template left the sandbox: the server's fault
+            raise ApiError(500, str(exc), code="chat_template_refused") from None
+        except TemplateFailed as exc:  # the template rejects this conversation (roles, order)
+            raise ApiError(400, str(exc), param="messages") from None
+        self._generate(body, prompt, sampling, [*engine.chat_stop, *sampling.stop], chat=True)
 
     def _completions(self) -> None:
         body = self._read_json()

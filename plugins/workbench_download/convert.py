@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import UserError
-from workbench.prompts import PromptStyle, get_style
+from workbench.prompts import PromptStyle, find_chat_template, get_style
 
 if TYPE_CHECKING:
     import torch
@@ -264,21 +264,19 @@ def check_fits(config: Config, sd: dict[str, torch.Tensor], repo_id: str) -> int
 # tokenizer and prompt style ---------------------------------------------------------------------
 
 
-def prompt_style(local: dict[str, Path], ctx: Context) -> tuple[PromptStyle, str]:
-    """The tokenizer's own chat template when it has one, else ChatML (the house default)."""
+def prompt_style(local: dict[str, Path], ctx: Context, repo_id: str = "the repository") -> tuple[PromptStyle, str]:
+    """The tokenizer's own chat template when it has one, else ChatML (the house default).
+
+    The template is checked in the sandbox first: one that reaches outside it is refused.
+    """
     tc = json.loads(local["tokenizer_config.json"].read_text()) if "tokenizer_config.json" in local else {}
     eos = tc.get("eos_token")
     eos = (eos.get("content") if isinstance(eos, dict) else eos) or ""
-    template = tc.get("chat_template")
-    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
-    if not template and "chat_template.jinja" in local:
-        template = local["chat_template.jinja"].read_text(encoding="utf-8")
-    if not template and "chat_template.json" in local:
-        template = json.loads(local["chat_template.json"].read_text()).get("chat_template")
-    if isinstance(template, str) and template.strip():
-        return PromptStyle("base", template, eos_token=eos), eos
+    found = find_chat_template(local)
+    if found is not None:
+        template, source = found
+        origin = f"model {repo_id} ({source} of {repo_id})"
+        return PromptStyle("base", template, eos_token=eos, origin=origin).check(), eos
     ctx.log("the tokenizer has no chat template; using ChatML, the prompt style finetuning teaches")
     return get_style("chatml", eos_token=eos or "<|endoftext|>"), eos
 
@@ -309,6 +307,7 @@ def convert_repository(dl: Downloader, options: Options, ctx: Context) -> Artifa
     config_kwargs(hf, dl.repo_id)  # refuse what cannot be converted before importing torch
     if not any(t in dl.local for t in ("tokenizer.json", "tokenizer.model")):
         raise UserError(f"{dl.repo_id} has no tokenizer.json or tokenizer.model; LitGPT needs one of them")
+    style, eos = prompt_style(dl.local, ctx, dl.repo_id)  # a hostile chat template is refused here
 
     weights = [f for f in wanted if is_weights(f)]
     stored = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
@@ -332,7 +331,6 @@ def convert_repository(dl: Downloader, options: Options, ctx: Context) -> Artifa
 
     from workbench.ml.checkpoint import save_model_dir
 
-    style, eos = prompt_style(dl.local, ctx)
     staged = ctx.staging_dir("model")
     meta = {"prompt_style": style.to_json(), "family": family, "eos_token": eos,
             "hf_repo_id": dl.repo_id, "hf_revision": dl.listing.commit, "architecture": arch}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import UserError
+from workbench.prompts import check_chat_template
 from workbench_download.fetch import existing_ancestor, matches
 
 if TYPE_CHECKING:
@@ -58,10 +59,13 @@ def inspect_gguf(path: Path, shown_name: str) -> dict[str, Any]:
         type_name = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
     except ValueError:
         type_name = str(file_type)
+    template = field("tokenizer.chat_template")
+    if isinstance(template, str):  # a hostile template is refused before the file is kept
+        check_chat_template(template, origin=f"model {shown_name} (tokenizer.chat_template of {shown_name})")
     return {
         "architecture": arch, "model_name": field("general.name"), "file_type": type_name,
         "context_length": field(f"{arch}.context_length"), "tensors": len(reader.tensors),
-        "chat_template": field("tokenizer.chat_template") is not None,
+        "chat_template": template is not None,
     }
 
 

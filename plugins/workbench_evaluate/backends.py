@@ -23,6 +23,7 @@ import torch
 
 from workbench.errors import UserError
 from workbench.hardware import free_cores, torch_threads
+from workbench.prompts import template_error
 
 #: Longest sequence scored at once unless `--context` says otherwise.
 DEFAULT_CONTEXT = 1024
@@ -125,6 +126,7 @@ def vocab_only(path: Path) -> Any:
     Such a model reports a training context of 0, and llama.cpp warns about that on every load
     whatever the log level; the warning is caught here, and shown only if loading fails.
     """
+    from jinja2 import TemplateError
     from llama_cpp import Llama
 
     caught = io.StringIO()
@@ -133,6 +135,8 @@ def vocab_only(path: Path) -> Any:
             return Llama(model_path=str(path), vocab_only=True, n_ctx=8, verbose=False)
     except ValueError as exc:
         raise UserError(f"llama.cpp cannot read {path}: {exc} {caught.getvalue().strip()}") from None
+    except TemplateError as exc:  # llama-cpp-python compiles the file's chat template as it loads
+        raise template_error(f"model {path.name} (tokenizer.chat_template of {path})", exc) from None
 
 
 def gguf_metadata(path: Path) -> dict[str, str]:

@@ -60,7 +60,8 @@ class Judge:
         template = meta.get("tokenizer.chat_template")
         eos_id = self.tokenizer.eos_id
         eos = self.tokenizer.llm.detokenize([eos_id], special=True).decode("utf-8", "replace") if eos_id is not None else ""
-        self.style = PromptStyle("judge", template, eos_token=eos) if template else None
+        origin = f"judge {path.name} (tokenizer.chat_template of {path})"
+        self.style = PromptStyle("judge", template, eos_token=eos, origin=origin).check() if template else None
         # After an assistant prompt the reply starts at a fresh token; in plain text it follows a space.
         first = "" if self.style else " "
         self.letters = [self._first_token(first + letter) for letter in ("A", "B")]

@@ -70,12 +70,13 @@ def _context(target: Target, option: int | None) -> int:
     return min(trained, option or DEFAULT_CONTEXT)
 
 
-def _gguf_style(meta: dict[str, str], eos_text: str) -> PromptStyle | None:
+def _gguf_style(meta: dict[str, str], eos_text: str, path: Path) -> PromptStyle | None:
     template = meta.get("tokenizer.chat_template")
     if not template:
         return None
     stop = [s for s in meta.get("workbench.stop", "").split("\n") if s]
-    return PromptStyle(meta.get("workbench.prompt_style") or "gguf", template, stop, eos_token=eos_text)
+    return PromptStyle(meta.get("workbench.prompt_style") or "gguf", template, stop, eos_token=eos_text,
+                       origin=f"model {path.name} (tokenizer.chat_template of {path})").check()
 
 
 def load_subject(target: Target, options: Any) -> tasks.Subject:
@@ -91,7 +92,7 @@ def load_subject(target: Target, options: Any) -> tasks.Subject:
             notes.append("its checkpoint is not in the workspace, so llama.cpp's tokenizer is used: "
                          "its perplexity is not on the same token ids as the checkpoints'")
         eos = backend.llm.detokenize([backend.llm.token_eos()], special=True).decode("utf-8", "replace")
-        style = _gguf_style(backend.metadata, eos) or (style_for_model(target.model_dir) if target.model_dir else None)
+        style = _gguf_style(backend.metadata, eos, target.gguf_path) or (style_for_model(target.model_dir) if target.model_dir else None)
     else:
         assert target.model_dir is not None
         backend = TorchBackend(target.model_dir, context=options.context, device=options.device,

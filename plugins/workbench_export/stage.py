@@ -80,6 +80,7 @@ class ExportStage(Stage):
     supports_cancel = True
 
     def validate(self, options: Options, ctx: Context) -> None:
+        from workbench.prompts import style_for_model
         from workbench_export.families import family_for, read_config
         from workbench_export.tokenizer_meta import check_tokenizer
 
@@ -93,6 +94,7 @@ class ExportStage(Stage):
         model_dir = base_model_of(art.path, ctx).path if art.kind == "adapter" else art.path
         family_for(read_config(model_dir), model_dir / "model_config.yaml")
         check_tokenizer(model_dir)
+        style_for_model(model_dir)  # a chat template that leaves the sandbox is refused before any run
         if options.out and Path(options.out).expanduser().exists() and not Path(options.out).expanduser().is_dir():
             raise UserError(f"--out {options.out} exists and is not a directory")
 

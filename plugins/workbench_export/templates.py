@@ -2,7 +2,8 @@
 
 llama.cpp (and llama-cpp-python's chat completion) renders `tokenizer.chat_template` with Jinja,
 so the model's own template is written there, with its default system prompt folded in so it
-behaves like `PromptStyle.render`. Ollama speaks Go templates instead; the translation below
+behaves like `PromptStyle.render`. Every rendering here goes through the sandboxed renderer in
+`workbench.prompts`; a template that leaves the sandbox stops the export. Ollama speaks Go templates instead; the translation below
 renders the Jinja template with marker contents to find each role's prefix and suffix, and is
 only written when the translated template reproduces the Jinja rendering of a whole conversation.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workbench.prompts import PromptStyle
+from workbench.prompts import PromptStyle, TemplateFailed, render_chat_template
 
 _MARK = "\x00CONTENT\x00"
 _PROBE = [
@@ -38,13 +39,10 @@ def gguf_chat_template(style: PromptStyle | None) -> str | None:
 
 
 def _render(style: PromptStyle, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.BaseLoader(), keep_trailing_newline=True)
-    return env.from_string(style.chat_template).render(
-        messages=messages, add_generation_prompt=generation_prompt,
-        bos_token=style.bos_token, eos_token=style.eos_token,
-    )
+    """The bare template (no default system prompt): what the GGUF's template renders."""
+    return render_chat_template(style.chat_template, messages, origin=style.source,
+                                add_generation_prompt=generation_prompt,
+                                bos_token=style.bos_token, eos_token=style.eos_token)
 
 
 def _role_parts(style: PromptStyle) -> dict[str, Any] | None:
@@ -59,7 +57,7 @@ def _role_parts(style: PromptStyle) -> dict[str, Any] | None:
             parts[role] = tuple(text[len(head):].split(_MARK))
         plain = _render(style, [{"role": "user", "content": _MARK}], False)
         prompted = _render(style, [{"role": "user", "content": _MARK}], True)
-    except Exception:  # a template that needs more than messages cannot be translated
+    except TemplateFailed:  # a template that needs more than messages cannot be translated
         return None
     if not prompted.startswith(plain):
         return None

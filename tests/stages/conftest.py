@@ -80,8 +80,9 @@ def hf_repo_files(model_dir: Path, model_type: str = "llama", *, chat_template: 
     return files
 
 
-def tiny_gguf(model_dir: Path, out: Path) -> Path:
-    """A small F32 llama GGUF of the LitGPT model, written with the gguf package."""
+def tiny_gguf(model_dir: Path, out: Path, chat_template: str | None = None) -> Path:
+    """A small F32 llama GGUF of the LitGPT model, written with the gguf package (ChatML unless
+    `chat_template` is given)."""
     import gguf
     import numpy as np
 
@@ -120,7 +121,7 @@ def tiny_gguf(model_dir: Path, out: Path) -> Path:
     eos = tok["model"]["vocab"].get("<|endoftext|>", next(i for i, t in specials.items() if t == "<|endoftext|>"))
     w.add_bos_token_id(eos)
     w.add_eos_token_id(eos)
-    w.add_chat_template(CHATML)
+    w.add_chat_template(chat_template or CHATML)
 
     def rope_rows(x: np.ndarray, heads: int) -> np.ndarray:
         # LitGPT rotates halves, llama.cpp adjacent pairs: permute rows per head.
