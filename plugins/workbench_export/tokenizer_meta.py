@@ -192,9 +192,10 @@ def strip_name_tag(data: dict[str, Any], where: Path) -> str | None:
         return None
     expected = {a["content"] for a in added} - set(PHI3_NO_RSTRIP)
     if rstrip != expected:
-        odd = sorted(rstrip ^ expected)[0]
-        raise UserError(f"{where}: added token {odd!r} strips whitespace to its right (rstrip) unlike the other "
-                        "special tokens; llama.cpp reproduces only Phi-3's pattern")
+        odd = sorted(rstrip - expected) or sorted(rstrip)
+        unlike = f" but {sorted(expected - rstrip)[0]!r} does not" if rstrip < expected else ""
+        raise UserError(f"{where}: added token {odd[0]!r} strips whitespace to its right (rstrip){unlike}; llama.cpp "
+                        f"reproduces only Phi-3's pattern: every added token but {', '.join(PHI3_NO_RSTRIP)}")
     return "phi-3"
 
 

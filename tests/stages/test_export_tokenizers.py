@@ -284,3 +284,71 @@ def test_each_family_tokenizer_reaches_llama_cpp_exactly(tmp_path, family):
     reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0.0)
     assert reply["choices"][0]["finish_reason"] == "stop"
     assert reply["choices"][0]["message"]["content"] == ""
+
+
+def _edit_tokenizer_json(tok_dir: Path, edit) -> Path:
+    path = tok_dir / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return tok_dir
+
+
+def _first_added(data: dict, content: str) -> dict:
+    return next(a for a in data["added_tokens"] if a["content"] == content)
+
+
+@pytest.mark.parametrize(("family", "edit", "message"), [
+    ("qwen2", lambda d: d.update(normalizer={"type": "Lowercase"}),
+     r"tokenizer\.json: normalizer Lowercase has no llama\.cpp equivalent"),
+    ("llama3", lambda d: _first_added(d, "<|eot_id|>").update(lstrip=True),
+     r"tokenizer\.json: added token '<\|eot_id\|>' strips whitespace to its left"),
+    ("llama3", lambda d: _first_added(d, "<|eot_id|>").update(rstrip=True),
+     r"added token '<\|eot_id\|>' strips whitespace to its right \(rstrip\) but '<\|begin_of_text\|>' does not"),
+    ("qwen2", lambda d: d["model"].update(ignore_merges=True),
+     r"ignore_merges is set with the qwen2 pre-tokenizer"),
+    ("mistral", lambda d: d.update(normalizer=None, pre_tokenizer={
+        "type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}),
+     r"tokenizer\.json: Metaspace pre-tokenizer with prepend_scheme 'first'"),
+    ("gemma", lambda d: d["model"].update(type="Unigram"),
+     r"tokenizer\.json: a SentencePiece Unigram model"),
+])
+def test_tokenizer_llama_cpp_cannot_reproduce_is_refused(tmp_path, family, edit, message):
+    from workbench_export.tokenizer_meta import check_tokenizer
+
+    fam = build_family_tokenizer(family, tmp_path / "tok")
+    with pytest.raises(UserError, match=message):
+        check_tokenizer(_edit_tokenizer_json(fam.path, edit))
+
+
+def test_sentencepiece_files_that_disagree_on_the_prefix_space_are_refused(tmp_path):
+    from workbench_export.tokenizer_meta import read_tokenizer
+
+    gemma = build_family_tokenizer("gemma", tmp_path / "gemma")
+    llama2 = build_family_tokenizer("llama2", tmp_path / "llama2")
+    (gemma.path / "tokenizer.model").write_bytes((llama2.path / "tokenizer.model").read_bytes())
+    with pytest.raises(UserError, match="disagree on the space before text"):
+        read_tokenizer(gemma.path, 1024)
+
+
+def test_export_refuses_an_unreproducible_tokenizer_in_one_line_and_writes_nothing(cli, tmp_path, workspace):
+    import shutil
+
+    from workbench.context import Context
+    from workbench.store import Store
+
+    fam = build_family_tokenizer("qwen2", tmp_path / "tok")
+    _edit_tokenizer_json(fam.path, lambda d: d.update(normalizer={"type": "NFKC"}))
+    model = _family_model(tmp_path, fam, fam.vocab_size())
+    ctx = Context(Store())
+    staged = ctx.staging_dir("model")
+    shutil.rmtree(staged)
+    shutil.copytree(model, staged)
+    art = ctx.register("model", staged, name="tiny-nfkc")
+
+    proc = cli("export", art.id, "--gguf")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "normalizer NFKC has no llama.cpp equivalent" in lines[0], proc.stderr
+    assert not (workspace / "runs").exists()
+    assert not list(workspace.rglob("*.gguf"))
