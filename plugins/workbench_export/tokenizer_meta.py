@@ -12,6 +12,7 @@ SentencePiece model converted to `tokenizer.json` is described from its `tokeniz
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,11 @@ class TokenizerMeta:
     name_tag: str | None = None  # what general.name must contain for llama.cpp's per-model token flags
 
     def general_name(self, name: str) -> str:
-        """The GGUF's general.name: `name`, tagged where llama.cpp keys token behaviour on it."""
-        if self.name_tag and self.name_tag not in name.lower():
+        """The GGUF's general.name: `name`, tagged where llama.cpp keys token behaviour on it, and
+        untagged where the tokenizer lacks that behaviour (a Phi-3 with a retrained tokenizer)."""
+        if self.name_tag is None:
+            return re.sub(r"(?i)phi-?3", lambda m: m.group(0)[:3] + " 3", name)
+        if self.name_tag not in name.lower():
             return f"{name} ({self.name_tag} tokenizer)"
         return name
 

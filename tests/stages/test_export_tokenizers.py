@@ -223,7 +223,7 @@ def _family_model(root: Path, fam, n_vocab: int, *, eot_always: bool = False) ->
         state["transformer.ln_f.weight"][0] = 1.0
         state["lm_head.weight"].zero_()
         state["lm_head.weight"][eot, 0] = 10.0
-    return save_model_dir(root / f"model-{fam.family}", state, config, tokenizer_dir=fam.path, meta={})
+    return save_model_dir(root / "model", state, config, tokenizer_dir=fam.path, meta={})
 
 
 def _detokenize(llm, ids: list[int]) -> str:
@@ -352,3 +352,15 @@ def test_export_refuses_an_unreproducible_tokenizer_in_one_line_and_writes_nothi
     assert len(lines) == 1 and "normalizer NFKC has no llama.cpp equivalent" in lines[0], proc.stderr
     assert not (workspace / "runs").exists()
     assert not list(workspace.rglob("*.gguf"))
+
+
+def test_model_named_like_phi3_without_its_tokenizer_keeps_whitespace_after_special_tokens(tmp_path):
+    from workbench_export.gguf_writer import write_gguf
+
+    fam = build_family_tokenizer("llama2", tmp_path / "tok")
+    model = _family_model(tmp_path, fam, fam.vocab_size())
+    # llama.cpp makes special tokens swallow the whitespace after them in any model named Phi-3.
+    write_gguf(model, tmp_path / "m.gguf", "f32", name="Phi3-mini-retrained")
+    llm = _vocab_only(tmp_path / "m.gguf")
+    assert _tokenization_mismatches(fam, llm, ["<s>[INST] Hi</s>\n  next</s> x"]) == []
+    assert "phi3" not in llm.metadata["general.name"].lower()
