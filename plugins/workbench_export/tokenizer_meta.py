@@ -6,6 +6,10 @@ are what chat templates are made of), merges, the pre-tokenizer name and the spe
 A byte-level BPE `tokenizer.json` is used when present, as LitGPT's `Tokenizer` does; a
 SentencePiece model converted to `tokenizer.json` is described from its `tokenizer.model`.
 
+Whatever llama.cpp cannot reproduce exactly (another pre-tokenizer or normalizer, added tokens
+that strip whitespace in ways it does not know) is refused, never written approximately. The
+end-of-turn token is found by rendering the chat template, so chat stops where a turn ends.
+
 `check_tokenizer` is light (json only) and runs in the stage's `validate()`.
 """
 
@@ -141,11 +145,17 @@ def _is_byte_level_bpe(data: dict[str, Any]) -> bool:
     return (data.get("model") or {}).get("type") == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel"
 
 
-def _normalizer_kinds(normalizer: dict[str, Any] | None) -> list[str]:
+def _normalizer_steps(normalizer: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not normalizer:
         return []
-    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
-    return [str(step.get("type")) for step in steps]
+    return normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+
+
+def _normalizer_kinds(normalizer: dict[str, Any] | None) -> list[str]:
+    return [str(step.get("type")) for step in _normalizer_steps(normalizer)]
+
+
+_SPACE_TO_META = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
 
 
 def _check_bpe_normalizer(data: dict[str, Any], where: Path) -> None:
@@ -164,12 +174,14 @@ def spm_space_prefix(data: dict[str, Any], where: Path) -> bool:
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise UserError(f"{where}: a SentencePiece {model.get('type')} model without byte fallback; llama.cpp "
                         "reproduces SentencePiece BPE with byte_fallback only")
+    steps = _normalizer_steps(data.get("normalizer"))
     kinds = _normalizer_kinds(data.get("normalizer"))
     pre = data.get("pre_tokenizer") or {}
-    if kinds == ["Prepend", "Replace"] and not pre:
+    if steps == [{"type": "Prepend", "prepend": "\u2581"}, _SPACE_TO_META] and not pre:
         return True
-    if kinds == ["Replace"] and pre.get("type") in (None, "Split"):
-        return False  # Gemma: spaces become "▁", nothing is prepended
+    # Gemma: spaces become "▁", nothing is prepended; a split at spaces is then a no-op.
+    if steps == [_SPACE_TO_META] and (not pre or (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "})):
+        return False
     if not kinds and pre.get("type") == "Metaspace":
         scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
         if scheme in ("always", "never") and not pre.get("split", False):
