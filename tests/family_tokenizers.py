@@ -45,6 +45,14 @@ PROBE_TEXTS = (
     "   ",
     "a",
     " leading space",
+    "\n =",
+    "' era",
+    "!!!!!! ... ??",
+    "3 33 333 3333 33333 333333 3333333",
+    "ied 4 ½ months, Äpfel, Cửa Việt, ខ្មែរភាសា",
+    "    Hello\n    Hello\n\n \n\n\n \t\t \n",
+    "🚀 (normal) 😶\u200d🌫️ (joined) ✅ 🦙.cpp",
+    "Hi, y'all! 😁 ?我想在apple工作1314151天～",
 )
 # Decomposed accents: NFC-normalising tokenizers (Qwen2) and llama.cpp part ways here.
 DECOMPOSED_TEXT = "combining e\u0301 vs é"
