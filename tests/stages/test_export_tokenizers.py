@@ -374,3 +374,16 @@ def test_model_named_like_phi3_without_its_tokenizer_keeps_whitespace_after_spec
     llm = _vocab_only(tmp_path / "m.gguf")
     assert _tokenization_mismatches(fam, llm, ["<s>[INST] Hi</s>\n  next</s> x"]) == []
     assert "phi3" not in llm.metadata["general.name"].lower()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3", "gemma", "phi3"])
+def test_export_verification_accepts_each_family_tokenizer(tmp_path, family):
+    from workbench_export.gguf_writer import write_gguf
+    from workbench_export.verify import Reference, verify_gguf
+
+    fam = build_family_tokenizer(family, tmp_path / "tok")
+    model = _family_model(tmp_path, fam, fam.vocab_size())
+    write_gguf(model, tmp_path / "m.gguf", "f32")
+    ref = Reference.build(model, heldout_text=SAMPLE_TEXT, max_ppl_tokens=128)
+    check = verify_gguf(tmp_path / "m.gguf", ref, exact=True)
+    assert check.passed, check.problems
