@@ -290,6 +290,9 @@ def test_each_family_tokenizer_reaches_llama_cpp_exactly(tmp_path, family):
     if hf.bos_token_id is not None:
         assert llm.token_bos() == hf.bos_token_id
     assert int(llm.metadata["tokenizer.ggml.eot_token_id"]) == hf.convert_tokens_to_ids(fam.eot)
+    for kind, key in (("pad", "padding"), ("unk", "unknown")):
+        if getattr(hf, f"{kind}_token_id") is not None:
+            assert int(llm.metadata[f"tokenizer.ggml.{key}_token_id"]) == getattr(hf, f"{kind}_token_id"), kind
     # The model always picks the end-of-turn token: chat ends there, with nothing shown.
     reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0.0)
     assert reply["choices"][0]["finish_reason"] == "stop"
