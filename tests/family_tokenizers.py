@@ -5,8 +5,10 @@ with the family's normalizer, pre-tokenizer (split regex, digit splitting), mode
 BPE, or SentencePiece BPE with byte fallback, then also `tokenizer.model`), decoder,
 post-processor and added/special tokens at the family's relative positions, and a
 `tokenizer_config.json` with its special tokens, BOS/EOS flags and a chat template in the
-family's format. Vocabularies are a few hundred tokens, trained in well under a second, and
-load offline with transformers' `AutoTokenizer`.
+family's format and its published `tokenizer_class`. Vocabularies are a few hundred tokens,
+trained in well under a second; `FamilyTokenizer.hf()` loads them offline with transformers as
+the reference. Known differences from the real files: tiny vocabularies, a handful of reserved
+tokens instead of hundreds, and chat templates reduced to their turn format.
 
     fam = build_family_tokenizer("qwen2", tmp_path / "tok")
     fam.path, fam.eot, fam.pre  # directory, end-of-turn token, expected tokenizer.ggml.pre
