@@ -168,8 +168,10 @@ def _check_bpe_normalizer(data: dict[str, Any], where: Path) -> None:
 def spm_space_prefix(data: dict[str, Any], where: Path) -> bool:
     """Whether a SentencePiece tokenizer.json puts a space before text, as llama.cpp can; a UserError otherwise.
 
-    llama.cpp adds the prefix at the start of the text and after every special token, as the
-    legacy Prepend normalizer and Metaspace's prepend_scheme "always" do."""
+    llama.cpp, like SentencePiece itself, adds the prefix at the start of the text and after every
+    special token even where a space is already there, as the legacy Prepend normalizer does.
+    Metaspace prepends only where no space is (" Hi" stays "▁Hi", llama.cpp makes "▁▁Hi"), so it
+    matches only when it never prepends."""
     model = data.get("model") or {}
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise UserError(f"{where}: a SentencePiece {model.get('type')} model without byte fallback; llama.cpp "
@@ -184,11 +186,11 @@ def spm_space_prefix(data: dict[str, Any], where: Path) -> bool:
         return False
     if not kinds and pre.get("type") == "Metaspace":
         scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
-        if scheme in ("always", "never") and not pre.get("split", False):
-            return scheme == "always"
+        if scheme == "never" and not pre.get("split", False):
+            return False
         raise UserError(f"{where}: Metaspace pre-tokenizer with prepend_scheme '{scheme}' "
-                        f"(split={pre.get('split', False)}); llama.cpp puts the space prefix after every "
-                        "special token (\"always\") or nowhere (\"never\")")
+                        f"(split={pre.get('split', False)}) skips the space prefix where text already starts "
+                        "with a space; llama.cpp adds it as SentencePiece does (the legacy Prepend normalizer)")
     raise UserError(f"{where}: SentencePiece normalizer {'+'.join(kinds) or 'none'} with pre-tokenizer "
                     f"{pre.get('type')} has no llama.cpp equivalent")
 

@@ -320,9 +320,13 @@ def _first_added(data: dict, content: str) -> dict:
      r"added token '<\|eot_id\|>' strips whitespace to its right \(rstrip\) but '<\|begin_of_text\|>' does not"),
     ("qwen2", lambda d: d["model"].update(ignore_merges=True),
      r"ignore_merges is set with the qwen2 pre-tokenizer"),
+    # Metaspace leaves " Hi" after [INST] as "▁Hi" where llama.cpp (and SentencePiece) make "▁▁Hi".
     ("mistral", lambda d: d.update(normalizer=None, pre_tokenizer={
         "type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}),
      r"tokenizer\.json: Metaspace pre-tokenizer with prepend_scheme 'first'"),
+    ("llama2", lambda d: d.update(normalizer=None, pre_tokenizer={
+        "type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}),
+     r"tokenizer\.json: Metaspace pre-tokenizer with prepend_scheme 'always'"),
     ("gemma", lambda d: d["model"].update(type="Unigram"),
      r"tokenizer\.json: a SentencePiece Unigram model"),
 ])
