@@ -288,7 +288,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
     with _temporary(out_path) as tmp:
         writer = gguf.GGUFWriter(tmp, family.arch)
         try:
-            _add_metadata(writer, shape, tok, int(ftype), name or meta.get("name") or model_dir.name,
+            _add_metadata(writer, shape, tok, int(ftype), tok.general_name(name or meta.get("name") or model_dir.name),
                           gguf_chat_template(style), extra)
             for item in plan:
                 # gguf lists dimensions fastest-first; the writer reverses torch's (rows, cols).

@@ -6,12 +6,17 @@ are what chat templates are made of), merges, the pre-tokenizer name and the spe
 A byte-level BPE `tokenizer.json` is used when present, as LitGPT's `Tokenizer` does; a
 SentencePiece model converted to `tokenizer.json` is described from its `tokenizer.model`.
 
+Whatever llama.cpp cannot reproduce exactly (another pre-tokenizer or normalizer, added tokens
+that strip whitespace in ways it does not know) is refused, never written approximately. The
+end-of-turn token is found by rendering the chat template, so chat stops where a turn ends.
+
 `check_tokenizer` is light (json only) and runs in the stage's `validate()`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +31,18 @@ _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?
            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Llama 3's pattern is also cl100k's (OLMo 2, Phi-4); llama.cpp's "llama-bpe" looks whole words up
+# in the vocabulary before merging (tokenizer.json's `ignore_merges`), its "dbrx" does not.
 SPLIT_PATTERNS = {_GPT2: "gpt-2", _LLAMA3: "llama-bpe", _QWEN2: "qwen2"}
 KNOWN_PRE = (
     "ByteLevel(add_prefix_space=False) as GPT-2 and workbench tokenizers use, "
-    "the Llama 3 and Qwen2 split patterns, and SmolLM's Digits+ByteLevel"
+    "the Llama 3 / cl100k and Qwen2 split patterns, and SmolLM's Digits+ByteLevel"
 )
+# llama.cpp applies no normalizer to byte-level BPE. NFC (Qwen2) is accepted: text already in NFC,
+# as nearly all text is, tokenizes identically; decomposed accents do not.
+BPE_NORMALIZERS = (None, "NFC")
+# Added-token whitespace stripping llama.cpp reproduces: Phi-3's, keyed on the model name.
+PHI3_NO_RSTRIP = ("<unk>", "<s>", "<|endoftext|>")
 
 # gguf.TokenType values, repeated here so this module stays importable without numpy.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -44,10 +56,20 @@ class TokenizerMeta:
     types: list[int]
     scores: list[float] | None = None
     merges: list[str] = field(default_factory=list)
-    special_ids: dict[str, int] = field(default_factory=dict)  # bos, eos, pad, unk
+    special_ids: dict[str, int] = field(default_factory=dict)  # bos, eos, eot, pad, unk
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool | None = None
+    name_tag: str | None = None  # what general.name must contain for llama.cpp's per-model token flags
+
+    def general_name(self, name: str) -> str:
+        """The GGUF's general.name: `name`, tagged where llama.cpp keys token behaviour on it, and
+        untagged where the tokenizer lacks that behaviour (a Phi-3 with a retrained tokenizer)."""
+        if self.name_tag is None:
+            return re.sub(r"(?i)phi-?3", lambda m: m.group(0)[:3] + " 3", name)
+        if self.name_tag not in name.lower():
+            return f"{name} ({self.name_tag} tokenizer)"
+        return name
 
     def add_to(self, writer: Any) -> None:
         writer.add_tokenizer_model(self.model)
@@ -101,8 +123,15 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
         return "gpt-2"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = (steps[0].get("pattern") or {}).get("Regex")
-        if pattern in SPLIT_PATTERNS and steps[0].get("behavior") == "Isolated":
-            return SPLIT_PATTERNS[pattern]
+        if pattern in SPLIT_PATTERNS and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
+            name = SPLIT_PATTERNS[pattern]
+            ignore_merges = bool((tokenizer_json.get("model") or {}).get("ignore_merges"))
+            if name == "llama-bpe" and not ignore_merges:
+                return "dbrx"
+            if name != "llama-bpe" and ignore_merges:
+                raise UserError(f"{where}: ignore_merges is set with the {name} pre-tokenizer, "
+                                "a combination llama.cpp does not implement")
+            return name
     if (kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits")
             and steps[1].get("use_regex", True) and not steps[1].get("add_prefix_space")):
         return "smollm"
@@ -116,17 +145,92 @@ def _is_byte_level_bpe(data: dict[str, Any]) -> bool:
     return (data.get("model") or {}).get("type") == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel"
 
 
+def _normalizer_steps(normalizer: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not normalizer:
+        return []
+    return normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+
+
+def _normalizer_kinds(normalizer: dict[str, Any] | None) -> list[str]:
+    return [str(step.get("type")) for step in _normalizer_steps(normalizer)]
+
+
+_SPACE_TO_META = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+
+
+def _check_bpe_normalizer(data: dict[str, Any], where: Path) -> None:
+    kinds = _normalizer_kinds(data.get("normalizer"))
+    if kinds and (len(kinds) > 1 or kinds[0] not in BPE_NORMALIZERS):
+        raise UserError(f"{where}: normalizer {'+'.join(kinds)} has no llama.cpp equivalent "
+                        "(byte-level BPE supports none, or NFC)")
+
+
+def spm_space_prefix(data: dict[str, Any], where: Path) -> bool:
+    """Whether a SentencePiece tokenizer.json puts a space before text, as llama.cpp can; a UserError otherwise.
+
+    llama.cpp, like SentencePiece itself, adds the prefix at the start of the text and after every
+    special token even where a space is already there, as the legacy Prepend normalizer does.
+    Metaspace prepends only where no space is (" Hi" stays "▁Hi", llama.cpp makes "▁▁Hi"), so it
+    matches only when it never prepends."""
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise UserError(f"{where}: a SentencePiece {model.get('type')} model without byte fallback; llama.cpp "
+                        "reproduces SentencePiece BPE with byte_fallback only")
+    steps = _normalizer_steps(data.get("normalizer"))
+    kinds = _normalizer_kinds(data.get("normalizer"))
+    pre = data.get("pre_tokenizer") or {}
+    if steps == [{"type": "Prepend", "prepend": "\u2581"}, _SPACE_TO_META] and not pre:
+        return True
+    # Gemma: spaces become "▁", nothing is prepended; a split at spaces is then a no-op.
+    if steps == [_SPACE_TO_META] and (not pre or (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "})):
+        return False
+    if not kinds and pre.get("type") == "Metaspace":
+        scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
+        if scheme == "never" and not pre.get("split", False):
+            return False
+        raise UserError(f"{where}: Metaspace pre-tokenizer with prepend_scheme '{scheme}' "
+                        f"(split={pre.get('split', False)}) skips the space prefix where text already starts "
+                        "with a space; llama.cpp adds it as SentencePiece does (the legacy Prepend normalizer)")
+    raise UserError(f"{where}: SentencePiece normalizer {'+'.join(kinds) or 'none'} with pre-tokenizer "
+                    f"{pre.get('type')} has no llama.cpp equivalent")
+
+
+def strip_name_tag(data: dict[str, Any], where: Path) -> str | None:
+    """The model-name tag llama.cpp needs to strip whitespace around added tokens as tokenizer.json does.
+
+    GGUF has no per-token flags for this; llama.cpp sets them for Phi-3 by name (all special
+    tokens but <unk>, <s> and <|endoftext|> swallow the whitespace after them)."""
+    added = data.get("added_tokens") or []
+    if any(a.get("lstrip") or a.get("single_word") for a in added):
+        bad = next(a["content"] for a in added if a.get("lstrip") or a.get("single_word"))
+        raise UserError(f"{where}: added token {bad!r} strips whitespace to its left (lstrip/single_word), "
+                        "which llama.cpp does not reproduce")
+    rstrip = {a["content"] for a in added if a.get("rstrip")}
+    if not rstrip:
+        return None
+    expected = {a["content"] for a in added} - set(PHI3_NO_RSTRIP)
+    if rstrip != expected:
+        odd = sorted(rstrip - expected) or sorted(rstrip)
+        unlike = f" but {sorted(expected - rstrip)[0]!r} does not" if rstrip < expected else ""
+        raise UserError(f"{where}: added token {odd[0]!r} strips whitespace to its right (rstrip){unlike}; llama.cpp "
+                        f"reproduces only Phi-3's pattern: every added token but {', '.join(PHI3_NO_RSTRIP)}")
+    return "phi-3"
+
+
 def check_tokenizer(model_dir: Path) -> str:
     """Cheap check that the tokenizer can be described in GGUF; returns "bpe" or "spm"."""
     tj, spm = model_dir / "tokenizer.json", model_dir / "tokenizer.model"
     if tj.exists():
         data = _json(tj)
+        strip_name_tag(data, tj)
         if _is_byte_level_bpe(data):
+            _check_bpe_normalizer(data, tj)
             pre_tokenizer_name(data, tj)
             return "bpe"
         if spm.exists():
-            # A SentencePiece tokenizer converted to tokenizer.json (TinyLlama, Mistral): the
-            # original model file describes it exactly; verification checks both agree.
+            # A SentencePiece tokenizer converted to tokenizer.json (Llama 2, Mistral, Gemma): the
+            # original model file describes it exactly; _read_spm checks both agree.
+            spm_space_prefix(data, tj)
             return "spm"
         raise UserError(
             f"{tj} is a {(data.get('model') or {}).get('type')} tokenizer without byte-level decoding and "
@@ -143,6 +247,9 @@ def read_tokenizer(model_dir: Path, n_vocab: int) -> TokenizerMeta:
     kind = check_tokenizer(model_dir)
     meta = _read_bpe(model_dir, n_vocab) if kind == "bpe" else _read_spm(model_dir, n_vocab)
     _special_ids(model_dir, meta)
+    eot = _end_of_turn(model_dir, meta)
+    if eot is not None:
+        meta.special_ids["eot"] = eot
     return meta
 
 
@@ -185,7 +292,7 @@ def _read_bpe(model_dir: Path, n_vocab: int) -> TokenizerMeta:
     merges = [m if isinstance(m, str) else " ".join(_shift_spaces(part) for part in m)
               for m in model.get("merges") or []]
     return TokenizerMeta(model="gpt2", pre=pre_tokenizer_name(data, path), tokens=tokens, types=types,
-                         merges=merges)
+                         merges=merges, name_tag=strip_name_tag(data, path))
 
 
 def _read_spm(model_dir: Path, n_vocab: int) -> TokenizerMeta:
@@ -219,20 +326,42 @@ def _read_spm(model_dir: Path, n_vocab: int) -> TokenizerMeta:
             f"{path} has no byte-fallback pieces (<0x00>…<0xFF>); llama.cpp needs them to encode "
             "characters outside the vocabulary. Retrain it with byte_fallback=True"
         )
-    added_path = model_dir / "added_tokens.json"
-    added = _json(added_path) if added_path.exists() else {}
-    for text, token_id in sorted(added.items(), key=lambda kv: kv[1]):
-        if token_id >= len(tokens):
-            tokens.append(text.encode("utf-8"))
+    # Added tokens: special ones are control tokens (matched in text only when asked, as
+    # transformers' split_special_tokens does), the others user-defined (always matched). Gemma's
+    # turn markers are user-defined pieces of the model itself, marked special here.
+    tj_path = model_dir / "tokenizer.json"
+    tj = _json(tj_path) if tj_path.exists() else {}
+    added: dict[int, tuple[str, int]] = {}
+    added_json = model_dir / "added_tokens.json"
+    for text, token_id in (_json(added_json) if added_json.exists() else {}).items():
+        added[int(token_id)] = (text, USER_DEFINED)
+    for entry in tj.get("added_tokens") or []:
+        added[int(entry["id"])] = (entry["content"], CONTROL if entry.get("special") else USER_DEFINED)
+    for token_id in sorted(added):
+        text, kind = added[token_id]
+        while len(tokens) <= token_id:
+            tokens.append(f"[PAD{len(tokens)}]".encode())
             scores.append(-1000.0)
-            types.append(USER_DEFINED)
+            types.append(UNUSED)
+        if types[token_id] in (UNKNOWN, BYTE):
+            continue  # <unk> keeps its type; byte pieces are never matched in text
+        if types[token_id] == CONTROL:
+            kind = CONTROL
+        tokens[token_id], types[token_id] = text.encode("utf-8"), kind
+        if token_id >= sp.vocab_size():
+            scores[token_id] = -1000.0
     _pad(tokens, types, n_vocab, path)
     scores.extend([-1000.0] * (len(tokens) - len(scores)))
     # SentencePiece's "dummy prefix" shows as a leading "▁" on the first piece of a word.
     first = sp.encode("a")
     add_space_prefix = bool(first) and sp.id_to_piece(first[0]).startswith("\u2581")
+    if tj and spm_space_prefix(tj, tj_path) != add_space_prefix:
+        raise UserError(f"{tj_path} and {path} disagree on the space before text "
+                        f"(tokenizer.model {'adds' if add_space_prefix else 'does not add'} it); "
+                        "the tokenizer files do not belong together")
     meta = TokenizerMeta(model="llama", pre="default", tokens=tokens, types=types, scores=scores,
-                         add_space_prefix=add_space_prefix, add_bos=True)
+                         add_space_prefix=add_space_prefix, add_bos=True,
+                         name_tag=strip_name_tag(tj, tj_path) if tj else None)
     for kind, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
         if token_id >= 0:
             meta.special_ids[kind] = token_id
@@ -278,3 +407,37 @@ def _template_adds_bos(model_dir: Path) -> bool:
             single = proc.get("single") or []
             return bool(single) and "SpecialToken" in single[0]
     return False
+
+
+def _end_of_turn(model_dir: Path, meta: TokenizerMeta) -> int | None:
+    """The token that closes an assistant turn in the model's chat template (`<|eot_id|>`,
+    `<|im_end|>`, `<end_of_turn>`, `<|end|>`, ...), found by rendering one exchange.
+
+    llama.cpp stops generating at it; left out, it guesses from token texts and may pick
+    another one (Qwen's `<|endoftext|>` for `<|im_end|>`)."""
+    import jinja2
+
+    from workbench.prompts import style_for_model
+
+    style = style_for_model(model_dir)
+    if style is None:
+        return None
+    mark = "\x00REPLY\x00"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
+    try:
+        env = jinja2.Environment(loader=jinja2.BaseLoader(), keep_trailing_newline=True)
+        text = env.from_string(style.chat_template).render(
+            messages=messages, add_generation_prompt=False, bos_token=meta.token_text(meta.special_ids.get("bos")),
+            eos_token=meta.token_text(meta.special_ids.get("eos")))
+    except Exception:  # a template that needs more than messages: llama.cpp's own guess stands
+        return None
+    after = text.partition(mark)[2]
+    found: tuple[int, int, int] | None = None  # (position, -length, id): earliest, then longest
+    for token_id, kind in enumerate(meta.types):
+        if kind not in (CONTROL, USER_DEFINED):
+            continue
+        piece = meta.token_text(token_id)
+        pos = after.find(piece) if piece else -1
+        if pos >= 0 and (found is None or (pos, -len(piece)) < found[:2]):
+            found = (pos, -len(piece), token_id)
+    return found[2] if found else None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLE_TEXT, make_tiny_model, tiny_llama_config
+from tests.family_tokenizers import DECOMPOSED_TEXT, FAMILIES, PROBE_TEXTS, build_family_tokenizer
 from workbench.errors import UserError
 
 
@@ -56,7 +57,7 @@ def _pre_tokenizers():
     return {
         "gpt-2": pre_tokenizers.ByteLevel(add_prefix_space=False),
         "qwen2": split(_QWEN2),
-        "llama-bpe": split(_LLAMA3),
+        "dbrx": split(_LLAMA3),  # Llama 3's pattern without its ignore_merges (cl100k)
         "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                            pre_tokenizers.ByteLevel(add_prefix_space=False)]),
     }
@@ -68,7 +69,7 @@ def _vocab_only(path: Path):
     return Llama(model_path=str(path), vocab_only=True, verbose=False)
 
 
-@pytest.mark.parametrize("pre", ["gpt-2", "qwen2", "llama-bpe", "smollm"])
+@pytest.mark.parametrize("pre", ["gpt-2", "qwen2", "dbrx", "smollm"])
 def test_byte_level_bpe_tokenizers_agree_with_llama_cpp_on_tricky_strings(tmp_path, pre):
     from litgpt import Tokenizer
     from workbench_export.gguf_writer import write_gguf
@@ -197,3 +198,199 @@ def test_modelfile_carries_the_prompt_format_to_ollama():
                               "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
     text = modelfile("m.gguf", odd, "</s>")
     assert "TEMPLATE" not in text and "tokenizer.chat_template" in text
+
+
+def _family_model(root: Path, fam, n_vocab: int, *, eot_always: bool = False) -> Path:
+    """A tiny LitGPT model carrying a family's tokenizer and, with no prompt style of its own, that
+    tokenizer's chat template. `eot_always` makes every greedy step pick the end-of-turn token:
+    the residual stream is the embedding alone, whose first feature is 1 for every token, and
+    only the end-of-turn row of the head reads it."""
+    import torch
+    from litgpt import GPT
+
+    from workbench.ml.checkpoint import save_model_dir
+
+    config = tiny_llama_config(n_vocab)
+    torch.manual_seed(0)
+    state = GPT(config).state_dict()
+    if eot_always:
+        eot = fam.hf().convert_tokens_to_ids(fam.eot)
+        state["transformer.wte.weight"][:, 0] = 1.0
+        for name, value in state.items():
+            if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+                value.zero_()
+        state["transformer.ln_f.weight"].zero_()
+        state["transformer.ln_f.weight"][0] = 1.0
+        state["lm_head.weight"].zero_()
+        state["lm_head.weight"][eot, 0] = 10.0
+    return save_model_dir(root / "model", state, config, tokenizer_dir=fam.path, meta={})
+
+
+def _detokenize(llm, ids: list[int]) -> str:
+    """llama.cpp's own detokenizer, special tokens shown (llama-cpp-python's `detokenize` joins
+    token pieces instead, keeping the SentencePiece prefix space that llama.cpp removes)."""
+    import ctypes
+
+    import llama_cpp
+
+    tokens = (llama_cpp.llama_token * len(ids))(*ids)
+    buf = ctypes.create_string_buffer(64 * len(ids) + 16)
+    n = llama_cpp.llama_detokenize(llm._model.vocab, tokens, len(ids), buf, len(buf), False, True)
+    return buf.raw[:n].decode("utf-8", errors="replace")
+
+
+def _tokenization_mismatches(fam, llm, texts) -> list[tuple[str, str]]:
+    """Where llama.cpp and the HF tokenizer part: with and without BOS, special tokens in the text
+    recognised or taken as plain text, and decoding back."""
+    hf = fam.hf()
+    bad: list[tuple[str, str]] = []
+    for text in texts:
+        data = text.encode()
+        if llm.tokenize(data, add_bos=True, special=True) != hf.encode(text, add_special_tokens=True):
+            bad.append(("with BOS", text))
+        ids = hf.encode(text, add_special_tokens=False)
+        if llm.tokenize(data, add_bos=False, special=True) != ids:
+            bad.append(("without BOS", text))
+        plain = hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if llm.tokenize(data, add_bos=False, special=False) != plain:
+            bad.append(("special tokens as text", text))
+        # As generation streams it: token pieces joined, against transformers' incremental decode
+        # of the text the tokens spell (no space clean-up, which is for whole texts).
+        prefix = hf.encode("x", add_special_tokens=False)
+        raw = hf.decode(prefix + ids, clean_up_tokenization_spaces=False)
+        if llm.detokenize(ids, special=True).decode("utf-8", errors="replace") != \
+                raw[len(hf.decode(prefix, clean_up_tokenization_spaces=False)):]:
+            bad.append(("streamed decode", text))
+        # Whole text at once; llama.cpp tidies spaces before punctuation for some pre-tokenizers
+        # whatever the tokenizer's clean_up_tokenization_spaces says (a known difference).
+        if (fam.pre, hf.clean_up_tokenization_spaces) not in (("dbrx", False), ("gpt-2", False)) \
+                and _detokenize(llm, ids) != hf.decode(ids):
+            bad.append(("decode", text))
+    return bad
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_tokenizer_reaches_llama_cpp_exactly(tmp_path, family):
+    from llama_cpp import Llama
+    from workbench_export.gguf_writer import write_gguf
+
+    fam = build_family_tokenizer(family, tmp_path / "tok")
+    hf = fam.hf()
+    model = _family_model(tmp_path, fam, fam.vocab_size(), eot_always=True)
+    info = write_gguf(model, tmp_path / "m.gguf", "f32")
+
+    assert info["tokenizer"] == {"model": fam.model, "pre": fam.pre}
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=256, verbose=False)
+    texts = [*PROBE_TEXTS, fam.chat_sample]
+    if hf.backend_tokenizer.normalizer is None or family in ("llama2", "mistral", "phi3", "gemma"):
+        texts.append(DECOMPOSED_TEXT)  # llama.cpp does not NFC-normalise (Qwen2's tokenizer does)
+    assert _tokenization_mismatches(fam, llm, texts) == []
+    assert llm.metadata["tokenizer.chat_template"] == hf.chat_template
+    assert llm.token_eos() == hf.eos_token_id
+    if hf.bos_token_id is not None:
+        assert llm.token_bos() == hf.bos_token_id
+    assert int(llm.metadata["tokenizer.ggml.eot_token_id"]) == hf.convert_tokens_to_ids(fam.eot)
+    for kind, key in (("pad", "padding"), ("unk", "unknown")):
+        if getattr(hf, f"{kind}_token_id") is not None:
+            assert int(llm.metadata[f"tokenizer.ggml.{key}_token_id"]) == getattr(hf, f"{kind}_token_id"), kind
+    # The model always picks the end-of-turn token: chat ends there, with nothing shown.
+    reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0.0)
+    assert reply["choices"][0]["finish_reason"] == "stop"
+    assert reply["choices"][0]["message"]["content"] == ""
+
+
+def _edit_tokenizer_json(tok_dir: Path, edit) -> Path:
+    path = tok_dir / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return tok_dir
+
+
+def _first_added(data: dict, content: str) -> dict:
+    return next(a for a in data["added_tokens"] if a["content"] == content)
+
+
+@pytest.mark.parametrize(("family", "edit", "message"), [
+    ("qwen2", lambda d: d.update(normalizer={"type": "Lowercase"}),
+     r"tokenizer\.json: normalizer Lowercase has no llama\.cpp equivalent"),
+    ("llama3", lambda d: _first_added(d, "<|eot_id|>").update(lstrip=True),
+     r"tokenizer\.json: added token '<\|eot_id\|>' strips whitespace to its left"),
+    ("llama3", lambda d: _first_added(d, "<|eot_id|>").update(rstrip=True),
+     r"added token '<\|eot_id\|>' strips whitespace to its right \(rstrip\) but '<\|begin_of_text\|>' does not"),
+    ("qwen2", lambda d: d["model"].update(ignore_merges=True),
+     r"ignore_merges is set with the qwen2 pre-tokenizer"),
+    # Metaspace leaves " Hi" after [INST] as "▁Hi" where llama.cpp (and SentencePiece) make "▁▁Hi".
+    ("mistral", lambda d: d.update(normalizer=None, pre_tokenizer={
+        "type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}),
+     r"tokenizer\.json: Metaspace pre-tokenizer with prepend_scheme 'first'"),
+    ("llama2", lambda d: d.update(normalizer=None, pre_tokenizer={
+        "type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}),
+     r"tokenizer\.json: Metaspace pre-tokenizer with prepend_scheme 'always'"),
+    ("gemma", lambda d: d["model"].update(type="Unigram"),
+     r"tokenizer\.json: a SentencePiece Unigram model"),
+])
+def test_tokenizer_llama_cpp_cannot_reproduce_is_refused(tmp_path, family, edit, message):
+    from workbench_export.tokenizer_meta import check_tokenizer
+
+    fam = build_family_tokenizer(family, tmp_path / "tok")
+    with pytest.raises(UserError, match=message):
+        check_tokenizer(_edit_tokenizer_json(fam.path, edit))
+
+
+def test_sentencepiece_files_that_disagree_on_the_prefix_space_are_refused(tmp_path):
+    from workbench_export.tokenizer_meta import read_tokenizer
+
+    gemma = build_family_tokenizer("gemma", tmp_path / "gemma")
+    llama2 = build_family_tokenizer("llama2", tmp_path / "llama2")
+    (gemma.path / "tokenizer.model").write_bytes((llama2.path / "tokenizer.model").read_bytes())
+    with pytest.raises(UserError, match="disagree on the space before text"):
+        read_tokenizer(gemma.path, 1024)
+
+
+def test_export_refuses_an_unreproducible_tokenizer_in_one_line_and_writes_nothing(cli, tmp_path, workspace):
+    import shutil
+
+    from workbench.context import Context
+    from workbench.store import Store
+
+    fam = build_family_tokenizer("qwen2", tmp_path / "tok")
+    _edit_tokenizer_json(fam.path, lambda d: d.update(normalizer={"type": "NFKC"}))
+    model = _family_model(tmp_path, fam, fam.vocab_size())
+    ctx = Context(Store())
+    staged = ctx.staging_dir("model")
+    shutil.rmtree(staged)
+    shutil.copytree(model, staged)
+    art = ctx.register("model", staged, name="tiny-nfkc")
+
+    proc = cli("export", art.id, "--gguf")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "normalizer NFKC has no llama.cpp equivalent" in lines[0], proc.stderr
+    assert not (workspace / "runs").exists()
+    assert not list(workspace.rglob("*.gguf"))
+
+
+def test_model_named_like_phi3_without_its_tokenizer_keeps_whitespace_after_special_tokens(tmp_path):
+    from workbench_export.gguf_writer import write_gguf
+
+    fam = build_family_tokenizer("llama2", tmp_path / "tok")
+    model = _family_model(tmp_path, fam, fam.vocab_size())
+    # llama.cpp makes special tokens swallow the whitespace after them in any model named Phi-3.
+    write_gguf(model, tmp_path / "m.gguf", "f32", name="Phi3-mini-retrained")
+    llm = _vocab_only(tmp_path / "m.gguf")
+    assert _tokenization_mismatches(fam, llm, ["<s>[INST] Hi</s>\n  next</s> x"]) == []
+    assert "phi3" not in llm.metadata["general.name"].lower()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3", "gemma", "phi3"])
+def test_export_verification_accepts_each_family_tokenizer(tmp_path, family):
+    from workbench_export.gguf_writer import write_gguf
+    from workbench_export.verify import Reference, verify_gguf
+
+    fam = build_family_tokenizer(family, tmp_path / "tok")
+    model = _family_model(tmp_path, fam, fam.vocab_size())
+    write_gguf(model, tmp_path / "m.gguf", "f32")
+    ref = Reference.build(model, heldout_text=SAMPLE_TEXT, max_ppl_tokens=128)
+    check = verify_gguf(tmp_path / "m.gguf", ref, exact=True)
+    assert check.passed, check.problems
