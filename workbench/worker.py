@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     os.environ[scratch.RUN_ENV] = run_id  # temporary names made by this run carry its id
-    reserve = _Reserve(run_dir / "disk-reserve.tmp")
 
     store = Store()
     run = store.get_run(run_id)
@@ -55,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     attempt = run.attempts + 1
     ctx = Context(store, run_id=run_id, run_dir=run_dir, events=events,
                   resume_from=resume_from, attempt=attempt)
+    tidied = _remove_leftovers(store, run_id)
+    reserve = _Reserve(run_dir / "disk-reserve.tmp")  # before the run counts as running
 
     status, reason, result, user_error = "failed", "", None, False
     try:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         events.emit("started", attempt=attempt, pid=os.getpid(), resume_from=resume_from)
         if resume and not resume_from:
             ctx.log("no checkpoint was saved before the run stopped; starting from the beginning", "warning")
-        _remove_leftovers(ctx, store)
+        if tidied:
+            ctx.log(*tidied)
         stage_cls = get_stage(spec["stage"])
         install_cancel_handler(ctx, cooperative=stage_cls.supports_cancel)
         options = parse_options(stage_cls.Options, spec["options"], stage=spec["stage"])
@@ -103,19 +105,23 @@ def main(argv: list[str] | None = None) -> int:
     return {"done": 0, "cancelled": 130}.get(status, 1)
 
 
-def _remove_leftovers(ctx: Context, store: Store) -> None:
-    """Temporary files of runs that were killed or crashed (their workers hold no lock)."""
+def _remove_leftovers(store: Store, run_id: str) -> tuple[str, str] | None:
+    """Remove temporary files of runs that were killed or crashed (their workers hold no lock),
+    and this run's own from an attempt that was killed (this worker has made none yet).
+    Returns the log line (message, level) that says so, if there is anything to say."""
     from workbench.hardware import fmt_bytes
 
     try:
         found, freed = scratch.clean(store)
+        own, own_freed = scratch.clean(store, owners=[run_id])
+        found, freed = found + own, freed + own_freed
     except Exception as exc:  # tidying up never stops a run
-        ctx.log(f"could not remove leftovers of stopped runs: {exc}", "warning")
-        return
-    if found:
-        home = locations.home()
-        names = ", ".join(str(f.path.relative_to(home)) for f in found[:3]) + (" …" if len(found) > 3 else "")
-        ctx.log(f"removed {len(found)} leftover(s) of stopped runs ({names}), freed {fmt_bytes(freed)}")
+        return f"could not remove leftovers of stopped runs: {exc}", "warning"
+    if not found:
+        return None
+    home = locations.home()
+    names = ", ".join(str(f.path.relative_to(home)) for f in found[:3]) + (" …" if len(found) > 3 else "")
+    return f"removed {len(found)} leftover(s) of stopped runs ({names}), freed {fmt_bytes(freed)}", "info"
 
 
 def _disk_full_reason(exc: BaseException) -> str:
@@ -128,7 +134,10 @@ def _disk_full_reason(exc: BaseException) -> str:
         what = locations.db_path()
     else:
         what = None
-    shown = what if what is None or home not in what.parents else what.relative_to(home)
+    if what == locations.db_path():
+        shown: Path | str | None = f"the workspace database {what}"
+    else:
+        shown = what if what is None or home not in what.parents else what.relative_to(home)
     try:
         free = shutil.disk_usage(what.parent if what is not None else home).free
     except OSError:

@@ -108,3 +108,24 @@ def test_a_live_runs_temporary_files_survive_other_runs_and_doctor(workspace: Pa
     assert run_cli("runs", "cancel", live).returncode == 0
     wait_for(lambda: Store().get_run(live).status == "cancelled", what="the live run to stop")
     assert not any(p.exists() for p in live_files), "a run that ends removes its own temporary files"
+
+
+@pytest.mark.usefixtures("with_plugin")
+def test_a_resumed_run_first_removes_what_its_killed_attempt_left(workspace: Path) -> None:
+    run_id = start_detached("counter", "--steps", "400", "--sleep", "0.05", "--checkpoint-every", "10")
+    wait_for(lambda: Store().get_run(run_id).checkpoint, what="a first checkpoint")
+    staging = workspace / "artifacts" / f".staging-{run_id}-counter-1"
+    staging.mkdir(parents=True)  # as the killed attempt's stage would have left it
+    (staging / "part").write_bytes(b"x" * 1000)
+    os.kill(Store().get_run(run_id).pid, signal.SIGKILL)
+    wait_for(lambda: not runs.is_alive(Store().get_run(run_id)), what="the worker to die")
+
+    resumed = run_cli("runs", "resume", run_id, "--detach")
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for(lambda: Store().get_run(run_id).attempts == 2 and Store().get_run(run_id).status == "running",
+             what="the second attempt to start")
+    wait_for(lambda: not staging.exists(), timeout=10, what="the old attempt's staging directory to go")
+    assert Store().get_run(run_id).status == "running", "removed at the start, not at the end"
+    assert f"artifacts/{staging.name}" in run_cli("runs", "logs", run_id).stdout
+    assert run_cli("runs", "cancel", run_id).returncode == 0
+    wait_for(lambda: Store().get_run(run_id).status == "cancelled", what="the run to stop")
