@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     reserve = _Reserve(run_dir / "disk-reserve.tmp")  # before the run counts as running
 
     status, reason, result, user_error = "failed", "", None, False
+    full: BaseException | None = None
     try:
         store.update_run(run_id, status="running", pid=os.getpid(), started_at=time.time(),
                          attempts=attempt, ended_at=None, exit_reason=None)
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         reason, user_error = str(exc), True
     except BaseException as exc:  # the run must end in a final state whatever happened
         full = disk_full(exc)
-        if full is not None:
-            reason, user_error = _disk_full_reason(full), True
-        else:
+        if full is None:
             reason = f"{type(exc).__name__}: {exc}".strip()
             traceback.print_exc()
 
@@ -89,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         traceback.print_exc()
     reserve.release()
+    if full is not None:  # said after the tidying, so the room it reports is the room there is
+        reason, user_error = _disk_full_reason(full), True
     if status == "done":
         _record(lambda: events.emit("done", result=result))
     elif status == "cancelled":
@@ -138,15 +139,15 @@ def _disk_full_reason(exc: BaseException) -> str:
         shown: Path | str | None = f"the workspace database {what}"
     else:
         shown = what if what is None or home not in what.parents else what.relative_to(home)
-    try:
-        free = shutil.disk_usage(what.parent if what is not None else home).free
-    except OSError:
-        free = None
     from workbench.hardware import fmt_bytes
 
+    try:
+        usage = shutil.disk_usage(what.parent if what is not None else home)
+        room = f" ({fmt_bytes(usage.free)} of {fmt_bytes(usage.total)} free after removing the run's partial files)"
+    except OSError:
+        room = ""
     where = f"while writing {shown}" if shown is not None else f"in the workspace {home}"
-    room = f" ({fmt_bytes(free)} free on that disk)" if free is not None else ""
-    return f"disk full {where}{room}; the run's partial files were removed, free some space and run it again"
+    return f"disk full {where}{room}; free some space and run it again"
 
 
 def _record(write: Callable[[], Any]) -> bool:
