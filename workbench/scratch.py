@@ -27,6 +27,8 @@ RUN_ENV = "WORKBENCH_RUN_ID"
 _OWNER = r"(?P<owner>run-\d{6}-[0-9a-f]{6}|pid\d+)"
 _STAGING = re.compile(rf"\.staging-{_OWNER}-")
 _TOKENS_TMP = re.compile(rf"\.tmp-[0-9a-f]+-{_OWNER}-")
+#: Token-cache builds named before owners were: `.tmp-<key>-<pid>-<thread>`.
+_TOKENS_TMP_PID = re.compile(r"\.tmp-[0-9a-f]{32}-(?P<pid>\d+)-\d+$")
 
 
 def owner() -> str:
@@ -51,6 +53,8 @@ def _temporary_paths() -> Iterator[tuple[Path, str]]:
     for path in _listdir(locations.cache_dir() / "tokens"):
         if m := _TOKENS_TMP.match(path.name):
             yield path, m["owner"]
+        elif m := _TOKENS_TMP_PID.match(path.name):
+            yield path, f"pid{m['pid']}"
     for run_dir in _listdir(locations.runs_dir()):
         # Checkpoints are written as `<name>.tmp` and renamed, and the worker keeps its disk
         # reserve in `disk-reserve.tmp`: the run directory names the owner. (`run.json.tmp` is
