@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
-from workbench.errors import UserError, disk_full
+from workbench.errors import UserError, disk_full, is_database_error
 
 CORE_COMMANDS = {
     "plugins": "List installed stage plugins and commands, with their status",
@@ -637,7 +637,7 @@ def _disk_full_line(exc: BaseException) -> str:
     full = disk_full(exc)
     if getattr(full, "filename", None):
         return f"disk full while writing {full.filename}"  # type: ignore[union-attr]
-    if "database or disk is full" in str(full):
+    if is_database_error(full):
         return f"disk full while writing the workspace database {locations.db_path()}"
     return f"disk full: {full}"
 

@@ -29,8 +29,25 @@ def disk_full(exc: BaseException | None) -> BaseException | None:
             return exc
         if any(text in str(exc) for text in _FULL_TEXTS):
             return exc
+        if is_database_error(exc) and "disk I/O error" in str(exc) and _workspace_full():
+            return exc  # SQLite says this when the write-ahead log or its index cannot grow
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def is_database_error(exc: BaseException) -> bool:
+    return type(exc).__module__ == "sqlite3"
+
+
+def _workspace_full() -> bool:
+    import shutil
+
+    from workbench import locations
+
+    try:
+        return shutil.disk_usage(locations.home()).free < 1 << 20
+    except OSError:
+        return False
 
 
 _FULL_TEXTS = ("database or disk is full", "No space left on device", "os error 28", "Disk quota exceeded")

@@ -20,7 +20,7 @@ from typing import Any
 
 from workbench import locations, scratch
 from workbench.context import Context, install_cancel_handler
-from workbench.errors import Cancelled, UserError, disk_full
+from workbench.errors import Cancelled, UserError, disk_full, is_database_error
 from workbench.events import EventWriter
 from workbench.options import parse_options
 from workbench.stages import get_stage
@@ -131,7 +131,7 @@ def _disk_full_reason(exc: BaseException) -> str:
     filename = getattr(exc, "filename", None)
     if filename:
         what = Path(filename)
-    elif "database or disk is full" in str(exc):
+    elif is_database_error(exc):
         what = locations.db_path()
     else:
         what = None

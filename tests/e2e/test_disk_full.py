@@ -114,3 +114,15 @@ def test_a_disk_filled_by_someone_else_still_records_why_the_run_failed(small_di
     assert events[-1]["type"] == "failed" and events[-1]["error"] == run.exit_reason
     assert leftovers(small_disk) == []
     assert (small_disk / "ballast.bin").stat().st_size > 0, "what is not the run's is not touched"
+
+
+def test_commands_on_a_full_disk_say_so_in_one_line(small_disk: Path) -> None:
+    assert run_cli("runs", "ls").returncode == 0
+    Store().close()  # the workspace database exists; SQLite still needs room to open it
+    fill(small_disk / "ballast.bin")
+    for args in (("data", "prepare", "--demo", "pretrain"), ("runs", "ls")):
+        out = run_cli(*args)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.splitlines() == [
+            f"error: disk full while writing the workspace database {small_disk / 'workbench.db'}"]
+    assert not (small_disk / "runs").exists() or not list((small_disk / "runs").iterdir())
