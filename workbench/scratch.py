@@ -79,7 +79,9 @@ def _owner_alive(tag: str, store: Store) -> bool:
         return runs.pid_alive(int(tag[3:]))
     try:
         run = store.get_run(tag)
-    except UserError:  # a run directory without its row: only its lock can tell
+    except UserError:
+        run = None
+    if run is None or run.id != tag:  # a run directory without its row: only its lock can tell
         return runs.lock_held(locations.run_dir(tag))
     return runs.worker_may_write(run)
 
