@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench import __version__
-from workbench.errors import UserError
+from workbench.errors import UserError, disk_full, is_database_error
 
 CORE_COMMANDS = {
     "plugins": "List installed stage plugins and commands, with their status",
-    "doctor": "Report Python, torch, device, precision, llama.cpp and disk",
+    "doctor": "Report Python, torch, device, precision, llama.cpp and disk; --clean removes leftovers of stopped runs",
     "models": "List, show (with lineage) and remove artifacts in the workspace",
     "runs": "List, follow, cancel and resume runs",
     "demo": "Run the whole lifecycle on the embedded data, offline",
@@ -287,7 +287,8 @@ def follow_cli(run: Any, store: Any, proc: Any = None, *, as_json: bool = False,
     elif status == "failed":
         msg = (final or {}).get("error") or run.exit_reason or "unknown error"
         console(stderr=True).print(f"[red]error:[/] run {run.id} failed: {msg}", soft_wrap=True)
-        console(stderr=True).print(f"  logs: workbench runs logs {run.id}")
+        if not (final and final.get("user_error")):  # a bug's traceback is in the logs
+            console(stderr=True).print(f"  logs: workbench runs logs {run.id}")
     elif status == "cancelled":
         console(stderr=True).print(f"run {run.id} cancelled; `workbench runs resume {run.id}` continues it")
     if status == "failed" and final and final.get("user_error"):
@@ -326,7 +327,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _configure_doctor(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("--clean", action="store_true",
+                   help="Remove what killed or crashed runs left behind (artifact staging directories, "
+                        "token-cache and checkpoint temporary files) and report the bytes freed; "
+                        "files of runs still running are kept")
     p.set_defaults(handler=cmd_doctor)
+
+
+def _clean_workspace(as_json: bool) -> dict[str, Any]:
+    from workbench import locations, scratch
+    from workbench.hardware import fmt_bytes
+
+    if not locations.db_path().exists():
+        found, freed = [], 0
+    else:
+        found, freed = scratch.clean(_open_store())
+    home = locations.home()
+    if not as_json:
+        for f in found:
+            console().print(f"removed {f.path.relative_to(home)} ({fmt_bytes(f.size_bytes)}, left by {f.owner})")
+        console().print(f"removed {len(found)} leftover(s) of stopped runs, freed {fmt_bytes(freed)} ({freed} bytes)")
+    return {"removed": [str(f.path) for f in found], "freed_bytes": freed}
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -335,7 +356,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from workbench.hardware import doctor
     from workbench.stages import all_plugins
 
+    cleaned = _clean_workspace(getattr(args, "json", False)) if args.clean else None
     report = doctor()
+    if cleaned is not None:
+        report["clean"] = cleaned
     report["plugins"] = {i.name: i.status if i.ok else f"error: {i.error}" for i in all_plugins()}
     if getattr(args, "json", False):
         print_json(report)
@@ -609,6 +633,17 @@ _CONFIGURE = {
 }
 
 
+def _disk_full_line(exc: BaseException) -> str:
+    from workbench import locations
+
+    full = disk_full(exc)
+    if getattr(full, "filename", None):
+        return f"disk full while writing {full.filename}"  # type: ignore[union-attr]
+    if is_database_error(full):
+        return f"disk full while writing the workspace database {locations.db_path()}"
+    return f"disk full: {full}"
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -640,6 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        if disk_full(exc) is not None:  # not a bug: one line saying so, like bad input
+            sys.stderr.write(f"error: {_disk_full_line(exc)}\n")
+            return 2
         sys.stderr.write(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)\n")
         return 1
 

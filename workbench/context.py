@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench import locations
+from workbench import locations, scratch
 from workbench.errors import Cancelled, UserError
 from workbench.events import EventWriter
 from workbench.store import Artifact, Store, new_id
@@ -118,10 +118,14 @@ class Context:
         return self.store.find_artifact(ref, kinds)
 
     def staging_dir(self, kind: str) -> Path:
-        """A fresh directory inside the workspace to build an artifact in before `register`."""
+        """A fresh directory inside the workspace to build an artifact in before `register`.
+
+        Its name carries the run's id, so a killed run's leftovers are told from a live run's
+        work and removed (see scratch.py).
+        """
         base = locations.kind_dir(kind)
         base.mkdir(parents=True, exist_ok=True)
-        path = base / f".staging-{new_id(kind)}"
+        path = base / f".staging-{self.run_id or scratch.owner()}-{new_id(kind)}"
         path.mkdir()
         return path
 

@@ -17,6 +17,7 @@ Because events live on disk, a run outlives the face that started it and any fac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -24,26 +25,43 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import writing
+
 TERMINAL = ("done", "failed", "cancelled")
 
 
 class EventWriter:
-    """Appends events; each line is written whole and flushed so readers never see half a line."""
+    """Appends events; each line is written whole, so readers never see half a line.
+
+    A write that fails (a full disk) is cut back off, so the next event, such as the `failed`
+    that says why, starts on a line of its own.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"type": type, "time": round(time.time(), 3), **fields}
-        self._fh.write(json.dumps(event, default=_jsonable) + "\n")
-        self._fh.flush()
-        if type in TERMINAL:
-            os.fsync(self._fh.fileno())
+        data = (json.dumps(event, default=_jsonable) + "\n").encode("utf-8")
+        start = os.fstat(self._fd).st_size
+        try:
+            with writing(self.path):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                if type in TERMINAL:
+                    os.fsync(self._fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
         return event
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _jsonable(value: Any) -> Any:

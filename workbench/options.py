@@ -9,7 +9,8 @@ reference to something in the workspace). From that one declaration come:
 
 and `parse_options` turns a mapping (CLI, config file, TUI form, JSON) into a validated
 instance: an unknown key is an error listing the valid ones, a wrong type names the option and
-the expected type.
+the expected type, and a number outside the declared `min`/`max`, or not finite (NaN, ±inf), is
+refused naming the option.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -217,6 +219,10 @@ def parse_value(field: Field, value: Any) -> Any:
         if bad:
             valid = ", ".join(str(c) for c in field.choices)
             raise UserError(f"{where} must be one of: {valid} (got {bad[0]!r})")
+    for number in result if base is list else [result]:
+        # NaN passes every comparison with min and max, so it is refused on its own.
+        if isinstance(number, float) and not math.isfinite(number):
+            raise UserError(f"{where} must be a finite number (got {value!r})")
     if isinstance(result, (int, float)) and not isinstance(result, bool):
         if field.min is not None and result < field.min:
             raise UserError(f"{where} must be at least {field.min:g} (got {result})")

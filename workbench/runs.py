@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from workbench import locations
@@ -23,6 +24,11 @@ from workbench.events import TERMINAL, follow, read_events
 from workbench.options import fields, parse_options, to_dict
 from workbench.stages import STAGE_GROUP, discover, get_stage
 from workbench.store import Run, Store, new_id
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 ACTIVE = ("queued", "running")
 
@@ -82,7 +88,7 @@ def start(stage_name: str, values: Mapping[str, Any], store: Store) -> tuple[Run
     return store.get_run(run.id), proc
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -98,23 +104,37 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
-def is_alive(run: Run) -> bool:
-    lock = run.run_dir / "worker.lock"
-    if lock.exists():
+def lock_held(run_dir: Path) -> bool:
+    """Whether a worker holds `run_dir/worker.lock` (False when there is no lock file yet)."""
+    lock = run_dir / "worker.lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as fh:
         try:
-            import fcntl
-        except ImportError:  # Windows: fall back to the pid
-            return _pid_alive(run.pid)
-        with open(lock, "a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return True  # someone holds it: the worker lives
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        if run.status == "running":
-            return False
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True  # someone holds it: the worker lives
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def is_alive(run: Run) -> bool:
+    if fcntl is None:  # Windows: only the pid can tell
+        return pid_alive(run.pid)
+    if lock_held(run.run_dir):
+        return True
+    if (run.run_dir / "worker.lock").exists() and run.status == "running":
+        return False
     # Not locked yet: the worker may still be starting.
-    return _pid_alive(run.pid)
+    return pid_alive(run.pid)
+
+
+def worker_may_write(run: Run) -> bool:
+    """Whether a worker of this run may still be writing into the workspace: it holds the lock,
+    or the run is queued and its worker may not have taken the lock yet."""
+    if fcntl is None:
+        return pid_alive(run.pid)
+    return lock_held(run.run_dir) or (run.status == "queued" and pid_alive(run.pid))
 
 
 def refresh(run: Run, store: Store) -> Run:

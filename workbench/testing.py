@@ -6,6 +6,7 @@ focused tests of a stage's own logic. Set WORKBENCH_HOME first (the tests' fixtu
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,14 @@ def run_inline(stage: str, options: Mapping[str, Any], *, resume_from: str | Non
     run = create_run(stage, options, store)
     stage_cls = get_stage(stage)
     opts = parse_options(stage_cls.Options, run.options, stage=stage)
-    events = EventWriter(run.run_dir / "events.jsonl")
-    ctx = Context(store, run_id=run.id, run_dir=run.run_dir, events=events, resume_from=resume_from)
-    store.update_run(run.id, status="running")
-    result = stage_cls().run(opts, ctx) or {}
-    events.emit("done", result=result)
-    store.update_run(run.id, status="done", result=result)
-    events.close()
+    # Held like a worker holds it, so other runs see this one alive and leave its files alone.
+    with open(run.run_dir / "worker.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        events = EventWriter(run.run_dir / "events.jsonl")
+        ctx = Context(store, run_id=run.id, run_dir=run.run_dir, events=events, resume_from=resume_from)
+        store.update_run(run.id, status="running")
+        result = stage_cls().run(opts, ctx) or {}
+        events.emit("done", result=result)
+        store.update_run(run.id, status="done", result=result)
+        events.close()
     return InlineRun(run.id, run.run_dir, result, store)

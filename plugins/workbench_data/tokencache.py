@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from workbench import locations
-from workbench.errors import UserError
+from workbench import locations, scratch
+from workbench.errors import UserError, writing
 
 #: Bumped when the file layout changes, so old entries are never misread.
 CACHE_VERSION = 1
@@ -203,14 +203,15 @@ def _build(entry: Path, split_path: Path, tokenizer_dir: Path, n_docs: int, prog
     dtype = np.dtype(np.uint16) if max(vocab, eos + 1) <= 1 << 16 else np.dtype(np.uint32)
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}-{threading.get_ident()}"
+    # Named for its owner, so what a killed run left is found and removed (workbench.scratch).
+    tmp = entry.parent / f".tmp-{entry.name}-{scratch.owner()}-{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         n_tokens, done_docs = 0, 0
         if progress is not None:
             progress(0, n_docs)
-        with open(tmp / "tokens.bin", "wb") as out:
+        with writing(tmp / "tokens.bin"), open(tmp / "tokens.bin", "wb") as out:
             for ids, docs in _encode_pipeline(tokenizer, _batches(split_path), eos):
                 ids.astype(dtype, copy=False).tofile(out)
                 n_tokens += int(ids.size)

@@ -55,7 +55,7 @@ class Options:
     lr: float = option(5e-5, help="Peak learning rate", min=0.0, group="training")
     warmup_steps: int = option(0, help="Steps of linear warmup before the cosine decay", min=0, group="training")
     weight_decay: float = option(0.0, help="AdamW weight decay on the adapter", min=0.0, group="training")
-    grad_clip: float | None = option(1.0, help="Clip the gradient norm to this (empty: no clipping)", min=0.0,
+    grad_clip: float | None = option(1.0, help="Clip the gradient norm to this (0 or empty: no clipping)", min=0.0,
                                      group="training")
     max_seq_length: int | None = option(None, help="Longest prompt + answer in tokens; default: the model's context",
                                         min=8, group="training")
@@ -94,7 +94,7 @@ class DPOStage(Stage):
             raise UserError("--targets must name at least one layer")
         model_dir = ctx.artifact(options.model, "model").path
         context = _block_size(model_dir)
-        if options.max_seq_length and context and options.max_seq_length > context:
+        if options.max_seq_length is not None and context and options.max_seq_length > context:
             raise UserError(f"--max-seq-length {options.max_seq_length} is longer than the model's context of {context}")
         data = ctx.artifact(options.dataset, "dataset")
         check_preference_dataset(data.path, options.dataset)

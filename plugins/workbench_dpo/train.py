@@ -136,7 +136,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         style = get_style("chatml")
         ctx.log("the model stores no prompt style; using chatml", level="warning")
     config = load_config(model_dir)
-    max_length = options.max_seq_length or config.block_size
+    max_length = options.max_seq_length if options.max_seq_length is not None else config.block_size
     if max_length > config.block_size:
         raise UserError(f"--max-seq-length {max_length} is longer than the model's context of {config.block_size}")
 
@@ -149,9 +149,9 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         raise UserError(f"dataset '{options.dataset}' has no training pairs")
     pad = pad_id(tokenizer)
     batch_size = min(options.batch_size, len(train_pairs))
-    micro = min(options.micro_batch_size or batch_size, batch_size)
+    micro = min(options.micro_batch_size if options.micro_batch_size is not None else batch_size, batch_size)
     steps_per_epoch = len(train_pairs) // batch_size
-    total = options.max_steps or options.epochs * steps_per_epoch
+    total = options.max_steps if options.max_steps is not None else options.epochs * steps_per_epoch
     longest = max(p.longest for p in train_pairs + val_pairs)
 
     # --- memory preflight, on the meta device: nothing is allocated yet -------------------------
@@ -280,7 +280,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
             fabric.backward(out.losses.sum() / len(batch))
             stats.append(out)
             tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-        if options.grad_clip:
+        if options.grad_clip is not None and options.grad_clip > 0:
             fabric.clip_gradients(model, optimizer, max_norm=options.grad_clip)
         optimizer.step()
         scheduler.step()

@@ -167,7 +167,7 @@ def evaluate(options: Any, ctx: Context) -> dict[str, Any]:
         ctx.log(note, "warning")
     inputs = Inputs(plan, options)
     contexts = {t.id: _context(t, options.context) for t in plan.targets}
-    stride_of = {tid: min(options.stride or max(1, c // 2), c) for tid, c in contexts.items()}
+    stride_of = {tid: min(options.stride if options.stride is not None else max(1, c // 2), c) for tid, c in contexts.items()}
     windows: dict[str, int] = {}
     if "perplexity" in plan.tasks:
         for t in plan.targets:

@@ -113,7 +113,7 @@ class EvalStage(Stage):
     supports_cancel = True
 
     def validate(self, options: Options, ctx: Context) -> None:
-        if options.stride and options.context and options.stride > options.context:
+        if options.stride is not None and options.context is not None and options.stride > options.context:
             raise UserError(f"--stride {options.stride} is longer than --context {options.context}; "
                             "windows would skip tokens")
         task_limits(options)

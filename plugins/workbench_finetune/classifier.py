@@ -119,7 +119,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     tokenizer = load_tokenizer(base.path)
     model = build(base.path, len(data.labels), options.train_blocks, options.seed)
     config = model.config
-    max_length = min(options.max_length or config.block_size, config.block_size)
+    max_length = min(options.max_length if options.max_length is not None else config.block_size, config.block_size)
     index = {label: i for i, label in enumerate(data.labels)}
     train_ids, cut_train = encode_texts(tokenizer, data.train.texts, max_length)
     val_ids, cut_val = encode_texts(tokenizer, data.val.texts, max_length)

@@ -101,7 +101,7 @@ class LoraStage(Stage):
             raise UserError("--quantize works with a '-true' precision (bf16-true, 16-true, 32-true), not mixed")
         base = ctx.artifact(options.model, "model")
         block_size = read_block_size(base.path)
-        if options.max_seq_length and options.max_seq_length > block_size:
+        if options.max_seq_length is not None and options.max_seq_length > block_size:
             raise UserError(
                 f"--max-seq-length {options.max_seq_length} is longer than the model's context of {block_size} tokens"
             )

@@ -127,7 +127,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     precision = training_precision(device, options.precision, options.quantize)
 
     config = load_config(base.path)
-    max_length = options.max_seq_length or config.block_size
+    max_length = options.max_seq_length if options.max_seq_length is not None else config.block_size
     if max_length > config.block_size:
         raise UserError(f"--max-seq-length {max_length} is longer than the model's context of {config.block_size} tokens")
     tokenizer = load_tokenizer(base.path)

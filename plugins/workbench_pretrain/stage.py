@@ -115,7 +115,7 @@ class PretrainStage(Stage):
                 "pretrain dataset (`workbench data prepare --type pretrain`)"
             )
         preset = PRESETS.get(options.model or "tiny") if not options.init_from else None
-        if preset is not None or (options.batch_size and options.micro_batch_size):
+        if preset is not None or (options.batch_size is not None and options.micro_batch_size is not None):
             batch_plan(options, preset)
         if options.strategy == "fsdp" and options.device == "cpu":
             raise UserError("--strategy fsdp needs CUDA GPUs; on a CPU use --strategy ddp")
@@ -130,8 +130,9 @@ def batch_plan(options: Options, preset: Preset | None) -> tuple[int, int, int]:
     """(global batch, micro-batch, accumulation steps): the global batch must split evenly into
     micro-batches on every process. Defaults come from the preset, else 32 and 4."""
     world = options.devices * options.num_nodes
-    batch = options.batch_size or (preset.batch_size if preset else 32)
-    micro = options.micro_batch_size or min(preset.micro_batch_size if preset else 4, max(1, batch // world))
+    batch = options.batch_size if options.batch_size is not None else (preset.batch_size if preset else 32)
+    micro = (options.micro_batch_size if options.micro_batch_size is not None
+             else min(preset.micro_batch_size if preset else 4, max(1, batch // world)))
     if batch % (micro * world):
         raise UserError(
             f"--batch-size {batch} is not a multiple of --micro-batch-size {micro} × {world} "

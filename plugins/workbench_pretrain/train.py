@@ -146,7 +146,7 @@ def pretrain(options: Options, ctx: Context) -> dict[str, Any]:
             )
     else:
         config = model_config(model_name, vocab)
-    seq_len = options.max_seq_length or config.block_size
+    seq_len = options.max_seq_length if options.max_seq_length is not None else config.block_size
     if seq_len > config.block_size:
         if init is not None:
             raise UserError(
@@ -174,10 +174,11 @@ def pretrain(options: Options, ctx: Context) -> dict[str, Any]:
     if len(val_tokens) < 2:
         ctx.log(f"dataset {dataset.id} has no validation tokens; validation is skipped", "warning")
 
-    max_tokens = options.max_tokens or (preset.max_tokens if preset else 20 * n_params)
-    steps = options.max_steps or max(1, max_tokens // (batch_size * seq_len))
+    # None means the option was not given; any value given (0 included) is the user's.
+    max_tokens = _given(options.max_tokens, preset.max_tokens if preset else 20 * n_params)
+    steps = _given(options.max_steps, max(1, max_tokens // (batch_size * seq_len)))
     warmup = options.warmup_steps if options.warmup_steps is not None else max(1, round(0.05 * steps))
-    lr = options.learning_rate or (preset.learning_rate if preset else 3e-4)
+    lr = _given(options.learning_rate, preset.learning_rate if preset else 3e-4)
     compile_model = options.compile == "on" or (options.compile == "auto" and compile_pays(device, steps * batch_size * seq_len))
     eos = eos_token(tokenizer_dir)
     parent_meta = read_meta(init.path) if init is not None else {}
@@ -230,6 +231,11 @@ def pretrain(options: Options, ctx: Context) -> dict[str, Any]:
         raise
     return {"model": art.id, "params": n_params, **metrics, "steps": result["steps"],
             "tokens_per_s": round(result["tokens_per_s"], 1)}
+
+
+def _given(value: Any, default: Any) -> Any:
+    """An option's value when it was given (0 included), else the default."""
+    return default if value is None else value
 
 
 #: On a CPU, compiling the tiny preset took ~18 CPU-seconds and then made a step ~20% cheaper, so

@@ -26,7 +26,7 @@ import torch
 import yaml
 from litgpt import GPT, Config
 
-from workbench.errors import UserError
+from workbench.errors import UserError, writing
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -103,6 +103,18 @@ def save_model_dir(
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete model directory into `out_dir` (a staging dir; register it afterwards)."""
+    with writing(out_dir):
+        return _save_model_dir(out_dir, state_dict, config, tokenizer_dir=tokenizer_dir, meta=meta)
+
+
+def _save_model_dir(
+    out_dir: Path,
+    state_dict: dict[str, torch.Tensor],
+    config: Config,
+    *,
+    tokenizer_dir: Path,
+    meta: dict[str, Any] | None,
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     # Contiguous, untied copies: safetensors refuses shared storage; weights stay bit-identical.
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
@@ -139,6 +151,16 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Save to `<name>.tmp`, then rename; a failed save (a full disk) removes its partial file.
+
+    Written through our own file object, so an out-of-space error surfaces as ENOSPC naming the
+    file rather than as torch's bare "file write failed".
+    """
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with writing(tmp), open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
