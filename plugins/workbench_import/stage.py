@@ -1,0 +1,70 @@
+"""The `import` stage: a model on the user's disk becomes a `model` or `gguf` artifact.
+
+Light module: format detection and file checks only; conversion (torch, LitGPT, gguf) lives in
+`workbench_import.formats`, imported inside `run()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import UserError
+from workbench.options import artifact, option
+from workbench.stages import Stage
+from workbench_import.detect import check_files, detect
+
+if TYPE_CHECKING:
+    from workbench.context import Context
+
+
+@dataclass
+class Options:
+    path: str = option(None, help="Model directory (Hugging Face, LitGPT, PEFT adapter) or .gguf file",
+                       positional=True)
+    name: str | None = option(None, help="Name of the artifact (default: the directory or file name)")
+    base: str | None = artifact("model", required=False,
+                                help="Base model in the workspace that a LoRA adapter applies to")
+
+
+class ImportStage(Stage):
+    name = "import"
+    summary = "Import a model from disk into the workspace"
+    description = """\
+Accepts a Hugging Face model directory (config.json, safetensors or .bin weights, tokenizer), a
+LitGPT checkpoint directory (lit_model.pth, model_config.yaml, tokenizer), a .gguf file, or a LoRA
+adapter (PEFT's adapter_config.json + adapter_model.safetensors, or LitGPT's lit_model.pth.lora)
+with --base naming the model it adapts; the adapter is merged into a new model.
+
+Weights are converted into the workspace (nothing is linked to the source folder, so deleting it
+later is safe); a GGUF file is hard-linked when it is on the same filesystem, else copied.
+Pickled files load only with torch's weights-only loader; repository code is never run.
+
+examples:
+  workbench models import ~/models/SmolLM2-135M-Instruct
+  workbench models import ./out/finetune/lora/final --base smollm2 --name smollm2-tuned
+  workbench models import ~/Downloads/qwen2.5-0.5b-instruct-q4_k_m.gguf"""
+    consumes = ("model",)
+    produces = ("model", "gguf")
+    Options = Options
+    supports_cancel = True
+
+    def validate(self, options: Options, ctx: Context) -> None:
+        source = detect(Path(options.path).expanduser(), base_given=bool(options.base))
+        if source.is_adapter and not options.base:
+            raise UserError(f"{source.path} is a {source.label}; name the model it adapts with --base MODEL")
+        if options.base and not source.is_adapter:
+            raise UserError(f"--base applies to LoRA adapters, but {source.path} is a {source.label}")
+        check_files(source)
+
+    def run(self, options: Options, ctx: Context) -> dict[str, Any]:
+        from workbench_import.formats import import_source
+
+        path = Path(options.path).expanduser().resolve()
+        source = detect(path, base_given=bool(options.base))
+        check_files(source)
+        art = import_source(source, options, ctx)
+        return {"artifact": art.id, "kind": art.kind, "name": art.name, "format": source.label,
+                "files": art.metadata["source"]["transfer"], "path": str(art.path),
+                "size_bytes": art.size_bytes}

@@ -1,0 +1,263 @@
+"""`workbench models import`: models on disk in every supported format, checked against the
+reference implementations (transformers and PEFT for the math, llama.cpp for GGUF files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_tiny_model, make_tokenizer
+from tests.entry_points import checkout_entry_points, checkout_site  # noqa: F401 (fixtures)
+from tests.stages.conftest import EvilPickle, hf_repo_files
+
+pytestmark = pytest.mark.usefixtures("checkout_entry_points")
+
+FAST = ("--threads", "1", "--temperature", "0", "--max-tokens", "6")
+IDS = [[1, 5, 9, 42, 7, 3, 100, 2]]
+
+
+def artifacts(kind: str | None = None) -> list[Any]:
+    from workbench.store import Store
+
+    return Store().list_artifacts(kind)
+
+
+def leftovers(home: Path) -> list[str]:
+    """Anything an import may have written: artifacts, staging directories, files."""
+    return sorted(str(p.relative_to(home)) for d in ("models", "exports") if (home / d).exists()
+                  for p in (home / d).rglob("*"))
+
+
+def imported(cli: Any, *args: str) -> Any:
+    r = cli("models", "import", *args, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "done", out
+    [art] = out["artifacts"]
+    from workbench.store import Store
+
+    return Store().find_artifact(art["id"])
+
+
+def lit_logits(model_dir: Path) -> Any:
+    import torch
+
+    from workbench.ml.checkpoint import load_model
+
+    with torch.no_grad():
+        return load_model(model_dir)(torch.tensor(IDS))
+
+
+def hf_llama(vocab: int, seed: int = 0) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        rope_theta=10000.0, bos_token_id=0, eos_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def hf_dir(tmp_path: Path) -> Path:
+    """A tiny Llama saved by transformers itself, with a real tokenizer beside it."""
+    out = make_tokenizer(tmp_path / "tiny-hf")
+    vocab = json.loads((out / "tokenizer.json").read_text())
+    hf_llama(len(vocab["model"]["vocab"]) + len(vocab["added_tokens"])).save_pretrained(out)
+    return out
+
+
+# the formats ------------------------------------------------------------------------------------
+
+
+def test_hf_directory_imports_with_transformers_logits(cli, hf_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    art = imported(cli, str(hf_dir), "--name", "tiny-hf")
+    assert art.kind == "model" and art.name == "tiny-hf"
+    src = art.metadata["source"]
+    assert src["path"] == str(hf_dir) and src["format"] == "hf" and src["transfer"] == "converted"
+    hashes = {f["name"]: f["sha256"] for f in src["files"]}
+    import hashlib
+
+    assert hashes["model.safetensors"] == hashlib.sha256((hf_dir / "model.safetensors").read_bytes()).hexdigest()
+
+    ref = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        expected = ref(torch.tensor(IDS)).logits
+    got = lit_logits(art.path)
+    assert (got - expected).abs().max().item() <= 1e-4
+    shutil.rmtree(hf_dir)  # the artifact owns its files
+    assert (lit_logits(art.path) == got).all()
+
+
+def test_litgpt_checkpoint_imports_and_chats(cli, tmp_path):
+    src = make_tiny_model(tmp_path / "lit-out")
+    # As `litgpt finetune` leaves it: a pickled state dict, no safetensors, none of our metadata.
+    (src / "model.safetensors").unlink()
+    (src / "workbench.json").unlink()
+    art = imported(cli, str(src))
+    assert art.name == "lit-out" and art.metadata["source"]["format"] == "litgpt"
+    assert (art.path / "model.safetensors").exists()
+    import torch
+
+    reference = make_tiny_model(tmp_path / "again")  # same seed: the same weights
+    assert torch.allclose(lit_logits(art.path), lit_logits(reference), atol=0)
+
+    r = cli("chat", art.id, *FAST, input="hello there\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert "torch" in r.stderr and r.stdout.strip()
+
+
+def test_gguf_file_imports_hard_linked_and_chats(cli, tmp_path):
+    from workbench_export.gguf_writer import write_gguf
+
+    gguf = tmp_path / "tiny-f16.gguf"
+    write_gguf(make_tiny_model(tmp_path / "tiny"), gguf, "f16")
+    art = imported(cli, str(gguf), "--name", "tiny-gguf")
+    assert art.kind == "gguf" and art.path.name == "tiny-f16.gguf"
+    assert art.metadata["gguf"]["architecture"] == "llama"
+    assert art.metadata["source"]["transfer"] == "hard-linked"
+    assert art.path.stat().st_ino == gguf.stat().st_ino
+    gguf.unlink()  # the user deletes the original: the workspace keeps its name for the bytes
+    r = cli("chat", "tiny-gguf", *FAST, input="hello there\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert "llama.cpp" in r.stderr and r.stdout.strip()
+
+
+def test_peft_lora_adapter_merges_onto_its_base_like_peft_applies_it(cli, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = make_tiny_model(tmp_path / "base")
+    base = imported(cli, str(base_dir), "--name", "base")
+    # The same model in Hugging Face form, for PEFT to train an adapter on.
+    hf_dir = tmp_path / "base-hf"
+    hf_dir.mkdir()
+    for name, data in hf_repo_files(base_dir).items():
+        (hf_dir / name).write_bytes(data)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    peft_model = get_peft_model(hf, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "k_proj", "down_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero; a trained adapter has moved it
+                p.normal_(0, 0.2)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        expected = peft_model(torch.tensor(IDS)).logits
+
+    art = imported(cli, str(tmp_path / "adapter"), "--base", "base", "--name", "tuned")
+    assert art.kind == "model" and art.parents == [base.id]
+    assert art.metadata["adapter"]["r"] == 4 and art.metadata["source"]["format"] == "peft-lora"
+    got, before = lit_logits(art.path), lit_logits(base.path)
+    assert (got - before).abs().max().item() > 1e-2  # the adapter does change the model
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_adapter_for_another_shape_is_refused(cli, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    imported(cli, str(make_tiny_model(tmp_path / "base")), "--name", "base")
+    wide = make_tiny_model(tmp_path / "wide", n_embd=128, n_head=4, n_query_groups=2)
+    hf_dir = tmp_path / "wide-hf"
+    hf_dir.mkdir()
+    for name, data in hf_repo_files(wide).items():
+        (hf_dir / name).write_bytes(data)
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(hf_dir), LoraConfig(r=2, target_modules=["q_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    before = leftovers(Path(os.environ["WORKBENCH_HOME"]))
+    r = cli("models", "import", str(tmp_path / "adapter"), "--base", "base")
+    assert r.returncode == 2
+    assert "does not fit base model" in r.stderr and "q_proj of layer 0" in r.stderr
+    assert leftovers(Path(os.environ["WORKBENCH_HOME"])) == before
+    r = cli("models", "import", str(tmp_path / "adapter"))
+    assert r.returncode == 2 and "--base MODEL" in r.stderr
+
+
+# bad input -----------------------------------------------------------------------------------------
+
+
+def test_a_directory_that_is_no_model_is_refused_in_one_line(cli, workspace, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    r = cli("models", "import", str(tmp_path / "notes"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'notes'} is not a model directory: no config.json, model_config.yaml, "
+        "adapter_config.json or *.gguf found"]
+    assert not (workspace / "runs").exists() and leftovers(workspace) == []
+
+
+def test_a_truncated_safetensors_file_is_named_and_nothing_is_written(cli, workspace, hf_dir):
+    weights = hf_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    r = cli("models", "import", str(hf_dir))
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {weights} is truncated or damaged")
+    assert not (workspace / "runs").exists() and leftovers(workspace) == []
+
+
+@pytest.mark.parametrize("where", ["hf-bin", "litgpt-pth"])
+def test_a_pickle_with_code_is_never_run(cli, workspace, tmp_path, where):
+    import torch
+
+    marker = tmp_path / "pwned"
+    src = make_tiny_model(tmp_path / "model")
+    if where == "hf-bin":
+        for name, data in hf_repo_files(src).items():
+            if name != "model.safetensors":
+                (tmp_path / "hf" / name).parent.mkdir(exist_ok=True)
+                (tmp_path / "hf" / name).write_bytes(data)
+        src, bad = tmp_path / "hf", tmp_path / "hf" / "pytorch_model.bin"
+    else:
+        (src / "model.safetensors").unlink()
+        bad = src / "lit_model.pth"
+    torch.save({"model": EvilPickle(marker)}, bad)
+    r = cli("models", "import", str(src))
+    assert r.returncode == 2, r.stderr
+    assert bad.name in r.stderr.splitlines()[0]
+    assert not marker.exists()
+    assert [p for p in leftovers(workspace) if not p.startswith("models/.staging")] == []
+    assert not list((workspace / "models").glob(".staging-*"))
+    assert artifacts() == []
+
+
+@pytest.mark.xfail(strict=False, reason="needs the template sandbox")
+def test_a_malicious_chat_template_runs_nothing_on_import_or_chat(cli, tmp_path):
+    marker = tmp_path / "template-ran"
+    src = make_tiny_model(tmp_path / "evil")
+    (src / "workbench.json").unlink()
+    tc = json.loads((src / "tokenizer_config.json").read_text())
+    tc["chat_template"] = "{{ cycler.__init__.__globals__.os.popen('touch " + str(marker) + "').read() }}"
+    (src / "tokenizer_config.json").write_text(json.dumps(tc))
+    art = imported(cli, str(src), "--name", "evil")
+    assert not marker.exists()
+    cli("chat", art.id, *FAST, input="hello\n/exit\n")
+    assert not marker.exists()
+
+
+def test_progress_and_origin_are_in_the_run_events(cli, hf_dir):
+    r = cli("models", "import", str(hf_dir), "--detach", "--json")
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    assert cli("runs", "attach", run_id).returncode == 0
+    from workbench import locations
+
+    events = [json.loads(line) for line in (locations.run_dir(run_id) / "events.jsonl").read_text().splitlines()]
+    descs = {e.get("desc") for e in events if e["type"] == "progress"}
+    assert {"hashing model.safetensors", "converting model.safetensors"} <= descs
+    assert events[-1]["type"] == "done"
