@@ -274,10 +274,10 @@ def _base(options: Options, ctx: Context) -> Artifact:
 
 def import_peft(source: Source, options: Options, ctx: Context) -> Artifact:
     """A PEFT LoRA adapter merged into its base: W + (alpha / r) · B·A per targeted weight."""
-    import torch
+
+    from workbench_download.convert import load_weights
 
     from workbench.ml.checkpoint import load_config, load_state_dict, read_meta
-    from workbench_download.convert import load_weights
 
     root = source.path
     cfg = _read_json(root / "adapter_config.json")

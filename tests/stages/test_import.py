@@ -229,11 +229,24 @@ def test_a_pickle_with_code_is_never_run(cli, workspace, tmp_path, where):
     torch.save({"model": EvilPickle(marker)}, bad)
     r = cli("models", "import", str(src))
     assert r.returncode == 2, r.stderr
-    assert bad.name in r.stderr.splitlines()[0]
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad} holds pickled Python objects besides tensors (os.makedirs)")
     assert not marker.exists()
-    assert [p for p in leftovers(workspace) if not p.startswith("models/.staging")] == []
-    assert not list((workspace / "models").glob(".staging-*"))
-    assert artifacts() == []
+    assert not (workspace / "runs").exists() and leftovers(workspace) == []
+
+
+def test_the_worker_loads_pickles_weights_only_too(tmp_path):
+    """Behind the opcode scan stands torch's weights-only loader: what slips past is still refused."""
+    import torch
+    from workbench_import.formats import load_pickled_tensors
+
+    from workbench.errors import UserError
+
+    marker = tmp_path / "pwned"
+    torch.save({"model": EvilPickle(marker)}, tmp_path / "lit_model.pth")
+    with pytest.raises(UserError, match=r"lit_model\.pth holds pickled Python objects"):
+        load_pickled_tensors(tmp_path / "lit_model.pth")
+    assert not marker.exists()
 
 
 @pytest.mark.xfail(strict=False, reason="needs the template sandbox")
@@ -261,3 +274,15 @@ def test_progress_and_origin_are_in_the_run_events(cli, hf_dir):
     descs = {e.get("desc") for e in events if e["type"] == "progress"}
     assert {"hashing model.safetensors", "converting model.safetensors"} <= descs
     assert events[-1]["type"] == "done"
+
+
+@pytest.mark.parametrize("how", [{"pickle_protocol": 2}, {"pickle_protocol": 4},
+                                 {"_use_new_zipfile_serialization": False}])
+def test_the_opcode_scan_names_the_callable_in_every_torch_format(tmp_path, how):
+    import torch
+    from workbench_import.detect import pickled_callables
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "ok.pth", **how)
+    torch.save({"model": EvilPickle(tmp_path / "pwned")}, tmp_path / "evil.pth", **how)
+    assert "torch._utils._rebuild_tensor_v2" in pickled_callables(tmp_path / "ok.pth")
+    assert pickled_callables(tmp_path / "evil.pth") == ["os.makedirs"]
