@@ -249,16 +249,26 @@ def test_the_worker_loads_pickles_weights_only_too(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=False, reason="needs the template sandbox")
-def test_a_malicious_chat_template_runs_nothing_on_import_or_chat(cli, tmp_path):
-    marker = tmp_path / "template-ran"
+def evil_template_model(tmp_path: Path, marker: Path) -> Path:
+    """A LitGPT folder whose tokenizer_config.json carries a template that creates `marker` if run."""
     src = make_tiny_model(tmp_path / "evil")
     (src / "workbench.json").unlink()
     tc = json.loads((src / "tokenizer_config.json").read_text())
     tc["chat_template"] = "{{ cycler.__init__.__globals__.os.popen('touch " + str(marker) + "').read() }}"
     (src / "tokenizer_config.json").write_text(json.dumps(tc))
-    art = imported(cli, str(src), "--name", "evil")
+    return src
+
+
+def test_a_malicious_chat_template_runs_nothing_on_import(cli, tmp_path):
+    marker = tmp_path / "template-ran"
+    imported(cli, str(evil_template_model(tmp_path, marker)), "--name", "evil")
     assert not marker.exists()
+
+
+@pytest.mark.xfail(strict=False, reason="needs the template sandbox")
+def test_a_malicious_chat_template_of_an_imported_model_runs_nothing_in_chat(cli, tmp_path):
+    marker = tmp_path / "template-ran"
+    art = imported(cli, str(evil_template_model(tmp_path, marker)), "--name", "evil")
     cli("chat", art.id, *FAST, input="hello\n/exit\n")
     assert not marker.exists()
 
