@@ -19,6 +19,15 @@ if TYPE_CHECKING:
     from workbench.context import Context
 
 
+#: What each way of bringing files in means for the source the user keeps.
+TRANSFER_NOTES = {
+    "converted": "written anew into the workspace; the source is no longer needed",
+    "merged": "the adapter merged into a new model in the workspace; the source is no longer needed",
+    "hard-linked": "one copy on disk shared with the source; deleting the source is safe, editing it in place is not",
+    "copied": "copied into the workspace; the source is no longer needed",
+}
+
+
 @dataclass
 class Options:
     path: str = option(None, help="Model directory (Hugging Face, LitGPT, PEFT adapter) or .gguf file",
@@ -51,7 +60,9 @@ examples:
     supports_cancel = True
 
     def validate(self, options: Options, ctx: Context) -> None:
-        source = detect(Path(options.path).expanduser(), base_given=bool(options.base))
+        # The worker runs elsewhere, and run.json should say exactly what was imported.
+        options.path = str(Path(options.path).expanduser().resolve())
+        source = detect(Path(options.path), base_given=bool(options.base))
         if source.is_adapter and not options.base:
             raise UserError(f"{source.path} is a {source.label}; name the model it adapts with --base MODEL")
         if options.base and not source.is_adapter:
@@ -65,6 +76,7 @@ examples:
         source = detect(path, base_given=bool(options.base))
         check_files(source)
         art = import_source(source, options, ctx)
+        transfer = art.metadata["source"]["transfer"]
         return {"artifact": art.id, "kind": art.kind, "name": art.name, "format": source.label,
-                "files": art.metadata["source"]["transfer"], "path": str(art.path),
+                "files": f"{transfer} ({TRANSFER_NOTES[transfer]})", "path": str(art.path),
                 "size_bytes": art.size_bytes}

@@ -165,6 +165,36 @@ def test_peft_lora_adapter_merges_onto_its_base_like_peft_applies_it(cli, tmp_pa
     assert (got - expected).abs().max().item() <= 1e-4
 
 
+def test_litgpt_lora_checkpoint_merges_like_litgpt_runs_it(cli, tmp_path):
+    import dataclasses
+
+    import torch
+    import yaml
+
+    from workbench.ml.lora import LoRASettings, adapter_state_dict, load_lora_model
+
+    base_dir = make_tiny_model(tmp_path / "base")
+    base = imported(cli, str(base_dir), "--name", "base")
+    lora = load_lora_model(base_dir, LoRASettings(r=4, alpha=8, dropout=0.0, targets=("query", "value", "mlp")))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+        expected = lora.eval()(torch.tensor(IDS))  # LitGPT's own LoRA forward, unmerged
+    out = tmp_path / "final"
+    out.mkdir()
+    # As `litgpt finetune lora` saves it: the adapter under "model", the LoRA config beside it.
+    torch.save({"model": adapter_state_dict(lora)}, out / "lit_model.pth.lora")
+    (out / "model_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(lora.config)))
+
+    art = imported(cli, str(out), "--base", "base")
+    assert art.parents == [base.id] and art.metadata["source"]["format"] == "litgpt-lora"
+    got = lit_logits(art.path)
+    assert (got - lit_logits(base.path)).abs().max().item() > 1e-2
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
 def test_adapter_for_another_shape_is_refused(cli, tmp_path):
     from peft import LoraConfig, get_peft_model
 
