@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
-from workbench_import.detect import check_files, detect
+from workbench_import.detect import HF, check_files, detect
 
 if TYPE_CHECKING:
     from workbench.context import Context
@@ -35,6 +35,30 @@ class Options:
     name: str | None = option(None, help="Name of the artifact (default: the directory or file name)")
     base: str | None = artifact("model", required=False,
                                 help="Base model in the workspace that a LoRA adapter applies to")
+
+
+def check_hf_config(root: Path) -> None:
+    """An architecture the converter cannot take is refused before a run starts (plain Python)."""
+    import json
+
+    from workbench_download.convert import SAFETENSORS_INDEX, config_kwargs
+
+    try:
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{root / 'config.json'} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{root / 'config.json'} does not hold a JSON object")
+    config_kwargs(config, str(root))
+    index = root / SAFETENSORS_INDEX
+    if index.exists():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{index} is not a valid safetensors index (no weight_map)") from None
+        missing = sorted(s for s in shards if not (root / s).exists())
+        if missing:
+            raise UserError(f"{index} lists {', '.join(missing[:3])}, which {root} does not have")
 
 
 class ImportStage(Stage):
@@ -68,6 +92,8 @@ examples:
         if options.base and not source.is_adapter:
             raise UserError(f"--base applies to LoRA adapters, but {source.path} is a {source.label}")
         check_files(source)
+        if source.format == HF:
+            check_hf_config(source.path)
 
     def run(self, options: Options, ctx: Context) -> dict[str, Any]:
         from workbench_import.formats import import_source

@@ -326,3 +326,14 @@ def test_the_opcode_scan_names_the_callable_in_every_torch_format(tmp_path, how)
     torch.save({"model": EvilPickle(tmp_path / "pwned")}, tmp_path / "evil.pth", **how)
     assert "torch._utils._rebuild_tensor_v2" in pickled_callables(tmp_path / "ok.pth")
     assert pickled_callables(tmp_path / "evil.pth") == ["os.makedirs"]
+
+
+def test_an_architecture_that_cannot_be_converted_is_refused_before_a_run(cli, workspace, hf_dir):
+    config = json.loads((hf_dir / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    r = cli("models", "import", str(hf_dir))
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert f"{hf_dir} is a GPT2LMHeadModel model, which workbench cannot convert" in line
+    assert not (workspace / "runs").exists()
