@@ -91,10 +91,18 @@ def check_safetensors(path: Path) -> None:
                         f"the file has {size:,}")
 
 
-def check_gguf_magic(path: Path) -> None:
+def check_gguf(path: Path) -> None:
+    """The magic, then the gguf package's own reader over the header and every tensor's extent."""
     with open(path, "rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
+    from gguf import GGUFReader  # numpy only: no model library
+
+    try:
+        GGUFReader(path, "r")
+    except Exception as exc:  # the reader raises ValueError, struct errors, IndexError, …
+        raise UserError(f"{path} is truncated or damaged: the GGUF reader stopped at "
+                        f"{type(exc).__name__}: {str(exc)[:120]}") from None
 
 
 #: What a pickled state dict may name: torch's tensor and storage rebuilders, and the containers.
@@ -169,7 +177,7 @@ _BIN_ADVICE = "use the model's safetensors weights instead"
 def check_files(source: Source) -> None:
     """Cheap checks of every weights file the import will read."""
     if source.format == GGUF:
-        check_gguf_magic(source.path)
+        check_gguf(source.path)
         return
     for st in sorted(source.path.glob("*.safetensors")):
         check_safetensors(st)

@@ -337,3 +337,15 @@ def test_an_architecture_that_cannot_be_converted_is_refused_before_a_run(cli, w
     [line] = r.stderr.strip().splitlines()
     assert f"{hf_dir} is a GPT2LMHeadModel model, which workbench cannot convert" in line
     assert not (workspace / "runs").exists()
+
+
+def test_a_truncated_gguf_is_named_and_nothing_is_written(cli, workspace, tmp_path):
+    from tests.stages.conftest import tiny_gguf
+
+    gguf = tiny_gguf(make_tiny_model(tmp_path / "tiny"), tmp_path / "tiny.gguf")
+    gguf.write_bytes(gguf.read_bytes()[:-5000])
+    r = cli("models", "import", str(gguf))
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {gguf} is truncated or damaged")
+    assert not (workspace / "runs").exists() and leftovers(workspace) == []
