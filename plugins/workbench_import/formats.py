@@ -7,6 +7,7 @@ pickles only with `torch.load(weights_only=True)`; nothing the user hands us is 
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -96,7 +97,7 @@ def import_hf(source: Source, options: Options, ctx: Context) -> Artifact:
     stored = str(config_json.get("torch_dtype") or config_json.get("dtype") or "float32")
     staged = _write_model(ctx, sd, config, root, meta, label)
     for name, path in local.items():  # the licence travels with the weights
-        if any(re.fullmatch(p.replace("*", ".*"), name) for p in hf.DOC_PATTERNS):
+        if any(fnmatch.fnmatchcase(name, p) for p in hf.DOC_PATTERNS):
             shutil.copyfile(path, staged / name)
     return _register_dir(
         ctx, staged, "model", name=options.name or root.name,
@@ -313,7 +314,7 @@ def import_peft(source: Source, options: Options, ctx: Context) -> Artifact:
     q_rows = config.n_head * config.head_size
     kv_rows = config.n_query_groups * config.head_size
     rows = {"q": slice(0, q_rows), "k": slice(q_rows, q_rows + kv_rows), "v": slice(q_rows + kv_rows, None)}
-    for i, ((layer, module), ab) in enumerate(sorted(pairs.items(), key=lambda kv: (kv[0][0] or -1, kv[0][1]))):
+    for i, ((layer, module), ab) in enumerate(sorted(pairs.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0], kv[0][1]))):
         ctx.check_cancelled()
         if set(ab) != {"A", "B"}:
             raise UserError(f"{root / weights}: {module} of layer {layer} has lora_{next(iter(ab))} without its partner")
