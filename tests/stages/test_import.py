@@ -349,3 +349,22 @@ def test_a_truncated_gguf_is_named_and_nothing_is_written(cli, workspace, tmp_pa
     [line] = r.stderr.strip().splitlines()
     assert line.startswith(f"error: {gguf} is truncated or damaged")
     assert not (workspace / "runs").exists() and leftovers(workspace) == []
+
+
+def test_a_relative_path_is_recorded_absolute(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.stages.conftest import tiny_gguf
+
+    tiny_gguf(make_tiny_model(tmp_path / "tiny"), tmp_path / "tiny.gguf")
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "models", "import", "tiny.gguf", "--json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["artifacts"][0]["metadata"]["source"]["path"] == str(tmp_path / "tiny.gguf")
+    from workbench import locations
+
+    # A resume from another directory (the TUI, another shell) finds the same file.
+    spec = json.loads((locations.run_dir(out["run_id"]) / "run.json").read_text())
+    assert spec["options"]["path"] == str(tmp_path / "tiny.gguf")
