@@ -251,17 +251,23 @@ def import_gguf(source: Source, options: Options, ctx: Context) -> Artifact:
 
 
 # LoRA adapters ----------------------------------------------------------------------------------
+#
+# Both adapter formats become the adapter layout `finetune lora` writes (LitGPT's LoRA tensor
+# names, `adapter.safetensors` + `adapter_config.json`), registered as an `adapter` artifact, and
+# are then merged by LitGPT's own merge into a `model`: base → adapter → merged model, the same
+# lineage a LoRA finetune leaves.
 
 _PEFT_KEY = re.compile(
     r"^(?:base_model\.model\.)?(?:model\.)?(?:layers\.(\d+)\.(?:self_attn|mlp)\.)?"
     r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|lm_head)\.lora_([AB])(?:\.default)?\.weight$"
 )
-#: PEFT module → (LitGPT weight, which rows of it: q, k, v of the fused qkv or all)
-_PEFT_TARGETS = {
-    "q_proj": ("attn.qkv.weight", "q"), "k_proj": ("attn.qkv.weight", "k"), "v_proj": ("attn.qkv.weight", "v"),
-    "o_proj": ("attn.proj.weight", None), "gate_proj": ("mlp.fc_1.weight", None),
-    "up_proj": ("mlp.fc_2.weight", None), "down_proj": ("mlp.proj.weight", None),
+#: PEFT module → (LitGPT LoRA target, the LitGPT module under transformer.h.N)
+_PEFT_MODULES = {
+    "q_proj": ("query", "attn.qkv"), "k_proj": ("key", "attn.qkv"), "v_proj": ("value", "attn.qkv"),
+    "o_proj": ("projection", "attn.proj"), "gate_proj": ("mlp", "mlp.fc_1"), "up_proj": ("mlp", "mlp.fc_2"),
+    "down_proj": ("mlp", "mlp.proj"), "lm_head": ("head", "lm_head"),
 }
+_TARGET_ORDER = ("query", "key", "value", "projection", "mlp", "head")
 
 
 def _base(options: Options, ctx: Context) -> Artifact:
@@ -274,110 +280,158 @@ def _base(options: Options, ctx: Context) -> Artifact:
 
 
 def import_peft(source: Source, options: Options, ctx: Context) -> Artifact:
-    """A PEFT LoRA adapter merged into its base: W + (alpha / r) · B·A per targeted weight."""
-
     from workbench_download.convert import load_weights
 
-    from workbench.ml.checkpoint import load_config, load_state_dict, read_meta
+    from workbench.ml.checkpoint import load_state_dict
+    from workbench.ml.lora import LoRASettings
 
     root = source.path
     cfg = _read_json(root / "adapter_config.json")
+    where = root / "adapter_config.json"
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise UserError(f"{root / 'adapter_config.json'}: peft_type {cfg.get('peft_type')} is not LORA, "
-                        "the only adapter type workbench merges")
+        raise UserError(f"{where}: peft_type {cfg.get('peft_type')} is not LORA, the only adapter type workbench merges")
     for flag in ("use_dora", "fan_in_fan_out"):
         if cfg.get(flag):
-            raise UserError(f"{root / 'adapter_config.json'}: {flag} adapters are not supported")
+            raise UserError(f"{where}: {flag} adapters are not supported")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise UserError(f"{root / 'adapter_config.json'}: per-layer rank_pattern/alpha_pattern is not supported")
+        raise UserError(f"{where}: per-layer rank_pattern/alpha_pattern is not supported")
     try:
         r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     except (KeyError, TypeError, ValueError):
-        raise UserError(f"{root / 'adapter_config.json'} lacks a numeric r and lora_alpha") from None
+        raise UserError(f"{where} lacks a numeric r and lora_alpha") from None
     scale = alpha / (r**0.5 if cfg.get("use_rslora") else r)
 
     weights = "adapter_model.safetensors" if (root / "adapter_model.safetensors").exists() else "adapter_model.bin"
     files = fingerprint(root, ["adapter_config.json", weights], ctx)
-    adapter = load_weights(root / weights)
-    base = _base(options, ctx)
-    config = load_config(base.path)
-    sd = dict(load_state_dict(base.path))
-
     pairs: dict[tuple[int | None, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in adapter.items():
+    for key, tensor in load_weights(root / weights).items():
         m = _PEFT_KEY.match(key)
         if m is None:
             raise UserError(f"{root / weights}: tensor {key} is not a LoRA weight of a Llama-style attention, "
                             "MLP or lm_head layer, which is what workbench merges")
-        layer = int(m[1]) if m[1] is not None else None
-        pairs.setdefault((layer, m[2]), {})[m[3]] = tensor
-    q_rows = config.n_head * config.head_size
-    kv_rows = config.n_query_groups * config.head_size
-    rows = {"q": slice(0, q_rows), "k": slice(q_rows, q_rows + kv_rows), "v": slice(q_rows + kv_rows, None)}
-    for i, ((layer, module), ab) in enumerate(sorted(pairs.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0], kv[0][1]))):
-        ctx.check_cancelled()
+        pairs.setdefault((int(m[1]) if m[1] is not None else None, m[2]), {})[m[3]] = tensor
+    for (layer, module), ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise UserError(f"{root / weights}: {module} of layer {layer} has lora_{next(iter(ab))} without its partner")
-        if module == "lm_head":
-            target, part = "lm_head.weight", None
-        else:
-            if layer is None or layer >= config.n_layer:
-                raise UserError(f"{root / weights}: layer {layer} of {module} does not exist in the base model "
-                                f"{base.id}, which has {config.n_layer} layers")
-            name, part = _PEFT_TARGETS[module]
-            target = f"transformer.h.{layer}.{name}"
-        weight = sd[target]
-        region = weight[rows[part]] if part else weight
+    base = _base(options, ctx)
+    shapes = {k: tuple(v.shape) for k, v in load_state_dict(base.path).items()}
+    adapter = _peft_to_litgpt(pairs, r, scale, shapes, base.id)
+    # The PEFT scale is folded into B, so LitGPT's own scale (alpha / r) is 1.
+    targets = tuple(t for t in _TARGET_ORDER if any(_PEFT_MODULES[m][0] == t for _, m in pairs))
+    settings = LoRASettings(r=r, alpha=r, dropout=0.0, targets=targets)
+    return _adapter_and_merge(source, options, ctx, base, settings, adapter, files,
+                              {"format": "peft", "r": r, "lora_alpha": alpha, "use_rslora": bool(cfg.get("use_rslora")),
+                               "modules": sorted({m for _, m in pairs})})
+
+
+def _peft_to_litgpt(pairs: dict[tuple[int | None, str], dict[str, torch.Tensor]], r: int, scale: float,
+                    shapes: dict[str, tuple[int, ...]], base_id: str) -> dict[str, torch.Tensor]:
+    """PEFT's per-module A and B in LitGPT's layout; modules PEFT left out get a zero update.
+
+    LitGPT fuses query, key and value: its A stacks the enabled parts' A matrices, its B their
+    B matrices, in q, k, v order.
+    """
+    import torch
+
+    n_layer = len({k.split(".")[2] for k in shapes if k.startswith("transformer.h.")})
+    bad = sorted({layer for layer, _ in pairs if layer is not None and layer >= n_layer})
+    if bad:
+        raise UserError(f"the adapter does not fit base model {base_id}: it has layer {bad[0]}, the base has "
+                        f"{n_layer} layers")
+    enabled = {_PEFT_MODULES[m][0] for _, m in pairs}
+
+    def part(layer: int | None, module: str, out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ab = pairs.get((layer, module))
+        if ab is None:
+            return torch.zeros(r, in_features), torch.zeros(out_features, r)
         a, b = ab["A"].float(), ab["B"].float()
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r \
-                or (b.shape[0], a.shape[1]) != tuple(region.shape):
-            raise UserError(
-                f"the adapter does not fit base model {base.id}: {module} of layer {layer} would change a "
-                f"{tuple(b.shape[:1]) + tuple(a.shape[1:])} weight, the base has {tuple(region.shape)} there"
-            )
-        merged = weight.clone()  # never in place: tied embeddings share one tensor
-        merged_region = merged[rows[part]] if part else merged
-        merged_region += (scale * (b @ a)).to(weight.dtype)
-        sd[target] = merged
-        ctx.progress(i + 1, len(pairs), unit="weight", desc="merging the adapter")
+                or (b.shape[0], a.shape[1]) != (out_features, in_features):
+            got = (b.shape[0], a.shape[1]) if a.dim() == 2 and b.dim() == 2 else "?"
+            where = "lm_head" if layer is None else f"{module} of layer {layer}"
+            raise UserError(f"the adapter does not fit base model {base_id}: {where} changes a {got} weight, "
+                            f"the base has {(out_features, in_features)} there")
+        return a, b * scale
 
-    meta = {**read_meta(base.path), "base_model": base.id, "imported_from": str(root),
-            "adapter": {"format": "peft", "r": r, "alpha": alpha, "targets": sorted({m for _, m in pairs})}}
-    staged = _write_model(ctx, sd, config, base.path, meta, str(root))
-    return _register_dir(
-        ctx, staged, "model", name=options.name or f"{base.name}+{root.name}", parents=[base.id],
-        metadata={**_origin(source, files, "merged"), "base_model": base.id, "family": meta.get("family"),
-                  "adapter": meta["adapter"]},
-    )
+    out: dict[str, torch.Tensor] = {}
+    for layer in range(n_layer):
+        prefix = f"transformer.h.{layer}."
+        qkv_out, n_embd = shapes[prefix + "attn.qkv.weight"]
+        q_rows = shapes[prefix + "attn.proj.weight"][1]  # the projection's input is n_head * head_size
+        kv_rows = (qkv_out - q_rows) // 2
+        fused = [part(layer, m, rows, n_embd) for m, t, rows in
+                 (("q_proj", "query", q_rows), ("k_proj", "key", kv_rows), ("v_proj", "value", kv_rows))
+                 if t in enabled]
+        if fused:
+            out[prefix + "attn.qkv.lora_A"] = torch.cat([a for a, _ in fused])
+            out[prefix + "attn.qkv.lora_B"] = torch.cat([b for _, b in fused])
+        for module in ("o_proj", "gate_proj", "up_proj", "down_proj"):
+            target, path = _PEFT_MODULES[module]
+            if target in enabled:
+                out_f, in_f = shapes[f"{prefix}{path}.weight"]
+                out[f"{prefix}{path}.lora_A"], out[f"{prefix}{path}.lora_B"] = part(layer, module, out_f, in_f)
+    if "head" in enabled:
+        out_f, in_f = shapes["lm_head.weight"]
+        out["lm_head.lora_A"], out["lm_head.lora_B"] = part(None, "lm_head", out_f, in_f)
+    return out
 
 
 def import_litgpt_lora(source: Source, options: Options, ctx: Context) -> Artifact:
-    """`litgpt finetune lora`'s lit_model.pth.lora merged into its base with LitGPT's own merge."""
-    from workbench.ml.checkpoint import read_meta
-    from workbench.ml.lora import LoRASettings, load_adapter, load_lora_model, merged_state_dict
+    """`litgpt finetune lora`'s lit_model.pth.lora, with the LoRA settings of its model_config.yaml."""
+    from workbench.ml.lora import LoRASettings
 
     root = source.path
     _, raw = _lit_config(root)
-    targets = tuple(t for t in ("query", "key", "value", "projection", "mlp", "head") if raw.get(f"lora_{t}"))
+    targets = tuple(t for t in _TARGET_ORDER if raw.get(f"lora_{t}"))
     if not targets or not raw.get("lora_r"):
         raise UserError(f"{root / 'model_config.yaml'} names no LoRA rank and targets (lora_r, lora_query, …)")
     settings = LoRASettings(r=int(raw["lora_r"]), alpha=int(raw.get("lora_alpha", 1)), dropout=0.0, targets=targets)
     files = fingerprint(root, ["model_config.yaml", "lit_model.pth.lora"], ctx)
-    adapter = load_pickled_tensors(root / "lit_model.pth.lora")
+    adapter = {k: v.float() for k, v in load_pickled_tensors(root / "lit_model.pth.lora").items()}
     base = _base(options, ctx)
-    model = load_lora_model(base.path, settings)
-    try:
-        load_adapter(model, {k: v.float() for k, v in adapter.items()})
-    except RuntimeError as exc:  # size mismatches
-        raise UserError(f"the adapter does not fit base model {base.id}: {str(exc).splitlines()[-1].strip()}") from None
-    sd = merged_state_dict(model)
-    from workbench.ml.checkpoint import load_config
+    return _adapter_and_merge(source, options, ctx, base, settings, adapter, files,
+                              {"format": "litgpt", **settings.to_json()})
 
-    meta = {**read_meta(base.path), "base_model": base.id, "imported_from": str(root),
-            "adapter": {"format": "litgpt", **settings.to_json()}}
-    staged = _write_model(ctx, sd, load_config(base.path), base.path, meta, str(root))
+
+def _adapter_and_merge(source: Source, options: Options, ctx: Context, base: Artifact, settings: Any,
+                       adapter: dict[str, torch.Tensor], files: list[dict[str, Any]],
+                       described: dict[str, Any]) -> Artifact:
+    """Register the adapter as `finetune lora` stores one, then the base with it merged in."""
+    from workbench.ml.checkpoint import load_config, load_state_dict, read_meta
+    from workbench.ml.lora import load_adapter, load_lora_model, merged_state_dict, save_adapter
+
+    model = load_lora_model(base.path, settings)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if "lora_" in k}
+    wrong = sorted(k for k in adapter if k in expected and tuple(adapter[k].shape) != expected[k])
+    missing = sorted(set(expected) - set(adapter))
+    if wrong or missing:
+        detail = (f"{wrong[0]} is {tuple(adapter[wrong[0]].shape)}, the base needs {expected[wrong[0]]}" if wrong
+                  else f"{missing[0]} is missing")
+        raise UserError(f"the adapter does not fit base model {base.id}: {detail}")
+    load_adapter(model, adapter)  # names the first tensor the base has no place for
+    ctx.check_cancelled()
+    name = options.name or f"{base.name}+{source.path.name}"
+    base_meta = read_meta(base.path)
+    origin = _origin(source, files, "merged")
+
+    staged = ctx.staging_dir("adapter")
+    try:
+        save_adapter(staged, model, settings, base.id, extra={"prompt_style": base_meta.get("prompt_style"),
+                                                               "imported_from": str(source.path)})
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    adapter_art = _register_dir(ctx, staged, "adapter", name=f"{name}-adapter", parents=[base.id],
+                                metadata={**origin, "base_model": base.id, "lora": settings.to_json(),
+                                          "adapter": described})
+
+    dtype = next(iter(load_state_dict(base.path).values())).dtype
+    merged = {k: v.to(dtype) if v.is_floating_point() else v for k, v in merged_state_dict(model).items()}
+    del model
+    meta = {**base_meta, "base_model": base.id, "adapter": adapter_art.id, "imported_from": str(source.path)}
+    staged = _write_model(ctx, merged, load_config(base.path), base.path, meta, str(source.path))
     return _register_dir(
-        ctx, staged, "model", name=options.name or f"{base.name}+{root.name}", parents=[base.id],
-        metadata={**_origin(source, files, "merged"), "base_model": base.id, "family": meta.get("family"),
-                  "adapter": meta["adapter"]},
+        ctx, staged, "model", name=name, parents=[base.id, adapter_art.id],
+        metadata={**origin, "base_model": base.id, "adapter_artifact": adapter_art.id,
+                  "family": base_meta.get("family") or base.metadata.get("family"), "adapter": described},
     )

@@ -103,6 +103,7 @@ examples:
         check_files(source)
         art = import_source(source, options, ctx)
         transfer = art.metadata["source"]["transfer"]
-        return {"artifact": art.id, "kind": art.kind, "name": art.name, "format": source.label,
+        adapter = {"adapter": art.metadata["adapter_artifact"]} if "adapter_artifact" in art.metadata else {}
+        return {**adapter, "artifact": art.id, "kind": art.kind, "name": art.name, "format": source.label,
                 "files": f"{transfer} ({TRANSFER_NOTES[transfer]})", "path": str(art.path),
                 "size_bytes": art.size_bytes}

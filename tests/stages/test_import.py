@@ -38,10 +38,9 @@ def imported(cli: Any, *args: str) -> Any:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["status"] == "done", out
-    [art] = out["artifacts"]
     from workbench.store import Store
 
-    return Store().find_artifact(art["id"])
+    return Store().find_artifact(out["result"]["artifact"])
 
 
 def lit_logits(model_dir: Path) -> Any:
@@ -158,7 +157,13 @@ def test_peft_lora_adapter_merges_onto_its_base_like_peft_applies_it(cli, tmp_pa
         expected = peft_model(torch.tensor(IDS)).logits
 
     art = imported(cli, str(tmp_path / "adapter"), "--base", "base", "--name", "tuned")
-    assert art.kind == "model" and art.parents == [base.id]
+    [adapter] = artifacts("adapter")
+    # The lineage a LoRA finetune leaves: base → adapter → merged model.
+    assert art.kind == "model" and art.parents == [base.id, adapter.id] and adapter.parents == [base.id]
+    from workbench.ml.lora import read_adapter
+
+    settings, _, _ = read_adapter(adapter.path)  # the layout `finetune lora` writes and reads
+    assert settings.r == 4 and settings.targets == ("query", "key", "value", "mlp")
     assert art.metadata["adapter"]["r"] == 4 and art.metadata["source"]["format"] == "peft-lora"
     got, before = lit_logits(art.path), lit_logits(base.path)
     assert (got - before).abs().max().item() > 1e-2  # the adapter does change the model
@@ -189,7 +194,8 @@ def test_litgpt_lora_checkpoint_merges_like_litgpt_runs_it(cli, tmp_path):
     (out / "model_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(lora.config)))
 
     art = imported(cli, str(out), "--base", "base")
-    assert art.parents == [base.id] and art.metadata["source"]["format"] == "litgpt-lora"
+    [adapter] = artifacts("adapter")
+    assert art.parents == [base.id, adapter.id] and art.metadata["source"]["format"] == "litgpt-lora"
     got = lit_logits(art.path)
     assert (got - lit_logits(base.path)).abs().max().item() > 1e-2
     assert (got - expected).abs().max().item() <= 1e-4
