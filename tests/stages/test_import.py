@@ -99,6 +99,17 @@ def test_hf_directory_imports_with_transformers_logits(cli, hf_dir):
     assert (lit_logits(art.path) == got).all()
 
 
+def test_hf_directory_with_bin_weights_imports_through_the_weights_only_loader(cli, tmp_path):
+    src = make_tiny_model(tmp_path / "lit")
+    hf_dir = tmp_path / "hf-bin"
+    hf_dir.mkdir()
+    for name, data in hf_repo_files(src, weights="bin").items():
+        (hf_dir / name).write_bytes(data)
+    art = imported(cli, str(hf_dir))
+    assert art.metadata["weights_format"] == "bin"
+    assert (lit_logits(art.path) == lit_logits(src)).all()  # LitGPT → HF → LitGPT is exact
+
+
 def test_litgpt_checkpoint_imports_and_chats(cli, tmp_path):
     src = make_tiny_model(tmp_path / "lit-out")
     # As `litgpt finetune` leaves it: a pickled state dict, no safetensors, none of our metadata.
