@@ -96,9 +96,13 @@ def import_hf(source: Source, options: Options, ctx: Context) -> Artifact:
             "imported_from": str(root)}
     stored = str(config_json.get("torch_dtype") or config_json.get("dtype") or "float32")
     staged = _write_model(ctx, sd, config, root, meta, label)
-    for name, path in local.items():  # the licence travels with the weights
-        if any(fnmatch.fnmatchcase(name, p) for p in hf.DOC_PATTERNS):
-            shutil.copyfile(path, staged / name)
+    try:
+        for name, path in local.items():  # the licence travels with the weights
+            if any(fnmatch.fnmatchcase(name, p) for p in hf.DOC_PATTERNS):
+                shutil.copyfile(path, staged / name)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     return _register_dir(
         ctx, staged, "model", name=options.name or root.name,
         metadata={**_origin(source, files, "converted"), "family": family, "architecture": arch,
