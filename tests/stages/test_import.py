@@ -306,17 +306,28 @@ def evil_template_model(tmp_path: Path, marker: Path) -> Path:
     return src
 
 
-def test_a_malicious_chat_template_runs_nothing_on_import(cli, tmp_path):
-    marker = tmp_path / "template-ran"
-    imported(cli, str(evil_template_model(tmp_path, marker)), "--name", "evil")
+def import_evil(cli: Any, tmp_path: Path, marker: Path) -> Any:
+    """Import the hostile folder: stored inert, or refused in one line; either way nothing ran."""
+    r = cli("models", "import", str(evil_template_model(tmp_path, marker)), "--name", "evil", "--json")
     assert not marker.exists()
+    if r.returncode == 0:
+        from workbench.store import Store
+
+        return Store().find_artifact(json.loads(r.stdout)["result"]["artifact"])
+    assert r.returncode == 2 and "template" in r.stderr, r.stderr
+    return None
+
+
+def test_a_malicious_chat_template_runs_nothing_on_import(cli, tmp_path):
+    import_evil(cli, tmp_path, tmp_path / "template-ran")
 
 
 @pytest.mark.xfail(strict=False, reason="needs the template sandbox")
 def test_a_malicious_chat_template_of_an_imported_model_runs_nothing_in_chat(cli, tmp_path):
     marker = tmp_path / "template-ran"
-    art = imported(cli, str(evil_template_model(tmp_path, marker)), "--name", "evil")
-    cli("chat", art.id, *FAST, input="hello\n/exit\n")
+    art = import_evil(cli, tmp_path, marker)
+    if art is not None:
+        cli("chat", art.id, *FAST, input="hello\n/exit\n")
     assert not marker.exists()
 
 
