@@ -314,7 +314,7 @@ def import_evil(cli: Any, tmp_path: Path, marker: Path) -> Any:
         from workbench.store import Store
 
         return Store().find_artifact(json.loads(r.stdout)["result"]["artifact"])
-    assert r.returncode == 2 and "template" in r.stderr, r.stderr
+    assert r.returncode == 2 and "template" in r.stderr + r.stdout, r.stderr + r.stdout
     return None
 
 
