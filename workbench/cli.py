@@ -213,7 +213,7 @@ def cmd_stage(stage_name: str, args: argparse.Namespace) -> int:
         print_json(json_schema(stage_cls.Options, title=stage_name))
         return 0
     values: dict[str, Any] = load_config(args.config) if args.config else {}
-    reserved = {"command", "subcommand", "handler", "config", "detach", "schema", "json", "debug"}
+    reserved = {"command", "subcommand", "action", "handler", "config", "detach", "schema", "json", "debug"}
     values.update({k: v for k, v in vars(args).items() if k not in reserved})
     # Validate against an index that is only read, so bad input leaves the workspace untouched.
     runs.resolve_options(stage_name, values, _open_store(create=False))
@@ -388,6 +388,19 @@ def _configure_models(p: argparse.ArgumentParser, common: argparse.ArgumentParse
     rm.add_argument("--hf-cache", action="store_true",
                     help="Also delete the Hugging Face cache entry it came from (shared with other tools)")
     p.set_defaults(handler=cmd_models)
+    _configure_models_import(sub, common)
+
+
+def _configure_models_import(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`models import` is the `import` stage under the name users look for it by."""
+    from workbench import stages
+
+    info = next((i for i in stages.discover(stages.STAGE_GROUP) if i.name == "import"), None)
+    if info is None:
+        sub.add_parser("import", help="(unavailable: the import plugin is not installed)",
+                       add_help=False).set_defaults(handler=lambda a: _missing("models import"))
+        return
+    _add_stage_parser(sub, stages.load(info), "import", common)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -57,6 +57,8 @@ class ModelsScreen(WorkbenchScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("v", "toggle_view", "Details/Compare", tooltip="Switch between details and the evaluation comparison"),
         Binding("t", "chat", "Chat", tooltip="Chat with the highlighted model"),
+        Binding("i", "import_model", "Import…",
+                tooltip="Import a model from disk: a Hugging Face or LitGPT folder, a GGUF file or a LoRA adapter"),
         Binding("delete,x", "delete", "Delete", tooltip="Delete the highlighted artifact and its files"),
     ]
     app: WorkbenchApp
@@ -217,6 +219,14 @@ class ModelsScreen(WorkbenchScreen):
             self.notify("Choose a model or GGUF artifact to chat with.", severity="warning")
             return
         self.app.open_chat(art.id)
+
+    def action_import_model(self) -> None:
+        """The import stage's form (path, name, base); the run shows in the Runs view like any other."""
+        entry = next((e for e in self.app.catalog if e.name == "import"), None)
+        if entry is None or entry.info is None:
+            self.notify("The import stage is not installed.", severity="error")
+            return
+        self.app.open_stage("import")
 
     def action_delete(self) -> None:
         art = self.selected
