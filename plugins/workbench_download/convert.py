@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import UserError
+from workbench.families import HFConfig, by_name, for_architecture
 from workbench.prompts import PromptStyle, get_style
 
 if TYPE_CHECKING:
@@ -29,13 +30,6 @@ if TYPE_CHECKING:
     from workbench_download.fetch import Downloader
     from workbench_download.stage import Options
 
-#: Hugging Face architecture → (family, LitGPT copy function in litgpt.scripts.convert_hf_checkpoint)
-ARCHITECTURES = {
-    "LlamaForCausalLM": ("llama", "copy_weights_hf_llama"),
-    "MistralForCausalLM": ("mistral", "copy_weights_hf_llama"),
-    "Qwen2ForCausalLM": ("qwen2", "copy_weights_qwen_2_5"),
-    "Qwen3ForCausalLM": ("qwen3", "copy_weights_qwen_3"),
-}
 CONFIG_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
@@ -90,58 +84,27 @@ def weight_files(local: dict[str, Path]) -> tuple[str, list[str]]:
 def config_kwargs(hf: dict[str, Any], repo_id: str) -> tuple[dict[str, Any], str, str]:
     """(LitGPT Config fields, family, architecture) from a Hugging Face `config.json`.
 
-    Plain Python, so an unsupported model is refused before torch and LitGPT are even imported.
+    The family module maps the fields; any field that changes the math and was not read is
+    refused by name. Plain Python, so an unsupported model is refused before torch and LitGPT
+    are even imported.
     """
-    arch = (hf.get("architectures") or [hf.get("model_type", "unknown")])[0]
-    if arch not in ARCHITECTURES:
-        supported = ", ".join(ARCHITECTURES)
-        raise UserError(
-            f"{repo_id} is a {arch} model, which workbench cannot convert to a LitGPT checkpoint "
-            f"(supported: {supported}); code in the repository is never run. For chat, look for a GGUF "
-            "version of the model and download it with --gguf-file"
-        )
-    family = ARCHITECTURES[arch][0]
-    if hf.get("hidden_act", "silu") != "silu":
-        raise UserError(f"{repo_id}: hidden_act '{hf['hidden_act']}' is not the SiLU a {arch} needs in LitGPT")
-    if family in ("llama", "mistral", "qwen3") and (hf.get("attention_bias") or hf.get("mlp_bias")):
-        raise UserError(f"{repo_id}: {arch} with attention or MLP biases has no LitGPT conversion")
-    missing = [k for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
-                           "intermediate_size") if k not in hf]
-    if missing:
-        raise UserError(f"config.json of {repo_id} lacks {', '.join(missing)}, which a {arch} needs")
-    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    vocab = hf["vocab_size"]
+    cfg = HFConfig(hf, repo_id)
+    family = for_architecture(cfg.architecture, repo_id)
+    fields = family.litgpt_fields(cfg)
+    cfg.get("tie_word_embeddings", family.tie_default)  # applied to the weights in convert_weights
+    unread = cfg.unread_math()
+    if unread:
+        raise cfg.refuse(f"config.json sets {', '.join(unread)}, which the {family.name} family does not read")
     owner, _, name = repo_id.rpartition("/")
-    kwargs: dict[str, Any] = dict(
-        # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name.
-        name=name.replace("Gemma", "gemma"),
-        hf_config={"org": owner, "name": name},
-        block_size=hf.get("max_position_embeddings", 4096),
-        n_layer=hf["num_hidden_layers"],
-        n_embd=n_embd,
-        n_head=n_head,
-        n_query_groups=hf.get("num_key_value_heads") or n_head,
-        head_size=hf.get("head_dim") or n_embd // n_head,
-        vocab_size=vocab,
-        padded_vocab_size=vocab,  # the embedding's rows, which is what HF's vocab_size counts
-        intermediate_size=hf["intermediate_size"],
-        rotary_percentage=1.0,
-        parallel_residual=False,
-        bias=False,
-        attn_bias=family == "qwen2",
-        norm_qk=family == "qwen3",
-        norm_class_name="RMSNorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        mlp_class_name="LLaMAMLP",
-        rope_base=_number(hf.get("rope_theta", 10000)),
-    )
-    window = hf.get("sliding_window")
-    if window and (family == "mistral" or hf.get("use_sliding_window")):
-        if family != "mistral":
-            raise UserError(f"{repo_id}: sliding-window attention on some layers only has no LitGPT conversion")
-        kwargs["sliding_window_size"] = window
-    kwargs.update(_rope_scaling(hf.get("rope_scaling"), repo_id))
-    return kwargs, family, arch
+    # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name.
+    kwargs = {"name": name.replace("Gemma", "gemma"), "hf_config": {"org": owner, "name": name}, **fields}
+    return kwargs, family.name, cfg.architecture
+
+
+def tied_embeddings(hf: dict[str, Any], family: str) -> bool:
+    """Whether the output layer is the embedding (transformers' default for the family when unset)."""
+    value = hf.get("tie_word_embeddings")
+    return by_name(family).tie_default if value is None else bool(value)
 
 
 def litgpt_config(hf: dict[str, Any], repo_id: str) -> tuple[Config, str, str]:
@@ -153,31 +116,6 @@ def litgpt_config(hf: dict[str, Any], repo_id: str) -> tuple[Config, str, str]:
         return Config(**kwargs), family, arch
     except (AssertionError, ValueError, TypeError) as exc:
         raise UserError(f"config.json of {repo_id} describes no valid {arch}: {exc or type(exc).__name__}") from None
-
-
-def _rope_scaling(scaling: dict[str, Any] | None, repo_id: str) -> dict[str, Any]:
-    if not scaling:
-        return {}
-    kind = scaling.get("rope_type") or scaling.get("type") or "default"
-    original = scaling.get("original_max_position_embeddings")
-    if kind == "default":
-        return {}
-    if kind == "llama3":
-        return {"rope_adjustments": {
-            "factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
-            "high_freq_factor": scaling["high_freq_factor"], "original_max_seq_len": original}}
-    if kind == "yarn":
-        adj = {"factor": scaling["factor"], "beta_fast": scaling.get("beta_fast", 32.0),
-               "beta_slow": scaling.get("beta_slow", 1.0), "original_max_seq_len": original}
-        adj.update({k: scaling[k] for k in ("mscale", "mscale_all_dim") if k in scaling})
-        return {"rope_adjustments": adj}
-    if kind == "linear" and float(scaling["factor"]).is_integer():
-        return {"rope_condense_ratio": int(scaling["factor"])}
-    raise UserError(f"{repo_id}: rope scaling '{kind}' {scaling} has no LitGPT equivalent")
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
 
 
 # weights --------------------------------------------------------------------------------------
@@ -218,16 +156,21 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def convert_weights(config: Config, family: str, arch: str, files: list[Path], dtype: torch.dtype | None,
-                    ctx: Context) -> dict[str, torch.Tensor]:
-    """Rename and fuse every tensor with LitGPT's copy function for this architecture."""
+                    ctx: Context, *, tied: bool = False) -> dict[str, torch.Tensor]:
+    """Rename and fuse every tensor with LitGPT's copy function for this family.
+
+    `tied`: the output layer is the embedding, as transformers ties it, whatever the files hold.
+    """
     from litgpt.scripts import convert_hf_checkpoint as lit
 
-    copy = getattr(lit, ARCHITECTURES[arch][1])
+    copy = getattr(lit, by_name(family).copy_weights)
     qkv: dict[int, Any] = {}
     sd: dict[str, torch.Tensor] = {}
+    has_head = False
     for i, path in enumerate(files):
         ctx.check_cancelled()
         hf_weights = load_weights(path)
+        has_head = has_head or "lm_head.weight" in hf_weights
         try:
             copy(config, qkv, sd, hf_weights, dtype=dtype)
         except KeyError as exc:
@@ -238,6 +181,11 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
     if leftover:
         raise UserError(f"query/key/value weights are incomplete for {', '.join(leftover[:3])}; "
                         "a weights shard is missing")
+    if tied and "transformer.wte.weight" in sd:
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    elif not tied and not has_head:
+        # LitGPT's copy functions would tie silently; transformers would start from random weights.
+        raise UserError("config.json says tie_word_embeddings=false but the weights have no lm_head.weight")
     return sd
 
 
@@ -327,7 +275,8 @@ def convert_repository(dl: Downloader, options: Options, ctx: Context) -> Artifa
     config, family, arch = litgpt_config(hf, dl.repo_id)
     ctx.log(f"converting {len(shards)} {fmt} file(s) of a {arch} to a LitGPT checkpoint")
     dtype = getattr(torch, options.dtype) if options.dtype else None
-    sd = convert_weights(config, family, arch, [dl.local[s] for s in shards], dtype, ctx)
+    sd = convert_weights(config, family, arch, [dl.local[s] for s in shards], dtype, ctx,
+                         tied=tied_embeddings(hf, family))
     n_params = check_fits(config, sd, dl.repo_id)
 
     from workbench.ml.checkpoint import save_model_dir

@@ -71,6 +71,32 @@ def test_config_from_config_json_matches_litgpts_own(repo_id):
     assert diff == {}
 
 
+def current_layout(hf: dict) -> dict:
+    """config.json as transformers 5 writes it: rope_theta and rope scaling inside rope_parameters."""
+    out = {k: v for k, v in hf.items() if k not in ("rope_theta", "rope_scaling")}
+    out["rope_parameters"] = {"rope_type": "default", **(hf.get("rope_scaling") or {}), "rope_theta": hf["rope_theta"]}
+    return out
+
+
+@pytest.mark.parametrize("repo_id", sorted(REAL_CONFIGS))
+def test_both_config_layouts_give_the_same_litgpt_config(repo_id):
+    from workbench_download.convert import config_kwargs
+
+    hf = REAL_CONFIGS[repo_id][1]
+    assert config_kwargs(current_layout(hf), repo_id) == config_kwargs(hf, repo_id)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("attn_logit_softcapping", 50.0), ("partial_rotary_factor", 0.5), ("layer_types", ["sliding_attention"] * 16),
+    ("quantization_config", {"quant_method": "bitsandbytes"}),
+])
+def test_fields_that_change_the_math_are_refused_by_name(key, value):
+    from workbench_download.convert import config_kwargs
+
+    with pytest.raises(UserError, match=key):
+        config_kwargs({**REAL_CONFIGS["meta-llama/Llama-3.2-1B"][1], key: value}, "meta-llama/Llama-3.2-1B")
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
 def test_hf_weights_convert_back_to_the_exact_litgpt_model(model_type, tmp_path):
     from workbench_download.convert import check_fits, convert_weights, litgpt_config
@@ -141,7 +167,7 @@ def test_default_selection_prefers_safetensors_and_skips_code():
 @pytest.mark.parametrize(("change", "message"), [
     ({"architectures": ["GPT2LMHeadModel"]}, "GPT2LMHeadModel model, which workbench cannot convert"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-    ({"attention_bias": True}, "biases"),
+    ({"attention_bias": True}, "attention_bias True"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling 'dynamic'"),
     ({"num_attention_heads": 5}, "describes no valid"),
 ])
