@@ -106,7 +106,7 @@ class Family:
 
 
 # Module names under workbench.families, in the order export tries them.
-_MODULES = ("llama", "qwen2", "qwen3", "mistral")
+_MODULES = ("llama", "qwen2", "qwen3", "mistral", "olmo2")
 
 
 def all_families() -> list[Family]:
