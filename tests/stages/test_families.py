@@ -217,3 +217,31 @@ def test_export_refuses_what_llama_cpp_computes_differently(fields, named):
               "parallel_residual": False, "bias": False, "rotary_percentage": 1.0, **fields}
     with pytest.raises(Exception, match=f"uses {named}, which llama.cpp"):
         family_for(config)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "mistral", "olmo2"])
+def test_finetune_dpo_and_eval_run_on_a_downloaded_checkpoint(family, hub_families, env):
+    """A few steps of each on the real downloaded checkpoint: the stages take the family as it is."""
+    import shutil
+
+    from tests.stages.test_dpo import pref_row, register_dataset
+    from tests.stages.test_finetune_lora import base_options, demo_instructions
+    from workbench.context import Context
+    from workbench.store import Store
+    from workbench.testing import run_inline
+
+    art = download(f"fam/{family}", env)
+    ctx = Context(Store())  # this test's own workspace
+    staged = ctx.staging_dir("model")
+    shutil.rmtree(staged)
+    shutil.copytree(art["path"], staged)
+    model = ctx.register("model", staged, name=f"fam-{family}", metadata=art["metadata"]).id
+
+    sft = demo_instructions.__wrapped__()
+    lora = run_inline("finetune.lora", base_options(model, sft, max_steps=2, batch_size=2))
+    assert lora.metrics("loss") and all(math.isfinite(v) for v in lora.metrics("loss"))
+    prefs = register_dataset([pref_row(n) for n in ("fox", "dog", "cat", "bird")], [pref_row("tree")])
+    dpo = run_inline("dpo", {"model": model, "dataset": prefs, "max_steps": 1, "batch_size": 2})
+    assert dpo.metrics("loss") and math.isfinite(dpo.metrics("loss")[0])
+    evaluated = run_inline("eval", {"models": [model], "preferences": prefs, "tasks": ["preference"]})
+    assert model in evaluated.result["metrics"]
