@@ -265,46 +265,84 @@ def convert_repository(dl: Downloader, options: Options, ctx: Context) -> Artifa
     # model.safetensors + lit_model.pth: the weights twice, in the dtype kept.
     dl.preflight(small + weights, int(2 * weight_bytes * ratio), "conversion")
     dl.fetch(weights)
-    fmt, shards = weight_files(dl.local)
-    if not shards:
+    if not weight_files(dl.local)[1]:
         raise UserError(f"no weights to convert among the downloaded files of {dl.repo_id}")
     files = dl.verify(sorted(dl.local))
+    return convert_local(
+        dl.local, ctx, source=dl.repo_id, tokenizer_dir=dl.snapshot_dir, name=options.name or dl.repo_id,
+        dtype=options.dtype, metadata=dl.source_metadata(files),
+        meta={"hf_repo_id": dl.repo_id, "hf_revision": dl.listing.commit},
+        note=f"{dl.repo_id}@{dl.listing.commit[:12]}",
+    )
+
+
+def convert_directory(hf_dir: Path, ctx: Context, *, name: str | None = None, dtype: str | None = None,
+                      metadata: dict[str, Any] | None = None) -> Artifact:
+    """Convert a local Hugging Face model directory (config.json, tokenizer, weights) and register it.
+
+    The same conversion as a download, for a directory saved by `save_pretrained` or copied from
+    a Hub snapshot. Code in the directory is never imported.
+    """
+    hf_dir = Path(hf_dir)
+    local = {p.name: p for p in sorted(hf_dir.iterdir()) if p.is_file()}
+    if "config.json" not in local:
+        raise UserError(f"{hf_dir} has no config.json, so its architecture is unknown")
+    config_kwargs(json.loads(local["config.json"].read_text()), str(hf_dir))
+    if not any(t in local for t in ("tokenizer.json", "tokenizer.model")):
+        raise UserError(f"{hf_dir} has no tokenizer.json or tokenizer.model; LitGPT needs one of them")
+    return convert_local(local, ctx, source=str(hf_dir), tokenizer_dir=hf_dir, name=name or hf_dir.name,
+                         dtype=dtype, metadata={"source_dir": str(hf_dir), **(metadata or {})})
+
+
+def convert_local(local: dict[str, Path], ctx: Context, *, source: str, tokenizer_dir: Path, name: str,
+                  dtype: str | None = None, metadata: dict[str, Any] | None = None,
+                  meta: dict[str, Any] | None = None, note: str | None = None) -> Artifact:
+    """Convert files already on disk (repository path → local path) and register a `model` artifact.
+
+    `source` names the model in messages; `metadata` goes to the artifact, `meta` to the
+    checkpoint's workbench.json.
+    """
+    fmt, shards = weight_files(local)
+    if not shards:
+        raise UserError(f"no weights to convert among the files of {source}")
+    hf = json.loads(local["config.json"].read_text())
+    stored = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
 
     import torch
 
-    config, family, arch = litgpt_config(hf, dl.repo_id)
+    config, family, arch = litgpt_config(hf, source)
     ctx.log(f"converting {len(shards)} {fmt} file(s) of a {arch} to a LitGPT checkpoint")
-    dtype = getattr(torch, options.dtype) if options.dtype else None
-    sd = convert_weights(config, family, arch, [dl.local[s] for s in shards], dtype, ctx,
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    sd = convert_weights(config, family, arch, [local[s] for s in shards], torch_dtype, ctx,
                          tied=tied_embeddings(hf, family))
-    n_params = check_fits(config, sd, dl.repo_id)
+    n_params = check_fits(config, sd, source)
 
     from workbench.ml.checkpoint import save_model_dir
 
-    style, eos = prompt_style(dl.local, ctx)
+    style, eos = prompt_style(local, ctx)
     staged = ctx.staging_dir("model")
-    meta = {"prompt_style": style.to_json(), "family": family, "eos_token": eos,
-            "hf_repo_id": dl.repo_id, "hf_revision": dl.listing.commit, "architecture": arch}
+    ckpt_meta = {"prompt_style": style.to_json(), "family": family, "eos_token": eos, **(meta or {}),
+                 "architecture": arch}
     # The tokenizer files are copied out of the cache (symlinks followed): the checkpoint must
     # outlive a cleared Hugging Face cache.
     try:
-        save_model_dir(staged, sd, config, tokenizer_dir=dl.snapshot_dir, meta=meta)
+        save_model_dir(staged, sd, config, tokenizer_dir=tokenizer_dir, meta=ckpt_meta)
         del sd
-        _check_tokenizer(staged, dl.repo_id)
-        for path, local in dl.local.items():
+        _check_tokenizer(staged, source)
+        for path, file in local.items():
             if "/" not in path and any(fnmatch.fnmatchcase(path, p) for p in DOC_PATTERNS):
-                shutil.copyfile(local, staged / path)  # the licence travels with the weights
+                shutil.copyfile(file, staged / path)  # the licence travels with the weights
         art = ctx.register(
-            "model", staged, name=options.name or dl.repo_id,
-            metadata={**dl.source_metadata(files), "family": family, "architecture": arch,
-                      "weights_format": fmt, "dtype": options.dtype or stored, "params": n_params,
+            "model", staged, name=name,
+            metadata={**(metadata or {}), "family": family, "architecture": arch,
+                      "weights_format": fmt, "dtype": dtype or stored, "params": n_params,
                       "prompt_style": style.name},
             metrics={"params": n_params},
         )
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)  # never leave half a checkpoint behind
         raise
-    ctx.log(f"registered model {art.id} ({n_params:,} parameters) from {dl.repo_id}@{dl.listing.commit[:12]}")
+    ctx.log(f"registered model {art.id} ({n_params:,} parameters) from {note or source}")
     return art
 
 

@@ -106,6 +106,7 @@ def hub_families(tmp_path_factory: pytest.TempPathFactory):
             server.add_repo("fam/qwen3-sliding", {**files, "config.json": json.dumps(sliding).encode()})
     ids = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
     probe = sorted(ids.values())[40:40 + N_IDS]  # ordinary tokens, no specials
+    server.saved = {family: base / family for family in FAMILIES}  # type: ignore[attr-defined]
     yield server, models, probe
     server.stop()
 
@@ -151,6 +152,26 @@ def test_download_gives_transformers_logits(family, layout, hub_families, env):
     got = litgpt_logits(Path(art["path"]), probe)
     assert np.abs(expected).max() > 1.0  # logits large enough for the tolerance to mean something
     assert np.abs(got - expected).max() <= TOL
+
+
+def test_a_local_directory_converts_as_a_download_does(hub_families, tmp_path):
+    """`convert_directory`: a save_pretrained folder with the tokenizer beside it, no Hub involved."""
+    import shutil
+
+    import numpy as np
+    from workbench_download.convert import convert_directory
+
+    from workbench.context import Context
+    from workbench.store import Store
+
+    server, models, probe = hub_families
+    folder = shutil.copytree(server.saved["llama"], tmp_path / "Llama-local")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(server.saved["llama"].parent / "tokenizer" / name, folder / name)
+    art = convert_directory(folder, Context(Store()))
+    assert art.metadata["family"] == "llama" and art.name == "Llama-local"
+    got = litgpt_logits(art.path, probe)
+    assert np.abs(got - reference_logits(models["llama"], probe)).max() <= TOL
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -219,7 +240,7 @@ def test_export_refuses_what_llama_cpp_computes_differently(fields, named):
         family_for(config)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "mistral", "olmo2"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_finetune_dpo_and_eval_run_on_a_downloaded_checkpoint(family, hub_families, env):
     """A few steps of each on the real downloaded checkpoint: the stages take the family as it is."""
     import shutil
