@@ -1,10 +1,10 @@
 """Hugging Face checkpoint → LitGPT checkpoint, with LitGPT's own weight-copy functions.
 
 LitGPT's `convert_hf_checkpoint` only knows models in its name list, so the `Config` is built
-from the repository's `config.json` here; the tensors are then renamed and fused exactly as
-LitGPT's converter does it (`copy_weights_hf_llama`, `copy_weights_qwen_2_5`,
-`copy_weights_qwen_3`). Safetensors are read with safetensors; `.bin` files only with
-`torch.load(weights_only=True)`. Code shipped in a repository is never imported.
+from the repository's `config.json` by the model's family module (`workbench.families`), which
+also names the LitGPT function that renames and fuses the tensors. Safetensors are read with
+safetensors; `.bin` files only with `torch.load(weights_only=True)`. Code shipped in a repository
+is never imported. `convert_repository` works on a download, `convert_directory` on a local folder.
 """
 
 from __future__ import annotations

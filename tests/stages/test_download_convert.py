@@ -50,6 +50,12 @@ REAL_CONFIGS = {
         "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
         "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False, "vocab_size": 32000,
     }),
+    "allenai/OLMo-2-1124-7B": ("OLMo-2-1124-7B", {
+        "architectures": ["Olmo2ForCausalLM"], "attention_bias": False, "hidden_act": "silu", "hidden_size": 4096,
+        "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "olmo2",
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 500000, "tie_word_embeddings": False, "vocab_size": 100352,
+    }),
 }
 # Fields that legitimately differ: the name, the Hub reference, and LitGPT's vocab_size (the
 # tokenizer's count; ours is the embedding's rows, which padded_vocab_size agrees on).
