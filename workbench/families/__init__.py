@@ -104,6 +104,15 @@ class Family:
             bad.append("rope_adjustments")
         return bad
 
+    def distinguishing_matches(self, config: Mapping[str, Any]) -> int:
+        """How many of the fields where this family differs from a plain Llama the config shares."""
+        count = 0
+        for key, want in self.structure.items():
+            value = config.get(key, PLAIN.get(key))
+            if value != PLAIN.get(key) and (want(value) if callable(want) else value == want):
+                count += 1
+        return count
+
 
 # Module names under workbench.families, in the order export tries them.
 _MODULES = ("llama", "qwen2", "qwen3", "mistral", "olmo2")
@@ -148,9 +157,10 @@ def for_litgpt(config: Mapping[str, Any], where: str = "model_config.yaml") -> F
             f"{where}: '{name}' is a {kind} model ({config.get('mlp_class_name')}, {config.get('norm_class_name')}); "
             f"GGUF export supports {supported}"
         )
-    scored = sorted(((f.structure_mismatches(config), i, f) for i, f in enumerate(exportable)),
-                    key=lambda t: (len(t[0]), t[1]))
-    bad, _, closest = scored[0]
+    # The closest family: fewest differences, then most of its own distinguishing fields present.
+    scored = sorted(((f.structure_mismatches(config), -f.distinguishing_matches(config), i, f)
+                     for i, f in enumerate(exportable)), key=lambda t: (len(t[0]), t[1], t[2]))
+    bad, _, _, closest = scored[0]
     if not bad:
         return closest
     raise UserError(
