@@ -44,6 +44,14 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# The model's own chat template, unlike the ChatML workbench falls back to, so its use shows.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} ({{ family }})\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant ({{ family }})\n{% endif %}"
+)
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
+
+
 def previous_layout(config: dict[str, Any]) -> dict[str, Any]:
     """config.json as transformers 4 wrote it: rope_theta and rope_scaling at the top level."""
     out = dict(config)
@@ -95,6 +103,12 @@ def hub_families(tmp_path_factory: pytest.TempPathFactory):
         model.save_pretrained(saved)
         files: dict[str, bytes | Path] = {p.name: p for p in saved.iterdir() if p.is_file()}
         files.update({p.name: p for p in tok_dir.iterdir()})
+        tok_config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+        template = CHAT_TEMPLATE.replace("{{ family }}", family)
+        files["tokenizer_config.json"] = json.dumps({**tok_config, "chat_template": template}).encode()
+        (saved / "tokenizer_config.json").write_bytes(files["tokenizer_config.json"])  # type: ignore[arg-type]
+        for name in ("tokenizer.json", "generation_config.json"):
+            (saved / name).write_bytes((tok_dir / name).read_bytes())
         config = json.loads((saved / "config.json").read_text())
         assert "rope_parameters" in config and "rope_theta" not in config  # the current layout
         server.add_repo(f"fam/{family}", files)
@@ -132,6 +146,12 @@ def download(repo: str, env: dict[str, str]) -> dict[str, Any]:
     return _downloaded[repo]
 
 
+def reference_chat(family: str, saved: Path) -> str:
+    """The prompt transformers' own tokenizer renders for CHAT from the repository's files."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(saved)
+    return tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+
+
 def litgpt_logits(model_dir: Path, ids: list[int]) -> Any:
     from workbench.ml.checkpoint import load_model
 
@@ -153,6 +173,11 @@ def test_download_gives_transformers_logits(family, layout, hub_families, env):
     assert np.abs(expected).max() > 1.0  # logits large enough for the tolerance to mean something
     assert np.abs(got - expected).max() <= TOL
 
+    from workbench.prompts import style_for_model
+
+    server = hub_families[0]
+    assert style_for_model(Path(art["path"])).render(CHAT) == reference_chat(family, server.saved[family])
+
 
 def test_a_local_directory_converts_as_a_download_does(hub_families, tmp_path):
     """`convert_directory`: a save_pretrained folder with the tokenizer beside it, no Hub involved."""
@@ -166,8 +191,6 @@ def test_a_local_directory_converts_as_a_download_does(hub_families, tmp_path):
 
     server, models, probe = hub_families
     folder = shutil.copytree(server.saved["llama"], tmp_path / "Llama-local")
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(server.saved["llama"].parent / "tokenizer" / name, folder / name)
     art = convert_directory(folder, Context(Store()))
     assert art.metadata["family"] == "llama" and art.name == "Llama-local"
     got = litgpt_logits(art.path, probe)
@@ -191,6 +214,11 @@ def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     context = int(reader.fields[f"{arch}.context_length"].parts[-1][0])
     assert context == (WINDOW if family == "mistral" else SIZES["max_position_embeddings"])
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = bytes(reader.fields["tokenizer.chat_template"].parts[-1]).decode()
+    prompt = Jinja2ChatFormatter(template, eos_token="<|endoftext|>", bos_token="<|endoftext|>")(messages=CHAT).prompt
+    assert prompt == reference_chat(family, hub_families[0].saved[family])
 
     ids = probe[:WINDOW - N_GREEDY]  # within Mistral's window, the context its GGUF declares
     expected = reference_logits(models[family], ids)

@@ -13,10 +13,16 @@ A family module defines one `Family` (see its fields below) and is listed in `_M
   `cfg.rope()` reads RoPE in either config layout (top-level `rope_theta`/`rope_scaling`, or
   `rope_parameters` as transformers 5 writes it);
 - `copy_weights`: the weight-copy function in `litgpt.scripts.convert_hf_checkpoint`;
+- `tie_default`: transformers' `tie_word_embeddings` default for the family's config class;
 - `structure`: the values of LitGPT's structural config fields that identify the family at export
   (fields not named must have their plain Llama value, see `PLAIN`); a callable value is a test;
-- `gguf_arch`, `rope_neox`, `qkv_bias`, `layer_tensors`, `context_limit`: how llama.cpp names
-  and runs it (Q/K rows are permuted per head unless llama.cpp uses NEOX rope for the arch).
+- `gguf_arch`, `rope_neox`, `qkv_bias`, `layer_tensors`, `rope_ok`, `context_limit`: how
+  llama.cpp names and runs it (Q/K rows are permuted per head unless llama.cpp uses NEOX rope for
+  the arch; `rope_ok` accepts the LitGPT rope adjustments it reproduces; `context_limit` caps
+  the GGUF's context where llama.cpp's math would differ beyond it).
+
+Download asks `for_architecture(arch, source)`, export `for_litgpt(model_config)`; both raise a
+UserError naming what is unsupported and what is.
 
 Light at import time (no torch, numpy or LitGPT): the CLI refuses unsupported models before any
 heavy import.
@@ -32,7 +38,8 @@ from typing import Any
 from workbench.errors import UserError
 from workbench.families.hfconfig import HFConfig
 
-__all__ = ["PLAIN", "Family", "HFConfig", "all_families", "by_name", "for_architecture", "for_litgpt"]
+__all__ = ["LLAMA_TENSORS", "PLAIN", "Family", "HFConfig", "all_families", "by_name", "for_architecture",
+           "for_litgpt", "llama3_rope_only", "supported_text"]
 
 # LitGPT structural config fields with the value a plain Llama has. Export accepts a field with
 # another value only when the family's `structure` names it.
@@ -41,8 +48,8 @@ PLAIN: dict[str, Any] = {
     "shared_attention_norm": False, "bias": False, "attn_bias": False, "lm_head_bias": False,
     "norm_qk": False, "norm_qk_type": "default", "post_attention_norm": False, "post_mlp_norm": False,
     "norm_1": True, "norm_2": True, "scale_embeddings": False, "n_expert": 0,
-    "sliding_window_size": None, "sliding_window_indices": None, "latent_attention": None, "attention_logit_softcapping": None,
-    "final_logit_softcapping": None, "attention_scores_scalar": None, "rope_local_base_freq": None,
+    "sliding_window_size": None, "sliding_window_indices": None, "latent_attention": None,
+    "attention_logit_softcapping": None, "final_logit_softcapping": None, "attention_scores_scalar": None, "rope_local_base_freq": None,
     "rope_interleave": False, "rotary_percentage": 1.0,
 }
 
