@@ -294,3 +294,19 @@ def test_finetune_dpo_and_eval_run_on_a_downloaded_checkpoint(family, hub_famili
     assert dpo.metrics("loss") and math.isfinite(dpo.metrics("loss")[0])
     evaluated = run_inline("eval", {"models": [model], "preferences": prefs, "tasks": ["preference"]})
     assert model in evaluated.result["metrics"]
+
+
+@pytest.mark.parametrize(("litgpt_name", "family", "context"), [
+    ("Llama-3.2-1B", "llama", 131072), ("SmolLM2-135M", "llama", 8192), ("Qwen2.5-0.5B", "qwen2", 32768),
+    ("Qwen3-0.6B", "qwen3", 40960), ("Mistral-7B-v0.1", "mistral", 4096), ("OLMo-2-1124-7B", "olmo2", 4096),
+])
+def test_litgpts_own_configs_export_as_their_family(litgpt_name, family, context):
+    """LitGPT's table entries (as a finetuned or pretrained model would carry them) find their family."""
+    import dataclasses
+
+    from litgpt import Config
+    from workbench_export.families import family_for, shape_of
+
+    config = dataclasses.asdict(Config.from_name(litgpt_name))
+    assert family_for(config).name == family
+    assert shape_of(config).context_length == min(context, config["block_size"])
