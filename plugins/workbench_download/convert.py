@@ -1,10 +1,10 @@
 """Hugging Face checkpoint → LitGPT checkpoint, with LitGPT's own weight-copy functions.
 
 LitGPT's `convert_hf_checkpoint` only knows models in its name list, so the `Config` is built
-from the repository's `config.json` here; the tensors are then renamed and fused exactly as
-LitGPT's converter does it (`copy_weights_hf_llama`, `copy_weights_qwen_2_5`,
-`copy_weights_qwen_3`). Safetensors are read with safetensors; `.bin` files only with
-`torch.load(weights_only=True)`. Code shipped in a repository is never imported.
+from the repository's `config.json` by the model's family module (`workbench.families`), which
+also names the LitGPT function that renames and fuses the tensors. Safetensors are read with
+safetensors; `.bin` files only with `torch.load(weights_only=True)`. Code shipped in a repository
+is never imported. `convert_repository` works on a download, `convert_directory` on a local folder.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import UserError
+from workbench.families import HFConfig, by_name, for_architecture
 from workbench.prompts import PromptStyle, find_chat_template, get_style
 
 if TYPE_CHECKING:
@@ -29,13 +30,6 @@ if TYPE_CHECKING:
     from workbench_download.fetch import Downloader
     from workbench_download.stage import Options
 
-#: Hugging Face architecture → (family, LitGPT copy function in litgpt.scripts.convert_hf_checkpoint)
-ARCHITECTURES = {
-    "LlamaForCausalLM": ("llama", "copy_weights_hf_llama"),
-    "MistralForCausalLM": ("mistral", "copy_weights_hf_llama"),
-    "Qwen2ForCausalLM": ("qwen2", "copy_weights_qwen_2_5"),
-    "Qwen3ForCausalLM": ("qwen3", "copy_weights_qwen_3"),
-}
 CONFIG_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
@@ -90,58 +84,27 @@ def weight_files(local: dict[str, Path]) -> tuple[str, list[str]]:
 def config_kwargs(hf: dict[str, Any], repo_id: str) -> tuple[dict[str, Any], str, str]:
     """(LitGPT Config fields, family, architecture) from a Hugging Face `config.json`.
 
-    Plain Python, so an unsupported model is refused before torch and LitGPT are even imported.
+    The family module maps the fields; any field that changes the math and was not read is
+    refused by name. Plain Python, so an unsupported model is refused before torch and LitGPT
+    are even imported.
     """
-    arch = (hf.get("architectures") or [hf.get("model_type", "unknown")])[0]
-    if arch not in ARCHITECTURES:
-        supported = ", ".join(ARCHITECTURES)
-        raise UserError(
-            f"{repo_id} is a {arch} model, which workbench cannot convert to a LitGPT checkpoint "
-            f"(supported: {supported}); code in the repository is never run. For chat, look for a GGUF "
-            "version of the model and download it with --gguf-file"
-        )
-    family = ARCHITECTURES[arch][0]
-    if hf.get("hidden_act", "silu") != "silu":
-        raise UserError(f"{repo_id}: hidden_act '{hf['hidden_act']}' is not the SiLU a {arch} needs in LitGPT")
-    if family in ("llama", "mistral", "qwen3") and (hf.get("attention_bias") or hf.get("mlp_bias")):
-        raise UserError(f"{repo_id}: {arch} with attention or MLP biases has no LitGPT conversion")
-    missing = [k for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
-                           "intermediate_size") if k not in hf]
-    if missing:
-        raise UserError(f"config.json of {repo_id} lacks {', '.join(missing)}, which a {arch} needs")
-    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    vocab = hf["vocab_size"]
+    cfg = HFConfig(hf, repo_id)
+    family = for_architecture(cfg.architecture, repo_id)
+    fields = family.litgpt_fields(cfg)
+    cfg.get("tie_word_embeddings", family.tie_default)  # applied to the weights in convert_weights
+    unread = cfg.unread_math()
+    if unread:
+        raise cfg.refuse(f"config.json sets {', '.join(unread)}, which the {family.name} family does not read")
     owner, _, name = repo_id.rpartition("/")
-    kwargs: dict[str, Any] = dict(
-        # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name.
-        name=name.replace("Gemma", "gemma"),
-        hf_config={"org": owner, "name": name},
-        block_size=hf.get("max_position_embeddings", 4096),
-        n_layer=hf["num_hidden_layers"],
-        n_embd=n_embd,
-        n_head=n_head,
-        n_query_groups=hf.get("num_key_value_heads") or n_head,
-        head_size=hf.get("head_dim") or n_embd // n_head,
-        vocab_size=vocab,
-        padded_vocab_size=vocab,  # the embedding's rows, which is what HF's vocab_size counts
-        intermediate_size=hf["intermediate_size"],
-        rotary_percentage=1.0,
-        parallel_residual=False,
-        bias=False,
-        attn_bias=family == "qwen2",
-        norm_qk=family == "qwen3",
-        norm_class_name="RMSNorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        mlp_class_name="LLaMAMLP",
-        rope_base=_number(hf.get("rope_theta", 10000)),
-    )
-    window = hf.get("sliding_window")
-    if window and (family == "mistral" or hf.get("use_sliding_window")):
-        if family != "mistral":
-            raise UserError(f"{repo_id}: sliding-window attention on some layers only has no LitGPT conversion")
-        kwargs["sliding_window_size"] = window
-    kwargs.update(_rope_scaling(hf.get("rope_scaling"), repo_id))
-    return kwargs, family, arch
+    # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name.
+    kwargs = {"name": name.replace("Gemma", "gemma"), "hf_config": {"org": owner, "name": name}, **fields}
+    return kwargs, family.name, cfg.architecture
+
+
+def tied_embeddings(hf: dict[str, Any], family: str) -> bool:
+    """Whether the output layer is the embedding (transformers' default for the family when unset)."""
+    value = hf.get("tie_word_embeddings")
+    return by_name(family).tie_default if value is None else bool(value)
 
 
 def litgpt_config(hf: dict[str, Any], repo_id: str) -> tuple[Config, str, str]:
@@ -153,31 +116,6 @@ def litgpt_config(hf: dict[str, Any], repo_id: str) -> tuple[Config, str, str]:
         return Config(**kwargs), family, arch
     except (AssertionError, ValueError, TypeError) as exc:
         raise UserError(f"config.json of {repo_id} describes no valid {arch}: {exc or type(exc).__name__}") from None
-
-
-def _rope_scaling(scaling: dict[str, Any] | None, repo_id: str) -> dict[str, Any]:
-    if not scaling:
-        return {}
-    kind = scaling.get("rope_type") or scaling.get("type") or "default"
-    original = scaling.get("original_max_position_embeddings")
-    if kind == "default":
-        return {}
-    if kind == "llama3":
-        return {"rope_adjustments": {
-            "factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
-            "high_freq_factor": scaling["high_freq_factor"], "original_max_seq_len": original}}
-    if kind == "yarn":
-        adj = {"factor": scaling["factor"], "beta_fast": scaling.get("beta_fast", 32.0),
-               "beta_slow": scaling.get("beta_slow", 1.0), "original_max_seq_len": original}
-        adj.update({k: scaling[k] for k in ("mscale", "mscale_all_dim") if k in scaling})
-        return {"rope_adjustments": adj}
-    if kind == "linear" and float(scaling["factor"]).is_integer():
-        return {"rope_condense_ratio": int(scaling["factor"])}
-    raise UserError(f"{repo_id}: rope scaling '{kind}' {scaling} has no LitGPT equivalent")
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
 
 
 # weights --------------------------------------------------------------------------------------
@@ -218,16 +156,21 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def convert_weights(config: Config, family: str, arch: str, files: list[Path], dtype: torch.dtype | None,
-                    ctx: Context) -> dict[str, torch.Tensor]:
-    """Rename and fuse every tensor with LitGPT's copy function for this architecture."""
+                    ctx: Context, *, tied: bool = False) -> dict[str, torch.Tensor]:
+    """Rename and fuse every tensor with LitGPT's copy function for this family.
+
+    `tied`: the output layer is the embedding, as transformers ties it, whatever the files hold.
+    """
     from litgpt.scripts import convert_hf_checkpoint as lit
 
-    copy = getattr(lit, ARCHITECTURES[arch][1])
+    copy = getattr(lit, by_name(family).copy_weights)
     qkv: dict[int, Any] = {}
     sd: dict[str, torch.Tensor] = {}
+    has_head = False
     for i, path in enumerate(files):
         ctx.check_cancelled()
         hf_weights = load_weights(path)
+        has_head = has_head or "lm_head.weight" in hf_weights
         try:
             copy(config, qkv, sd, hf_weights, dtype=dtype)
         except KeyError as exc:
@@ -238,6 +181,11 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
     if leftover:
         raise UserError(f"query/key/value weights are incomplete for {', '.join(leftover[:3])}; "
                         "a weights shard is missing")
+    if tied and "transformer.wte.weight" in sd:
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    elif not tied and not has_head:
+        # LitGPT's copy functions would tie silently; transformers would start from random weights.
+        raise UserError("config.json says tie_word_embeddings=false but the weights have no lm_head.weight")
     return sd
 
 
@@ -307,7 +255,7 @@ def convert_repository(dl: Downloader, options: Options, ctx: Context) -> Artifa
     config_kwargs(hf, dl.repo_id)  # refuse what cannot be converted before importing torch
     if not any(t in dl.local for t in ("tokenizer.json", "tokenizer.model")):
         raise UserError(f"{dl.repo_id} has no tokenizer.json or tokenizer.model; LitGPT needs one of them")
-    style, eos = prompt_style(dl.local, ctx, dl.repo_id)  # a hostile chat template is refused here
+    prompt_style(dl.local, ctx, dl.repo_id)  # a hostile chat template is refused before the weights move
 
     weights = [f for f in wanted if is_weights(f)]
     stored = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
@@ -316,44 +264,84 @@ def convert_repository(dl: Downloader, options: Options, ctx: Context) -> Artifa
     # model.safetensors + lit_model.pth: the weights twice, in the dtype kept.
     dl.preflight(small + weights, int(2 * weight_bytes * ratio), "conversion")
     dl.fetch(weights)
-    fmt, shards = weight_files(dl.local)
-    if not shards:
+    if not weight_files(dl.local)[1]:
         raise UserError(f"no weights to convert among the downloaded files of {dl.repo_id}")
     files = dl.verify(sorted(dl.local))
+    return convert_local(
+        dl.local, ctx, source=dl.repo_id, tokenizer_dir=dl.snapshot_dir, name=options.name or dl.repo_id,
+        dtype=options.dtype, metadata=dl.source_metadata(files),
+        meta={"hf_repo_id": dl.repo_id, "hf_revision": dl.listing.commit},
+        note=f"{dl.repo_id}@{dl.listing.commit[:12]}",
+    )
+
+
+def convert_directory(hf_dir: Path, ctx: Context, *, name: str | None = None, dtype: str | None = None,
+                      metadata: dict[str, Any] | None = None) -> Artifact:
+    """Convert a local Hugging Face model directory (config.json, tokenizer, weights) and register it.
+
+    The same conversion as a download, for a directory saved by `save_pretrained` or copied from
+    a Hub snapshot. Code in the directory is never imported.
+    """
+    hf_dir = Path(hf_dir)
+    local = {p.name: p for p in sorted(hf_dir.iterdir()) if p.is_file()}
+    if "config.json" not in local:
+        raise UserError(f"{hf_dir} has no config.json, so its architecture is unknown")
+    config_kwargs(json.loads(local["config.json"].read_text()), str(hf_dir))
+    if not any(t in local for t in ("tokenizer.json", "tokenizer.model")):
+        raise UserError(f"{hf_dir} has no tokenizer.json or tokenizer.model; LitGPT needs one of them")
+    return convert_local(local, ctx, source=str(hf_dir), tokenizer_dir=hf_dir, name=name or hf_dir.name,
+                         dtype=dtype, metadata={"source_dir": str(hf_dir), **(metadata or {})})
+
+
+def convert_local(local: dict[str, Path], ctx: Context, *, source: str, tokenizer_dir: Path, name: str,
+                  dtype: str | None = None, metadata: dict[str, Any] | None = None,
+                  meta: dict[str, Any] | None = None, note: str | None = None) -> Artifact:
+    """Convert files already on disk (repository path → local path) and register a `model` artifact.
+
+    `source` names the model in messages; `metadata` goes to the artifact, `meta` to the
+    checkpoint's workbench.json.
+    """
+    fmt, shards = weight_files(local)
+    if not shards:
+        raise UserError(f"no weights to convert among the files of {source}")
+    hf = json.loads(local["config.json"].read_text())
+    stored = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
 
     import torch
 
-    config, family, arch = litgpt_config(hf, dl.repo_id)
+    config, family, arch = litgpt_config(hf, source)
     ctx.log(f"converting {len(shards)} {fmt} file(s) of a {arch} to a LitGPT checkpoint")
-    dtype = getattr(torch, options.dtype) if options.dtype else None
-    sd = convert_weights(config, family, arch, [dl.local[s] for s in shards], dtype, ctx)
-    n_params = check_fits(config, sd, dl.repo_id)
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    sd = convert_weights(config, family, arch, [local[s] for s in shards], torch_dtype, ctx,
+                         tied=tied_embeddings(hf, family))
+    n_params = check_fits(config, sd, source)
 
     from workbench.ml.checkpoint import save_model_dir
 
+    style, eos = prompt_style(local, ctx, source)
     staged = ctx.staging_dir("model")
-    meta = {"prompt_style": style.to_json(), "family": family, "eos_token": eos,
-            "hf_repo_id": dl.repo_id, "hf_revision": dl.listing.commit, "architecture": arch}
+    ckpt_meta = {"prompt_style": style.to_json(), "family": family, "eos_token": eos, **(meta or {}),
+                 "architecture": arch}
     # The tokenizer files are copied out of the cache (symlinks followed): the checkpoint must
     # outlive a cleared Hugging Face cache.
     try:
-        save_model_dir(staged, sd, config, tokenizer_dir=dl.snapshot_dir, meta=meta)
+        save_model_dir(staged, sd, config, tokenizer_dir=tokenizer_dir, meta=ckpt_meta)
         del sd
-        _check_tokenizer(staged, dl.repo_id)
-        for path, local in dl.local.items():
+        _check_tokenizer(staged, source)
+        for path, file in local.items():
             if "/" not in path and any(fnmatch.fnmatchcase(path, p) for p in DOC_PATTERNS):
-                shutil.copyfile(local, staged / path)  # the licence travels with the weights
+                shutil.copyfile(file, staged / path)  # the licence travels with the weights
         art = ctx.register(
-            "model", staged, name=options.name or dl.repo_id,
-            metadata={**dl.source_metadata(files), "family": family, "architecture": arch,
-                      "weights_format": fmt, "dtype": options.dtype or stored, "params": n_params,
+            "model", staged, name=name,
+            metadata={**(metadata or {}), "family": family, "architecture": arch,
+                      "weights_format": fmt, "dtype": dtype or stored, "params": n_params,
                       "prompt_style": style.name},
             metrics={"params": n_params},
         )
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)  # never leave half a checkpoint behind
         raise
-    ctx.log(f"registered model {art.id} ({n_params:,} parameters) from {dl.repo_id}@{dl.listing.commit[:12]}")
+    ctx.log(f"registered model {art.id} ({n_params:,} parameters) from {note or source}")
     return art
 
 

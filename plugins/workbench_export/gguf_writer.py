@@ -142,7 +142,7 @@ def _qkv_part(weights: _Weights, i: int, part: str, suffix: str, family: Family,
     start, rows, heads = {"q": (0, q_rows, shape.n_head), "k": (q_rows, kv_rows, shape.n_query_groups),
                           "v": (q_rows + kv_rows, kv_rows, shape.n_query_groups)}[part]
     out = fused[start:start + rows].clone()
-    if family.permute_qk and part in ("q", "k"):
+    if not family.rope_neox and part in ("q", "k"):
         out = _permute(out, heads)
     return out
 
@@ -170,19 +170,17 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
         kind = qtype if len(rows_cols) > 1 else gguf.GGMLQuantizationType.F32
         plan.append(_Planned(gguf_name, rows_cols, kind, make))
 
-    def direct(template: str, i: int | None = None) -> None:
-        lit = template.format(i=i)
+    def direct(lit: str, gguf_name: str) -> None:
         if lit not in names:
             raise UserError(f"the checkpoint has no {lit}; it does not match its model_config.yaml")
-        add(TENSOR_NAMES[template].format(i=i), weights.shape(lit), lambda: weights.get(lit))
+        add(gguf_name, weights.shape(lit), lambda: weights.get(lit))
 
-    direct("transformer.wte.weight")
+    direct("transformer.wte.weight", TENSOR_NAMES["transformer.wte.weight"])
     if shape.rope_adjustments:
         add("rope_freqs.weight", (shape.head_size // 2,), lambda: _llama3_rope_factors(shape))
     rows = {"q": shape.n_head * shape.head_size, "k": shape.n_query_groups * shape.head_size,
             "v": shape.n_query_groups * shape.head_size}
     for i in range(shape.n_layer):
-        direct("transformer.h.{i}.norm_1.weight", i)
         for suffix in ("weight", "bias") if family.qkv_bias else ("weight",):
             if f"transformer.h.{i}.attn.qkv.{suffix}" not in names:
                 raise UserError(f"the checkpoint has no transformer.h.{i}.attn.qkv.{suffix}")
@@ -190,17 +188,15 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
                 dims = (rows[part], shape.n_embd) if suffix == "weight" else (rows[part],)
                 add(f"blk.{i}.attn_{part}.{suffix}", dims,
                     lambda i=i, part=part, suffix=suffix: _qkv_part(weights, i, part, suffix, family, shape))
-        for template in ("transformer.h.{i}.attn.proj.weight", "transformer.h.{i}.norm_2.weight",
-                         "transformer.h.{i}.mlp.fc_1.weight", "transformer.h.{i}.mlp.fc_2.weight",
-                         "transformer.h.{i}.mlp.proj.weight"):
-            direct(template, i)
-    direct("transformer.ln_f.weight")
+        for lit, gguf_name in family.layer_tensors.items():
+            direct(lit.format(i=i), gguf_name.format(i=i))
+    direct("transformer.ln_f.weight", TENSOR_NAMES["transformer.ln_f.weight"])
     # llama.cpp reuses token_embd as the output layer when output.weight is absent.
     tied = "lm_head.weight" not in names or (
         weights.shape("lm_head.weight") == weights.shape("transformer.wte.weight")
         and weights.digest("lm_head.weight") == weights.digest("transformer.wte.weight"))
     if not tied:
-        direct("lm_head.weight")
+        direct("lm_head.weight", TENSOR_NAMES["lm_head.weight"])
     return plan, tied
 
 
@@ -221,7 +217,7 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: Shape, tok: TokenizerMeta, fty
     writer.add_name(name)
     writer.add_file_type(ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_context_length(shape.block_size)
+    writer.add_context_length(shape.context_length)
     writer.add_embedding_length(shape.n_embd)
     writer.add_block_count(shape.n_layer)
     writer.add_feed_forward_length(shape.intermediate_size)
@@ -269,7 +265,9 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
     model_dir, out_path = Path(model_dir), Path(out_path)
     config = read_config(model_dir)
     family = family_for(config, model_dir / "model_config.yaml")
-    shape = shape_of(config)
+    if family.gguf_arch is None:
+        raise UserError(f"{model_dir}: the {family.name} family has no GGUF export")
+    shape = shape_of(config, family)
     tok = read_tokenizer(model_dir, shape.padded_vocab_size)
     style = style_for_model(model_dir)
     meta = read_meta(model_dir)
@@ -286,7 +284,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
         extra["stop"] = "\n".join(style.stop)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with _temporary(out_path) as tmp:
-        writer = gguf.GGUFWriter(tmp, family.arch)
+        writer = gguf.GGUFWriter(tmp, family.gguf_arch)
         try:
             _add_metadata(writer, shape, tok, int(ftype), tok.general_name(name or meta.get("name") or model_dir.name),
                           gguf_chat_template(style), extra)
@@ -309,7 +307,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
             writer.close()
     n_params = sum(math.prod(p.shape) for p in plan if p.name != "rope_freqs.weight")
     return {
-        "path": str(out_path), "out_type": out_type, "arch": family.arch, "family": family.name,
+        "path": str(out_path), "out_type": out_type, "arch": family.gguf_arch, "family": family.name,
         "n_tensors": len(plan), "n_params": n_params, "tied_embeddings": tied,
         "size_bytes": out_path.stat().st_size, "tokenizer": {"model": tok.model, "pre": tok.pre},
         "eos_token": tok.token_text(tok.special_ids.get("eos")),

@@ -161,8 +161,9 @@ def _heldout(options: Options, ctx: Context, model_id: str, style: Any) -> tuple
 
 def _n_tensors(model_dir: Path) -> int:
     config = read_config(model_dir)
-    shape = shape_of(config)
-    per_block = 12 if family_for(config).qkv_bias else 9
+    family = family_for(config)
+    shape = shape_of(config, family)
+    per_block = (6 if family.qkv_bias else 3) + len(family.layer_tensors)
     return 3 + per_block * shape.n_layer + (1 if shape.rope_adjustments else 0)
 
 

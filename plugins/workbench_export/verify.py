@@ -29,6 +29,7 @@ import torch
 from workbench.errors import UserError
 from workbench.hardware import free_cores, torch_threads
 from workbench.prompts import style_for_model
+from workbench_export.families import read_config, shape_of
 
 # Strings where tokenizers like to disagree: runs of spaces, newlines and tabs, digits,
 # accents, CJK, emoji with joiners and skin tones, combining marks, code, contractions.
@@ -138,7 +139,8 @@ class Reference:
         model_dir = Path(model_dir)
         model = _load_reference_model(model_dir, state_dict)
         tokenizer = load_tokenizer(model_dir)
-        block = model.config.block_size
+        # The context llama.cpp runs with the same math (a Mistral's window, say), not LitGPT's block.
+        block = shape_of(read_config(model_dir)).context_length
         max_probe = max(8, min(64, block - n_greedy))
         probe_ids = [tokenizer.encode(t).tolist()[:max_probe] for t in LOGIT_PROBES]
         style = style_for_model(model_dir)

@@ -7,7 +7,6 @@ pickles only with `torch.load(weights_only=True)`; nothing the user hands us is 
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -74,41 +73,20 @@ def _register_dir(ctx: Context, staged: Path, kind: str, **kwargs: Any) -> Artif
 
 
 def import_hf(source: Source, options: Options, ctx: Context) -> Artifact:
+    """The same conversion as a download (`workbench_download.convert`), from files on disk."""
     from workbench_download import convert as hf
 
     root = source.path
     local = {p.name: p for p in root.iterdir() if p.is_file()}
     label = str(root)
-    config_json = _read_json(local["config.json"])
-    hf.config_kwargs(config_json, label)  # an unsupported architecture is refused before torch loads
-    fmt, shards = hf.weight_files(local)
+    hf.config_kwargs(_read_json(local["config.json"]), label)  # refused before torch loads
+    _, shards = hf.weight_files(local)
     if not shards:
         raise UserError(f"{root} has config.json but no weights (*.safetensors or pytorch_model*.bin)")
     small = [n for n in hf.CONFIG_FILES if n in local]
     files = fingerprint(root, small + shards, ctx)
-
-    config, family, arch = hf.litgpt_config(config_json, label)
-    ctx.log(f"converting {len(shards)} {fmt} file(s) of a {arch} to a LitGPT checkpoint")
-    sd = hf.convert_weights(config, family, arch, [local[s] for s in shards], None, ctx)
-    n_params = hf.check_fits(config, sd, label)
-    style, eos = hf.prompt_style(local, ctx)
-    meta = {"prompt_style": style.to_json(), "family": family, "eos_token": eos, "architecture": arch,
-            "imported_from": str(root)}
-    stored = str(config_json.get("torch_dtype") or config_json.get("dtype") or "float32")
-    staged = _write_model(ctx, sd, config, root, meta, label)
-    try:
-        for name, path in local.items():  # the licence travels with the weights
-            if any(fnmatch.fnmatchcase(name, p) for p in hf.DOC_PATTERNS):
-                shutil.copyfile(path, staged / name)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    return _register_dir(
-        ctx, staged, "model", name=options.name or root.name,
-        metadata={**_origin(source, files, "converted"), "family": family, "architecture": arch,
-                  "weights_format": fmt, "dtype": stored, "params": n_params, "prompt_style": style.name},
-        metrics={"params": n_params},
-    )
+    return hf.convert_local(local, ctx, source=label, tokenizer_dir=root, name=options.name or root.name,
+                            metadata=_origin(source, files, "converted"), meta={"imported_from": label})
 
 
 def _write_model(ctx: Context, sd: dict[str, torch.Tensor], config: Config, tokenizer_dir: Path,

@@ -50,6 +50,12 @@ REAL_CONFIGS = {
         "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
         "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False, "vocab_size": 32000,
     }),
+    "allenai/OLMo-2-1124-7B": ("OLMo-2-1124-7B", {
+        "architectures": ["Olmo2ForCausalLM"], "attention_bias": False, "hidden_act": "silu", "hidden_size": 4096,
+        "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "olmo2",
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 500000, "tie_word_embeddings": False, "vocab_size": 100352,
+    }),
 }
 # Fields that legitimately differ: the name, the Hub reference, and LitGPT's vocab_size (the
 # tokenizer's count; ours is the embedding's rows, which padded_vocab_size agrees on).
@@ -69,6 +75,32 @@ def test_config_from_config_json_matches_litgpts_own(repo_id):
     # card's 32768 is what we keep.
     diff = {k: (v, theirs[k]) for k, v in dataclasses.asdict(ours).items() if k not in ignored and v != theirs[k]}
     assert diff == {}
+
+
+def current_layout(hf: dict) -> dict:
+    """config.json as transformers 5 writes it: rope_theta and rope scaling inside rope_parameters."""
+    out = {k: v for k, v in hf.items() if k not in ("rope_theta", "rope_scaling")}
+    out["rope_parameters"] = {"rope_type": "default", **(hf.get("rope_scaling") or {}), "rope_theta": hf["rope_theta"]}
+    return out
+
+
+@pytest.mark.parametrize("repo_id", sorted(REAL_CONFIGS))
+def test_both_config_layouts_give_the_same_litgpt_config(repo_id):
+    from workbench_download.convert import config_kwargs
+
+    hf = REAL_CONFIGS[repo_id][1]
+    assert config_kwargs(current_layout(hf), repo_id) == config_kwargs(hf, repo_id)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("attn_logit_softcapping", 50.0), ("partial_rotary_factor", 0.5), ("layer_types", ["sliding_attention"] * 16),
+    ("quantization_config", {"quant_method": "bitsandbytes"}),
+])
+def test_fields_that_change_the_math_are_refused_by_name(key, value):
+    from workbench_download.convert import config_kwargs
+
+    with pytest.raises(UserError, match=key):
+        config_kwargs({**REAL_CONFIGS["meta-llama/Llama-3.2-1B"][1], key: value}, "meta-llama/Llama-3.2-1B")
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
@@ -141,7 +173,7 @@ def test_default_selection_prefers_safetensors_and_skips_code():
 @pytest.mark.parametrize(("change", "message"), [
     ({"architectures": ["GPT2LMHeadModel"]}, "GPT2LMHeadModel model, which workbench cannot convert"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-    ({"attention_bias": True}, "biases"),
+    ({"attention_bias": True}, "attention_bias True"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling 'dynamic'"),
     ({"num_attention_heads": 5}, "describes no valid"),
 ])

@@ -1,0 +1,74 @@
+"""The config.json fields every Llama-like family shares, read the way transformers reads them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.families.hfconfig import HFConfig, Rope
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def rope_fields(rope: Rope, cfg: HFConfig) -> dict[str, Any]:
+    """LitGPT rope fields for the scaling types whose LitGPT math equals transformers'."""
+    fields: dict[str, Any] = {"rope_base": _number(rope.theta)}
+    s = rope.scaling
+    if rope.kind == "default":
+        if s:
+            raise cfg.refuse(f"rope type 'default' sets {', '.join(sorted(s))}")
+    elif rope.kind == "llama3":
+        fields["rope_adjustments"] = {
+            "factor": float(s["factor"]), "low_freq_factor": float(s["low_freq_factor"]),
+            "high_freq_factor": float(s["high_freq_factor"]),
+            "original_max_seq_len": int(s["original_max_position_embeddings"]),
+        }
+    elif rope.kind == "linear" and float(s.get("factor", 0)).is_integer() and s["factor"] >= 1:
+        # transformers divides the frequencies by the factor, LitGPT the positions: the same angles.
+        fields["rope_condense_ratio"] = int(s["factor"])
+    else:
+        raise cfg.refuse(f"rope scaling '{rope.kind}' {s}")
+    return fields
+
+
+def llama_like(cfg: HFConfig, *, head_dim: int | None = None, norm_eps: float = 1e-6,
+               block_size: int = 2048) -> dict[str, Any]:
+    """LitGPT fields of a pre-norm RMSNorm/SwiGLU decoder with full rotary and no biases.
+
+    The keyword arguments are the family's transformers defaults for fields config.json leaves out.
+    """
+    n_embd, n_head, n_layer, vocab, inter = cfg.require(
+        "hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "intermediate_size")
+    cfg.expect("hidden_act", "silu", "silu")
+    rope = cfg.rope()
+    if rope.partial_rotary_factor != 1.0:
+        raise cfg.refuse(f"partial_rotary_factor={rope.partial_rotary_factor}")
+    return dict(
+        block_size=cfg.get("max_position_embeddings") or block_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_query_groups=cfg.get("num_key_value_heads") or n_head,
+        head_size=cfg.get("head_dim") or head_dim or n_embd // n_head,
+        vocab_size=vocab,
+        padded_vocab_size=vocab,  # the embedding's rows, which is what HF's vocab_size counts
+        intermediate_size=inter,
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        bias=False,
+        norm_class_name="RMSNorm",
+        norm_eps=cfg.get("rms_norm_eps") or norm_eps,
+        mlp_class_name="LLaMAMLP",
+        **rope_fields(rope, cfg),
+    )
+
+
+def no_sliding_window(cfg: HFConfig) -> None:
+    """Qwen-style configs: a window applies only where `layer_types` (or use_sliding_window) says."""
+    window = cfg.get("sliding_window")
+    use = cfg.get("use_sliding_window", False)
+    cfg.get("max_window_layers")
+    types = cfg.get("layer_types") or []
+    if (use and window) or any(t != "full_attention" for t in types):
+        raise cfg.refuse("sliding-window attention on some layers (use_sliding_window/layer_types)")
