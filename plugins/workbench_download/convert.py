@@ -10,6 +10,8 @@ LitGPT's converter does it (`copy_weights_hf_llama`, `copy_weights_qwen_2_5`,
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
 import json
 import pickle
 import re
@@ -96,8 +98,12 @@ def config_kwargs(hf: dict[str, Any], repo_id: str) -> tuple[dict[str, Any], str
     if unread:
         raise cfg.refuse(f"config.json sets {', '.join(unread)}, which the {family.name} family does not read")
     owner, _, name = repo_id.rpartition("/")
-    # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name.
-    kwargs = {"name": name.replace("Gemma", "gemma"), "hf_config": {"org": owner, "name": name}, **fields}
+    # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name: exactly when
+    # the family stores its norms that way.
+    lit_name = name.replace("Gemma", "gemma")
+    if family.norm_unit_offset:
+        lit_name = f"Gemma-{lit_name}"
+    kwargs = {"name": lit_name, "hf_config": {"org": owner, "name": name}, **fields}
     return kwargs, family.name, cfg.architecture
 
 
@@ -164,6 +170,8 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
     from litgpt.scripts import convert_hf_checkpoint as lit
 
     copy = getattr(lit, by_name(family).copy_weights)
+    if "config" in inspect.signature(copy).parameters:  # the Gemma copies take no config
+        copy = functools.partial(copy, config)
     qkv: dict[int, Any] = {}
     sd: dict[str, torch.Tensor] = {}
     has_head = False
@@ -172,7 +180,7 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
         hf_weights = load_weights(path)
         has_head = has_head or "lm_head.weight" in hf_weights
         try:
-            copy(config, qkv, sd, hf_weights, dtype=dtype)
+            copy(qkv, sd, hf_weights, dtype=dtype)
         except KeyError as exc:
             raise UserError(f"tensor {exc.args[0]} in {path.name} has no place in a LitGPT {family} model; "
                             "the checkpoint does not match its config.json") from None

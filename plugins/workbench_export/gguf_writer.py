@@ -160,8 +160,16 @@ def _llama3_rope_factors(shape: Shape) -> torch.Tensor:
     return torch.from_numpy((theta / adjusted).astype(np.float32))
 
 
-def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuantizationType) -> tuple[list[_Planned], bool]:
-    """Every GGUF tensor with its shape, type and a function that produces it when its turn comes."""
+# LitGPT's RMSNorm weights: block norms, post norms, Q/K norms and the final norm.
+_NORM_SUFFIXES = ("norm_1.weight", "norm_2.weight", "_norm.weight", "norm_q.weight", "norm_k.weight", "ln_f.weight")
+
+
+def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuantizationType,
+          unit_offset: bool = False) -> tuple[list[_Planned], bool]:
+    """Every GGUF tensor with its shape, type and a function that produces it when its turn comes.
+
+    `unit_offset`: LitGPT multiplies by (1 + weight) in every RMSNorm; llama.cpp by the weight.
+    """
     names = weights.names()
     plan: list[_Planned] = []
 
@@ -173,7 +181,10 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
     def direct(lit: str, gguf_name: str) -> None:
         if lit not in names:
             raise UserError(f"the checkpoint has no {lit}; it does not match its model_config.yaml")
-        add(gguf_name, weights.shape(lit), lambda: weights.get(lit))
+        if unit_offset and lit.endswith(_NORM_SUFFIXES):
+            add(gguf_name, weights.shape(lit), lambda: weights.get(lit) + 1.0)
+        else:
+            add(gguf_name, weights.shape(lit), lambda: weights.get(lit))
 
     direct("transformer.wte.weight", TENSOR_NAMES["transformer.wte.weight"])
     if shape.rope_adjustments:
@@ -273,7 +284,11 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
     meta = read_meta(model_dir)
     ftype, qtype = OUT_TYPES[out_type]
     weights = _Weights(model_dir, state_dict)
-    plan, tied = _plan(weights, family, shape, qtype)
+    # LitGPT's own rule (Config.norm_class): the unit offset follows the name.
+    plan, tied = _plan(weights, family, shape, qtype, unit_offset="Gemma" in str(config.get("name", "")))
+    if not tied and not family.untied_output:
+        raise UserError(f"{model_dir}: the output layer is not the embedding, and llama.cpp's {family.gguf_arch} "
+                        "architecture always uses the embedding as its output layer")
     embd_rows = next(p.shape[0] for p in plan if p.name == "token_embd.weight")
     if embd_rows != shape.padded_vocab_size:
         raise UserError(f"{model_dir}: the embedding has {embd_rows} rows but model_config.yaml says "
@@ -288,6 +303,8 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
         try:
             _add_metadata(writer, shape, tok, int(ftype), name or meta.get("name") or model_dir.name,
                           gguf_chat_template(style), extra)
+            if family.gguf_metadata is not None:
+                family.gguf_metadata(writer, config)
             for item in plan:
                 # gguf lists dimensions fastest-first; the writer reverses torch's (rows, cols).
                 writer.add_tensor_info(item.name, item.shape, np.dtype(np.float32), _nbytes(item.shape, item.qtype),

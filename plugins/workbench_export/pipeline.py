@@ -21,6 +21,7 @@ from typing import Any
 
 from workbench.context import Context
 from workbench.errors import Cancelled, UserError
+from workbench.families import by_name
 from workbench.hardware import fmt_bytes
 from workbench.prompts import style_for_model
 from workbench_export.families import family_for, read_config, shape_of
@@ -231,7 +232,8 @@ def export(options: Options, ctx: Context) -> dict[str, Any]:
         ref = Reference.build(source.model_dir, heldout_text=text, state_dict=source.state_dict,
                               max_ppl_tokens=options.ppl_tokens, progress=progress.scaled(_REF_STEPS))
         progress.phase("verifying the F32 conversion in llama.cpp")
-        conversion = verify_gguf(f32_path, ref, exact=True, tolerance=options.tolerance,
+        tolerance = max(options.tolerance, by_name(written["family"]).f32_tolerance)
+        conversion = verify_gguf(f32_path, ref, exact=True, tolerance=tolerance,
                                  max_ppl_increase=options.max_ppl_increase)
         progress.step()
         if not conversion.passed:

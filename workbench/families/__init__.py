@@ -16,7 +16,9 @@ A family module defines one `Family` (see its fields below) and is listed in `_M
 - `structure`: the values of LitGPT's structural config fields that identify the family at export
   (fields not named must have their plain Llama value, see `PLAIN`); a callable value is a test;
 - `gguf_arch`, `rope_neox`, `qkv_bias`, `layer_tensors`, `context_limit`: how llama.cpp names
-  and runs it (Q/K rows are permuted per head unless llama.cpp uses NEOX rope for the arch).
+  and runs it (Q/K rows are permuted per head unless llama.cpp uses NEOX rope for the arch);
+- `export_check`, `gguf_metadata`, `untied_output`: what export must refuse beyond `structure`,
+  the arch's own GGUF keys, and whether llama.cpp reads a separate output layer.
 
 Light at import time (no torch, numpy or LitGPT): the CLI refuses unsupported models before any
 heavy import.
@@ -43,7 +45,7 @@ PLAIN: dict[str, Any] = {
     "norm_1": True, "norm_2": True, "scale_embeddings": False, "n_expert": 0,
     "sliding_window_size": None, "sliding_window_indices": None, "latent_attention": None, "attention_logit_softcapping": None,
     "final_logit_softcapping": None, "attention_scores_scalar": None, "rope_local_base_freq": None,
-    "rope_interleave": False, "rotary_percentage": 1.0,
+    "rope_interleave": False, "rotary_percentage": 1.0, "gelu_approximate": "none",
 }
 
 # LitGPT-side tensors every Llama-like block has (the fused qkv is split by the GGUF writer).
@@ -86,6 +88,18 @@ class Family:
     rope_ok: Callable[[Mapping[str, Any] | None], bool] = lambda adj: not adj
     #: the longest context llama.cpp runs with the same math (LitGPT config → positions or None).
     context_limit: Callable[[Mapping[str, Any]], int | None] = lambda config: None
+    #: RMSNorm weights are stored as offsets from one (Gemma): LitGPT applies the offset when
+    #: "Gemma" is in the config's name, so conversion puts it there; export adds the one.
+    norm_unit_offset: bool = False
+    #: LitGPT config → names of what llama.cpp's arch computes differently (beyond `structure`).
+    export_check: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
+    #: writes the arch's own GGUF keys: (gguf.GGUFWriter, LitGPT config).
+    gguf_metadata: Callable[[Any, Mapping[str, Any]], None] | None = None
+    #: llama.cpp reads `output.weight` when present; False: the arch always reuses the embedding.
+    untied_output: bool = True
+    #: the closest llama.cpp's F32 logits can come to LitGPT's, relative to the largest logit, when
+    #: llama.cpp itself rounds (export verifies with this when it exceeds --tolerance).
+    f32_tolerance: float = 0.0
     #: transformers' tie_word_embeddings default for the family's config class.
     tie_default: bool = False
     #: what users read in messages and docs.
@@ -102,11 +116,11 @@ class Family:
                 bad.append(key)
         if not self.rope_ok(config.get("rope_adjustments")):
             bad.append("rope_adjustments")
-        return bad
+        return bad + self.export_check(config)
 
 
 # Module names under workbench.families, in the order export tries them.
-_MODULES = ("llama", "qwen2", "qwen3", "mistral")
+_MODULES = ("llama", "qwen2", "qwen3", "mistral", "gemma2")
 
 
 def all_families() -> list[Family]:
@@ -142,7 +156,7 @@ def for_litgpt(config: Mapping[str, Any], where: str = "model_config.yaml") -> F
     name = config.get("name") or "this"
     exportable = [f for f in all_families() if f.gguf_arch]
     supported = supported_text(exportable=True)
-    if config.get("mlp_class_name") != "LLaMAMLP" or config.get("norm_class_name") != "RMSNorm":
+    if config.get("mlp_class_name") not in ("LLaMAMLP", "GemmaMLP") or config.get("norm_class_name") != "RMSNorm":
         kind = "GPT-NeoX/Pythia-style" if config.get("mlp_class_name") == "GptNeoxMLP" else config.get("mlp_class_name")
         raise UserError(
             f"{where}: '{name}' is a {kind} model ({config.get('mlp_class_name')}, {config.get('norm_class_name')}); "
