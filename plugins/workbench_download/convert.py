@@ -170,8 +170,11 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
     from litgpt.scripts import convert_hf_checkpoint as lit
 
     copy = getattr(lit, by_name(family).copy_weights)
-    if "config" in inspect.signature(copy).parameters:  # the Gemma copies take no config
+    params = list(inspect.signature(copy).parameters)
+    if params[0] == "config":
         copy = functools.partial(copy, config)
+    elif "config" in params:  # Gemma 3's copy takes it last, by keyword; Gemma 2's not at all
+        copy = functools.partial(copy, config=config)
     qkv: dict[int, Any] = {}
     sd: dict[str, torch.Tensor] = {}
     has_head = False

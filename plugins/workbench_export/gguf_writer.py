@@ -187,7 +187,7 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
             add(gguf_name, weights.shape(lit), lambda: weights.get(lit))
 
     direct("transformer.wte.weight", TENSOR_NAMES["transformer.wte.weight"])
-    if shape.rope_adjustments:
+    if shape.rope_adjustments and "low_freq_factor" in shape.rope_adjustments:
         add("rope_freqs.weight", (shape.head_size // 2,), lambda: _llama3_rope_factors(shape))
     rows = {"q": shape.n_head * shape.head_size, "k": shape.n_query_groups * shape.head_size,
             "v": shape.n_query_groups * shape.head_size}

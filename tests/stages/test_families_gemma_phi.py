@@ -38,13 +38,24 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("Gemma2Config", {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0},
                                 "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": WINDOW,
                                 "attn_logit_softcapping": 4.0, "final_logit_softcapping": 6.0}),
+    "gemma3": ("Gemma3TextConfig", {
+        "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 200000.0},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 5000.0}},
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": WINDOW, "final_logit_softcapping": 6.0}),
 }
 
 
 def previous_layout(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json as transformers 4 wrote it: rope_theta and rope_scaling at the top level."""
+    """config.json as transformers 4 wrote it: rope_theta and rope_scaling at the top level.
+
+    Gemma 3's global rope is `rope_theta`/`rope_scaling`, its local one `rope_local_base_freq`.
+    """
     out = dict(config)
     rope = dict(out.pop("rope_parameters"))
+    if "full_attention" in rope:
+        out["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+        rope = dict(rope["full_attention"])
     out["rope_theta"] = rope.pop("rope_theta")
     out["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
     return out
@@ -223,6 +234,14 @@ REAL_CONFIGS = {
         "num_key_value_heads": 16, "query_pre_attn_scalar": 144, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
         "sliding_window": 4096, "vocab_size": 256000,
     }),
+    "google/gemma-3-1b-it": ("Gemma-3-1b-it", {
+        "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": None,
+        "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 1152, "intermediate_size": 6912, "max_position_embeddings": 32768,
+        "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1,
+        "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": None,
+        "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "vocab_size": 262144,
+    }),
 }
 # The name, the Hub reference, and LitGPT's vocab_size (the tokenizer's count; ours is the
 # embedding's rows, which padded_vocab_size agrees on).
@@ -238,8 +257,12 @@ def test_config_from_config_json_matches_litgpts_own(repo_id):
     ours, _, _ = litgpt_config(hf, repo_id)
     theirs = dataclasses.asdict(Config.from_name(lit_name))
     diff = {k: (v, theirs[k]) for k, v in dataclasses.asdict(ours).items() if k not in IGNORED and v != theirs[k]}
-    # LitGPT's Gemma configs leave norm_eps at its 1e-5 default; config.json and transformers say 1e-6.
-    assert diff == ({"norm_eps": (1e-6, 1e-5)} if lit_name.startswith("Gemma-2") else {})
+    # LitGPT's Gemma configs leave norm_eps at its 1e-5 default (config.json and transformers say
+    # 1e-6), and give Gemma 3 1B the 131072 positions of the larger Gemma 3 (config.json: 32768).
+    known = {"norm_eps": (1e-6, 1e-5)}
+    if lit_name == "Gemma-3-1b-it":
+        known["block_size"] = (32768, 131072)
+    assert diff == known
     assert "Gemma" in ours.name  # LitGPT's RMSNorm adds the unit offset only then
 
 

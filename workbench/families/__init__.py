@@ -45,7 +45,7 @@ PLAIN: dict[str, Any] = {
     "norm_1": True, "norm_2": True, "scale_embeddings": False, "n_expert": 0,
     "sliding_window_size": None, "sliding_window_indices": None, "latent_attention": None, "attention_logit_softcapping": None,
     "final_logit_softcapping": None, "attention_scores_scalar": None, "rope_local_base_freq": None,
-    "rope_interleave": False, "rotary_percentage": 1.0, "gelu_approximate": "none",
+    "rope_interleave": False, "rotary_percentage": 1.0, "gelu_approximate": "none", "rope_indices": None,
 }
 
 # LitGPT-side tensors every Llama-like block has (the fused qkv is split by the GGUF writer).
@@ -120,7 +120,7 @@ class Family:
 
 
 # Module names under workbench.families, in the order export tries them.
-_MODULES = ("llama", "qwen2", "qwen3", "mistral", "gemma2")
+_MODULES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3")
 
 
 def all_families() -> list[Family]:
