@@ -99,10 +99,8 @@ def config_kwargs(hf: dict[str, Any], repo_id: str) -> tuple[dict[str, Any], str
         raise cfg.refuse(f"config.json sets {', '.join(unread)}, which the {family.name} family does not read")
     owner, _, name = repo_id.rpartition("/")
     # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name: exactly when
-    # the family stores its norms that way.
-    lit_name = name.replace("Gemma", "gemma")
-    if family.norm_unit_offset:
-        lit_name = f"Gemma-{lit_name}"
+    # the family stores its norms that way (its name_prefix says so).
+    lit_name = family.name_prefix + name.replace("Gemma", "gemma")
     kwargs = {"name": lit_name, "hf_config": {"org": owner, "name": name}, **fields}
     return kwargs, family.name, cfg.architecture
 
@@ -188,7 +186,9 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
             raise UserError(f"tensor {exc.args[0]} in {path.name} has no place in a LitGPT {family} model; "
                             "the checkpoint does not match its config.json") from None
         ctx.progress(i + 1, len(files), unit="file", desc=f"converting {path.name}")
-    leftover = [f"layer {layer}" for layer, parts in qkv.items() if any(parts.values())]
+    # copy_weights_phi also files a fused qkv_proj here (its name contains "v_proj"), after placing it.
+    split = {"q_proj", "k_proj", "v_proj"}
+    leftover = [f"layer {layer}" for layer, parts in qkv.items() if any(split & set(p) for p in parts.values())]
     if leftover:
         raise UserError(f"query/key/value weights are incomplete for {', '.join(leftover[:3])}; "
                         "a weights shard is missing")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -201,6 +202,14 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
                     lambda i=i, part=part, suffix=suffix: _qkv_part(weights, i, part, suffix, family, shape))
         for lit, gguf_name in family.layer_tensors.items():
             direct(lit.format(i=i), gguf_name.format(i=i))
+        for gguf_name, parts in family.fused_tensors.items():
+            lits = [p.format(i=i) for p in parts]
+            missing = [lit for lit in lits if lit not in names]
+            if missing:
+                raise UserError(f"the checkpoint has no {missing[0]}; it does not match its model_config.yaml")
+            fused_rows = sum(weights.shape(lit)[0] for lit in lits)
+            add(gguf_name.format(i=i), (fused_rows, *weights.shape(lits[0])[1:]),
+                lambda lits=lits: torch.cat([weights.get(lit) for lit in lits]))
     direct("transformer.ln_f.weight", TENSOR_NAMES["transformer.ln_f.weight"])
     # llama.cpp reuses token_embd as the output layer when output.weight is absent.
     tied = "lm_head.weight" not in names or (
@@ -237,7 +246,7 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: Shape, tok: TokenizerMeta, fty
     writer.add_key_length(shape.head_size)
     writer.add_value_length(shape.head_size)
     writer.add_layer_norm_rms_eps(shape.norm_eps)
-    writer.add_rope_dimension_count(shape.head_size)
+    writer.add_rope_dimension_count(shape.rope_dims)
     writer.add_rope_freq_base(shape.rope_base)
     if shape.rope_condense_ratio != 1:
         # LitGPT divides positions by the ratio: llama.cpp's linear scaling does the same.
@@ -249,6 +258,21 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: Shape, tok: TokenizerMeta, fty
         writer.add_chat_template(chat_template)
     for key, value in extra.items():
         writer.add_string(f"workbench.{key}", value)
+
+
+_PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
+_PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def _safe_gguf_name(name: str, tok: TokenizerMeta) -> str:
+    """The name, unless llama.cpp would refuse the file for it.
+
+    llama.cpp looks up Phi-3's special tokens by text in any model whose general.name contains
+    "phi-3" or "phi3", and fails to load one whose vocabulary lacks them.
+    """
+    if _PHI3_NAME.search(name) and not set(_PHI3_TOKENS) <= {t for t in tok.tokens if isinstance(t, str)}:
+        return _PHI3_NAME.sub(lambda m: m.group(0).replace("3", " 3").replace("- ", " "), name)
+    return name
 
 
 @contextmanager
@@ -301,7 +325,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
     with _temporary(out_path) as tmp:
         writer = gguf.GGUFWriter(tmp, family.gguf_arch)
         try:
-            _add_metadata(writer, shape, tok, int(ftype), name or meta.get("name") or model_dir.name,
+            _add_metadata(writer, shape, tok, int(ftype), _safe_gguf_name(name or meta.get("name") or model_dir.name, tok),
                           gguf_chat_template(style), extra)
             if family.gguf_metadata is not None:
                 family.gguf_metadata(writer, config)

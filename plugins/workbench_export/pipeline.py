@@ -164,7 +164,7 @@ def _n_tensors(model_dir: Path) -> int:
     config = read_config(model_dir)
     family = family_for(config)
     shape = shape_of(config, family)
-    per_block = (6 if family.qkv_bias else 3) + len(family.layer_tensors)
+    per_block = (6 if family.qkv_bias else 3) + len(family.layer_tensors) + len(family.fused_tensors)
     return 3 + per_block * shape.n_layer + (1 if shape.rope_adjustments else 0)
 
 

@@ -30,6 +30,7 @@ GELU_TABLE_TOL = 5e-3  # measured 1.9e-3 (Gemma 2)
 GELU_TABLE_EXACT = 1e-3  # measured 4.5e-4; fp32-sized jitter before the table alone gives 3.5e-4
 N_IDS = 24
 WINDOW = 8  # shorter than the probe
+PHI_WINDOW = 20  # llama.cpp's phi3 has no window: its GGUF's context stops there
 N_GREEDY = 6
 SIZES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256)
@@ -43,6 +44,10 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                             "sliding_attention": {"rope_type": "default", "rope_theta": 5000.0}},
         "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
         "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": WINDOW, "final_logit_softcapping": 6.0}),
+    # Phi-4-mini's partial rotary; a window shorter than the probe but not than the exported context.
+    "phi3": ("Phi3Config", {"rope_parameters": {"rope_type": "default", "rope_theta": 30000.0,
+                                                "partial_rotary_factor": 0.75},
+                            "sliding_window": PHI_WINDOW, "tie_word_embeddings": False}),
 }
 
 
@@ -57,6 +62,8 @@ def previous_layout(config: dict[str, Any]) -> dict[str, Any]:
         out["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
         rope = dict(rope["full_attention"])
     out["rope_theta"] = rope.pop("rope_theta")
+    if "partial_rotary_factor" in rope:
+        out["partial_rotary_factor"] = rope.pop("partial_rotary_factor")
     out["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
     return out
 
@@ -182,11 +189,12 @@ def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
     _, models, probe = hub_families
     art = download(f"fam/{family}", env)
     proc = run_cli("export", art["id"], "--gguf", "--quant", "f32,q8_0,q4_k_m", "--json", env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, (json.loads(proc.stdout or "{}").get("error"), proc.stderr)
     files = {f["quant"]: f for f in json.loads(proc.stdout)["result"]["files"]}
     assert set(files) == {"f32", "q8_0", "q4_k_m"}
 
-    ids = probe[:N_IDS - N_GREEDY]  # past the window, so sliding layers are checked
+    # Past Gemma's window, so sliding layers are checked; within Phi-3's, its GGUF's context.
+    ids = probe[:(PHI_WINDOW if family == "phi3" else N_IDS) - N_GREEDY]
     expected = reference_logits(models[family], ids)
     llm = load_llama(Path(files["f32"]["path"]), n_ctx=N_IDS + 8)
     try:
@@ -242,7 +250,16 @@ REAL_CONFIGS = {
         "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": None,
         "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "vocab_size": 262144,
     }),
+    "microsoft/Phi-3-mini-4k-instruct": ("Phi-3-mini-4k-instruct", {
+        "architectures": ["Phi3ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "embd_pdrop": 0.0,
+        "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072, "initializer_range": 0.02,
+        "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "phi3", "num_attention_heads": 32,
+        "num_hidden_layers": 32, "num_key_value_heads": 32, "original_max_position_embeddings": 4096,
+        "pad_token_id": 32000, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000.0,
+        "sliding_window": 2047, "tie_word_embeddings": False, "vocab_size": 32064,
+    }),
 }
+LONGROPE = {"type": "longrope", "long_factor": [1.0] * 48, "short_factor": [1.0] * 48}
 # The name, the Hub reference, and LitGPT's vocab_size (the tokenizer's count; ours is the
 # embedding's rows, which padded_vocab_size agrees on).
 IGNORED = {"name", "hf_config", "vocab_size"}
@@ -262,8 +279,14 @@ def test_config_from_config_json_matches_litgpts_own(repo_id):
     known = {"norm_eps": (1e-6, 1e-5)}
     if lit_name == "Gemma-3-1b-it":
         known["block_size"] = (32768, 131072)
+    if lit_name.startswith("Phi-3"):
+        # transformers' window of W attends to W positions (the download test checks ours against
+        # it); LitGPT's table has 2048, the window of the original flash-attention code.
+        known = {"sliding_window_size": (2047, 2048)}
     assert diff == known
-    assert "Gemma" in ours.name  # LitGPT's RMSNorm adds the unit offset only then
+    # LitGPT's RMSNorm adds Gemma's unit offset, and copy_weights_phi splits Phi-3's fused tensors,
+    # only for these names.
+    assert ours.name.startswith(("Gemma-", "Phi-3-"))
 
 
 @pytest.mark.parametrize(("repo_id", "change", "message"), [
@@ -271,6 +294,13 @@ def test_config_from_config_json_matches_litgpts_own(repo_id):
     ("google/gemma-2-2b", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
     ("google/gemma-2-2b", {"layer_types": ["sliding_attention", "chunked_attention"] * 13}, "layer_types"),
     ("google/gemma-2-2b", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling 'yarn'"),
+    ("google/gemma-3-1b-it", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling 'yarn'"),
+    ("google/gemma-3-1b-it", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                                  "sliding_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                        "rope_theta": 1e4}},
+                              "rope_theta": None, "rope_local_base_freq": None}, "on sliding-window layers"),
+    ("microsoft/Phi-3-mini-4k-instruct", {"rope_scaling": LONGROPE}, "rope scaling 'longrope'"),
+    ("microsoft/Phi-3-mini-4k-instruct", {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
 ])
 def test_fields_that_change_the_math_are_refused_by_name(repo_id, change, message):
     from workbench_download.convert import config_kwargs

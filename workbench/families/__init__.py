@@ -17,8 +17,10 @@ A family module defines one `Family` (see its fields below) and is listed in `_M
   (fields not named must have their plain Llama value, see `PLAIN`); a callable value is a test;
 - `gguf_arch`, `rope_neox`, `qkv_bias`, `layer_tensors`, `context_limit`: how llama.cpp names
   and runs it (Q/K rows are permuted per head unless llama.cpp uses NEOX rope for the arch);
-- `export_check`, `gguf_metadata`, `untied_output`: what export must refuse beyond `structure`,
-  the arch's own GGUF keys, and whether llama.cpp reads a separate output layer.
+- `export_check`, `gguf_metadata`, `untied_output`, `fused_tensors`: what export must refuse
+  beyond `structure`, the arch's own GGUF keys, whether llama.cpp reads a separate output layer,
+  and tensors llama.cpp keeps fused;
+- `name_prefix`, `f32_tolerance`: see their fields.
 
 Light at import time (no torch, numpy or LitGPT): the CLI refuses unsupported models before any
 heavy import.
@@ -88,9 +90,11 @@ class Family:
     rope_ok: Callable[[Mapping[str, Any] | None], bool] = lambda adj: not adj
     #: the longest context llama.cpp runs with the same math (LitGPT config → positions or None).
     context_limit: Callable[[Mapping[str, Any]], int | None] = lambda config: None
-    #: RMSNorm weights are stored as offsets from one (Gemma): LitGPT applies the offset when
-    #: "Gemma" is in the config's name, so conversion puts it there; export adds the one.
-    norm_unit_offset: bool = False
+    #: start of the LitGPT config name, for LitGPT code that switches on it: "Gemma" turns on
+    #: RMSNorm's unit offset (export then adds the one), "Phi-3" the fused Phi-3 weight names.
+    name_prefix: str = ""
+    #: GGUF tensors that concatenate LitGPT tensors by rows (per block, like `layer_tensors`).
+    fused_tensors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: LitGPT config → names of what llama.cpp's arch computes differently (beyond `structure`).
     export_check: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
     #: writes the arch's own GGUF keys: (gguf.GGUFWriter, LitGPT config).
@@ -120,7 +124,7 @@ class Family:
 
 
 # Module names under workbench.families, in the order export tries them.
-_MODULES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3")
+_MODULES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 
 
 def all_families() -> list[Family]:

@@ -120,7 +120,7 @@ FAMILY = Family(
         "transformer.h.{i}.attn.norm_q.weight": "blk.{i}.attn_q_norm.weight",
         "transformer.h.{i}.attn.norm_k.weight": "blk.{i}.attn_k_norm.weight",
     },
-    norm_unit_offset=True,
+    name_prefix="Gemma-",
     export_check=export_check,
     gguf_metadata=gguf_metadata,
     f32_tolerance=GELU_TABLE_TOLERANCE,
