@@ -309,15 +309,17 @@ def test_fields_that_change_the_math_are_refused_by_name(repo_id, change, messag
         config_kwargs({**REAL_CONFIGS[repo_id][1], **change}, repo_id)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"attention_scores_scalar": 64}, "attention_scores_scalar 64"),
-    ({"final_logit_softcapping": None}, "final_logit_softcapping None"),
-    ({"gelu_approximate": "none"}, "gelu_approximate"),
+@pytest.mark.parametrize(("repo_id", "change", "message"), [
+    ("google/gemma-2-2b", {"attention_scores_scalar": 64}, "attention_scores_scalar 64"),
+    ("google/gemma-2-2b", {"final_logit_softcapping": None}, "final_logit_softcapping None"),
+    ("google/gemma-2-2b", {"gelu_approximate": "none"}, "gelu_approximate"),
+    ("google/gemma-3-1b-it", {"attention_logit_softcapping": 50.0}, "attention_logit_softcapping"),
+    ("google/gemma-3-1b-it", {"rope_indices": [0] * 26}, "rope_indices"),
 ])
-def test_export_refuses_what_llama_cpp_runs_differently(change, message):
+def test_export_refuses_what_llama_cpp_runs_differently(repo_id, change, message):
     from workbench_download.convert import config_kwargs
     from workbench_export.families import family_for
 
-    config = {**config_kwargs(REAL_CONFIGS["google/gemma-2-2b"][1], "google/gemma-2-2b")[0], **change}
+    config = {**config_kwargs(REAL_CONFIGS[repo_id][1], repo_id)[0], **change}
     with pytest.raises(UserError, match=message):
         family_for(config)
