@@ -10,6 +10,8 @@ is never imported. `convert_repository` works on a download, `convert_directory`
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
 import json
 import pickle
 import re
@@ -96,8 +98,10 @@ def config_kwargs(hf: dict[str, Any], repo_id: str) -> tuple[dict[str, Any], str
     if unread:
         raise cfg.refuse(f"config.json sets {', '.join(unread)}, which the {family.name} family does not read")
     owner, _, name = repo_id.rpartition("/")
-    # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name.
-    kwargs = {"name": name.replace("Gemma", "gemma"), "hf_config": {"org": owner, "name": name}, **fields}
+    # LitGPT switches RMSNorm to Gemma's unit offset when "Gemma" is in the name: exactly when
+    # the family stores its norms that way (its name_prefix says so).
+    lit_name = family.name_prefix + name.replace("Gemma", "gemma")
+    kwargs = {"name": lit_name, "hf_config": {"org": owner, "name": name}, **fields}
     return kwargs, family.name, cfg.architecture
 
 
@@ -164,6 +168,11 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
     from litgpt.scripts import convert_hf_checkpoint as lit
 
     copy = getattr(lit, by_name(family).copy_weights)
+    params = list(inspect.signature(copy).parameters)
+    if params[0] == "config":
+        copy = functools.partial(copy, config)
+    elif "config" in params:  # Gemma 3's copy takes it last, by keyword; Gemma 2's not at all
+        copy = functools.partial(copy, config=config)
     qkv: dict[int, Any] = {}
     sd: dict[str, torch.Tensor] = {}
     has_head = False
@@ -172,12 +181,14 @@ def convert_weights(config: Config, family: str, arch: str, files: list[Path], d
         hf_weights = load_weights(path)
         has_head = has_head or "lm_head.weight" in hf_weights
         try:
-            copy(config, qkv, sd, hf_weights, dtype=dtype)
+            copy(qkv, sd, hf_weights, dtype=dtype)
         except KeyError as exc:
             raise UserError(f"tensor {exc.args[0]} in {path.name} has no place in a LitGPT {family} model; "
                             "the checkpoint does not match its config.json") from None
         ctx.progress(i + 1, len(files), unit="file", desc=f"converting {path.name}")
-    leftover = [f"layer {layer}" for layer, parts in qkv.items() if any(parts.values())]
+    # copy_weights_phi also files a fused qkv_proj here (its name contains "v_proj"), after placing it.
+    split = {"q_proj", "k_proj", "v_proj"}
+    leftover = [f"layer {layer}" for layer, parts in qkv.items() if any(split & set(p) for p in parts.values())]
     if leftover:
         raise UserError(f"query/key/value weights are incomplete for {', '.join(leftover[:3])}; "
                         "a weights shard is missing")

@@ -51,6 +51,8 @@ class Shape:
     rope_base: float
     rope_condense_ratio: int
     rope_adjustments: dict[str, Any] | None
+    #: dimensions of each head that RoPE rotates (the first ones).
+    rope_dims: int
     #: the context llama.cpp may run with LitGPT's math (the block size, or less).
     context_length: int
 
@@ -91,6 +93,7 @@ def shape_of(config: dict[str, Any], family: Family | None = None) -> Shape:
         norm_eps=float(config["norm_eps"]), rope_base=float(config["rope_base"]),
         rope_condense_ratio=int(config["rope_condense_ratio"]),
         rope_adjustments=config["rope_adjustments"] or None,
+        rope_dims=int(float(config["rotary_percentage"]) * int(config["head_size"] or n_embd // n_head)),
         context_length=min(block, limit) if limit else block,
     )
 

@@ -160,8 +160,16 @@ def _llama3_rope_factors(shape: Shape) -> torch.Tensor:
     return torch.from_numpy((theta / adjusted).astype(np.float32))
 
 
-def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuantizationType) -> tuple[list[_Planned], bool]:
-    """Every GGUF tensor with its shape, type and a function that produces it when its turn comes."""
+# LitGPT's RMSNorm weights: block norms, post norms, Q/K norms and the final norm.
+_NORM_SUFFIXES = ("norm_1.weight", "norm_2.weight", "_norm.weight", "norm_q.weight", "norm_k.weight", "ln_f.weight")
+
+
+def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuantizationType,
+          unit_offset: bool = False) -> tuple[list[_Planned], bool]:
+    """Every GGUF tensor with its shape, type and a function that produces it when its turn comes.
+
+    `unit_offset`: LitGPT multiplies by (1 + weight) in every RMSNorm; llama.cpp by the weight.
+    """
     names = weights.names()
     plan: list[_Planned] = []
 
@@ -173,10 +181,13 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
     def direct(lit: str, gguf_name: str) -> None:
         if lit not in names:
             raise UserError(f"the checkpoint has no {lit}; it does not match its model_config.yaml")
-        add(gguf_name, weights.shape(lit), lambda: weights.get(lit))
+        if unit_offset and lit.endswith(_NORM_SUFFIXES):
+            add(gguf_name, weights.shape(lit), lambda: weights.get(lit) + 1.0)
+        else:
+            add(gguf_name, weights.shape(lit), lambda: weights.get(lit))
 
     direct("transformer.wte.weight", TENSOR_NAMES["transformer.wte.weight"])
-    if shape.rope_adjustments:
+    if shape.rope_adjustments and "low_freq_factor" in shape.rope_adjustments:
         add("rope_freqs.weight", (shape.head_size // 2,), lambda: _llama3_rope_factors(shape))
     rows = {"q": shape.n_head * shape.head_size, "k": shape.n_query_groups * shape.head_size,
             "v": shape.n_query_groups * shape.head_size}
@@ -190,6 +201,14 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
                     lambda i=i, part=part, suffix=suffix: _qkv_part(weights, i, part, suffix, family, shape))
         for lit, gguf_name in family.layer_tensors.items():
             direct(lit.format(i=i), gguf_name.format(i=i))
+        for gguf_name, parts in family.fused_tensors.items():
+            lits = [p.format(i=i) for p in parts]
+            missing = [lit for lit in lits if lit not in names]
+            if missing:
+                raise UserError(f"the checkpoint has no {missing[0]}; it does not match its model_config.yaml")
+            fused_rows = sum(weights.shape(lit)[0] for lit in lits)
+            add(gguf_name.format(i=i), (fused_rows, *weights.shape(lits[0])[1:]),
+                lambda lits=lits: torch.cat([weights.get(lit) for lit in lits]))
     direct("transformer.ln_f.weight", TENSOR_NAMES["transformer.ln_f.weight"])
     # llama.cpp reuses token_embd as the output layer when output.weight is absent.
     tied = "lm_head.weight" not in names or (
@@ -226,7 +245,7 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: Shape, tok: TokenizerMeta, fty
     writer.add_key_length(shape.head_size)
     writer.add_value_length(shape.head_size)
     writer.add_layer_norm_rms_eps(shape.norm_eps)
-    writer.add_rope_dimension_count(shape.head_size)
+    writer.add_rope_dimension_count(shape.rope_dims)
     writer.add_rope_freq_base(shape.rope_base)
     if shape.rope_condense_ratio != 1:
         # LitGPT divides positions by the ratio: llama.cpp's linear scaling does the same.
@@ -273,7 +292,11 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
     meta = read_meta(model_dir)
     ftype, qtype = OUT_TYPES[out_type]
     weights = _Weights(model_dir, state_dict)
-    plan, tied = _plan(weights, family, shape, qtype)
+    # LitGPT's own rule (Config.norm_class): the unit offset follows the name.
+    plan, tied = _plan(weights, family, shape, qtype, unit_offset="Gemma" in str(config.get("name", "")))
+    if not tied and not family.untied_output:
+        raise UserError(f"{model_dir}: the output layer is not the embedding, and llama.cpp's {family.gguf_arch} "
+                        "architecture always uses the embedding as its output layer")
     embd_rows = next(p.shape[0] for p in plan if p.name == "token_embd.weight")
     if embd_rows != shape.padded_vocab_size:
         raise UserError(f"{model_dir}: the embedding has {embd_rows} rows but model_config.yaml says "
@@ -288,6 +311,8 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
         try:
             _add_metadata(writer, shape, tok, int(ftype), tok.general_name(name or meta.get("name") or model_dir.name),
                           gguf_chat_template(style), extra)
+            if family.gguf_metadata is not None:
+                family.gguf_metadata(writer, config)
             for item in plan:
                 # gguf lists dimensions fastest-first; the writer reverses torch's (rows, cols).
                 writer.add_tensor_info(item.name, item.shape, np.dtype(np.float32), _nbytes(item.shape, item.qtype),

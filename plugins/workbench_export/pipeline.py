@@ -21,6 +21,7 @@ from typing import Any
 
 from workbench.context import Context
 from workbench.errors import Cancelled, UserError
+from workbench.families import by_name
 from workbench.hardware import fmt_bytes
 from workbench.prompts import style_for_model
 from workbench_export.families import family_for, read_config, shape_of
@@ -163,7 +164,7 @@ def _n_tensors(model_dir: Path) -> int:
     config = read_config(model_dir)
     family = family_for(config)
     shape = shape_of(config, family)
-    per_block = (6 if family.qkv_bias else 3) + len(family.layer_tensors)
+    per_block = (6 if family.qkv_bias else 3) + len(family.layer_tensors) + len(family.fused_tensors)
     return 3 + per_block * shape.n_layer + (1 if shape.rope_adjustments else 0)
 
 
@@ -231,7 +232,8 @@ def export(options: Options, ctx: Context) -> dict[str, Any]:
         ref = Reference.build(source.model_dir, heldout_text=text, state_dict=source.state_dict,
                               max_ppl_tokens=options.ppl_tokens, progress=progress.scaled(_REF_STEPS))
         progress.phase("verifying the F32 conversion in llama.cpp")
-        conversion = verify_gguf(f32_path, ref, exact=True, tolerance=options.tolerance,
+        tolerance = max(options.tolerance, by_name(written["family"]).f32_tolerance)
+        conversion = verify_gguf(f32_path, ref, exact=True, tolerance=tolerance,
                                  max_ppl_increase=options.max_ppl_increase)
         progress.step()
         if not conversion.passed:

@@ -19,7 +19,11 @@ A family module defines one `Family` (see its fields below) and is listed in `_M
 - `gguf_arch`, `rope_neox`, `qkv_bias`, `layer_tensors`, `rope_ok`, `context_limit`: how
   llama.cpp names and runs it (Q/K rows are permuted per head unless llama.cpp uses NEOX rope for
   the arch; `rope_ok` accepts the LitGPT rope adjustments it reproduces; `context_limit` caps
-  the GGUF's context where llama.cpp's math would differ beyond it).
+  the GGUF's context where llama.cpp's math would differ beyond it);
+- `export_check`, `gguf_metadata`, `untied_output`, `fused_tensors`: what export must refuse
+  beyond `structure`, the arch's own GGUF keys, whether llama.cpp reads a separate output layer,
+  and tensors llama.cpp keeps fused;
+- `name_prefix`, `f32_tolerance`: see their fields.
 
 Download asks `for_architecture(arch, source)`, export `for_litgpt(model_config)`; both raise a
 UserError naming what is unsupported and what is.
@@ -48,9 +52,9 @@ PLAIN: dict[str, Any] = {
     "shared_attention_norm": False, "bias": False, "attn_bias": False, "lm_head_bias": False,
     "norm_qk": False, "norm_qk_type": "default", "post_attention_norm": False, "post_mlp_norm": False,
     "norm_1": True, "norm_2": True, "scale_embeddings": False, "n_expert": 0,
-    "sliding_window_size": None, "sliding_window_indices": None, "latent_attention": None,
-    "attention_logit_softcapping": None, "final_logit_softcapping": None, "attention_scores_scalar": None, "rope_local_base_freq": None,
-    "rope_interleave": False, "rotary_percentage": 1.0,
+    "sliding_window_size": None, "sliding_window_indices": None, "latent_attention": None, "attention_logit_softcapping": None,
+    "final_logit_softcapping": None, "attention_scores_scalar": None, "rope_local_base_freq": None,
+    "rope_interleave": False, "rotary_percentage": 1.0, "gelu_approximate": "none", "rope_indices": None,
 }
 
 # LitGPT-side tensors every Llama-like block has (the fused qkv is split by the GGUF writer).
@@ -93,6 +97,20 @@ class Family:
     rope_ok: Callable[[Mapping[str, Any] | None], bool] = lambda adj: not adj
     #: the longest context llama.cpp runs with the same math (LitGPT config → positions or None).
     context_limit: Callable[[Mapping[str, Any]], int | None] = lambda config: None
+    #: start of the LitGPT config name, for LitGPT code that switches on it: "Gemma" turns on
+    #: RMSNorm's unit offset (export then adds the one), "Phi-3" the fused Phi-3 weight names.
+    name_prefix: str = ""
+    #: GGUF tensors that concatenate LitGPT tensors by rows (per block, like `layer_tensors`).
+    fused_tensors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: LitGPT config → names of what llama.cpp's arch computes differently (beyond `structure`).
+    export_check: Callable[[Mapping[str, Any]], list[str]] = lambda config: []
+    #: writes the arch's own GGUF keys: (gguf.GGUFWriter, LitGPT config).
+    gguf_metadata: Callable[[Any, Mapping[str, Any]], None] | None = None
+    #: llama.cpp reads `output.weight` when present; False: the arch always reuses the embedding.
+    untied_output: bool = True
+    #: the closest llama.cpp's F32 logits can come to LitGPT's, relative to the largest logit, when
+    #: llama.cpp itself rounds (export verifies with this when it exceeds --tolerance).
+    f32_tolerance: float = 0.0
     #: transformers' tie_word_embeddings default for the family's config class.
     tie_default: bool = False
     #: what users read in messages and docs.
@@ -109,7 +127,7 @@ class Family:
                 bad.append(key)
         if not self.rope_ok(config.get("rope_adjustments")):
             bad.append("rope_adjustments")
-        return bad
+        return bad + self.export_check(config)
 
     def distinguishing_matches(self, config: Mapping[str, Any]) -> int:
         """How many of the fields where this family differs from a plain Llama the config shares."""
@@ -122,7 +140,7 @@ class Family:
 
 
 # Module names under workbench.families, in the order export tries them.
-_MODULES = ("llama", "qwen2", "qwen3", "mistral", "olmo2")
+_MODULES = ("llama", "qwen2", "qwen3", "mistral", "olmo2", "gemma2", "gemma3", "phi3")
 
 
 def all_families() -> list[Family]:
@@ -158,7 +176,7 @@ def for_litgpt(config: Mapping[str, Any], where: str = "model_config.yaml") -> F
     name = config.get("name") or "this"
     exportable = [f for f in all_families() if f.gguf_arch]
     supported = supported_text(exportable=True)
-    if config.get("mlp_class_name") != "LLaMAMLP" or config.get("norm_class_name") != "RMSNorm":
+    if config.get("mlp_class_name") not in ("LLaMAMLP", "GemmaMLP") or config.get("norm_class_name") != "RMSNorm":
         kind = "GPT-NeoX/Pythia-style" if config.get("mlp_class_name") == "GptNeoxMLP" else config.get("mlp_class_name")
         raise UserError(
             f"{where}: '{name}' is a {kind} model ({config.get('mlp_class_name')}, {config.get('norm_class_name')}); "
