@@ -1,0 +1,274 @@
+"""Checks that a weights file is whole before anything loads it.
+
+A truncated or corrupt file otherwise surfaces as whatever the loading library raises
+(`SafetensorError: Error while deserializing header`, a numpy reshape error, a zero-padded
+tensor), with no file name. These checks read only headers and compare what they promise
+against the file's size, without torch, so stages run them in `validate()` and loaders run them
+again before reading (a file can change in between). Each failure is one `UserError` naming the
+file, its directory, and what is wrong.
+
+- safetensors: 8-byte header length, JSON header, each tensor's dtype and shape against its
+  byte span, spans contiguous and inside the file.
+- `.pth`: a zip archive (what `torch.save` writes) whose directory can be read; a legacy
+  pickle is left to `torch.load(weights_only=True)`.
+- GGUF: magic, version, metadata, tensor infos, and every tensor's data inside the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+from workbench.errors import UserError
+
+# Bytes per element, as the safetensors format defines its dtypes.
+SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger headers too
+GGUF_VERSIONS = (2, 3)
+
+
+def where(path: Path) -> str:
+    return f"{path.name} in {path.parent}"
+
+
+def model_weights(model_dir: Path) -> Path:
+    """The weights file of a model directory that loaders read: safetensors first, else the .pth."""
+    st = model_dir / "model.safetensors"
+    if st.exists():
+        return st
+    pth = model_dir / "lit_model.pth"
+    if pth.exists():
+        return pth
+    raise UserError(f"{model_dir} has no weights (model.safetensors or lit_model.pth)")
+
+
+def check_model_dir(model_dir: Path) -> Path:
+    """Check the weights file a model directory's loaders read, and return it."""
+    path = model_weights(model_dir)
+    check_weights(path)
+    return path
+
+
+def check_weights(path: Path, shown: str | None = None) -> None:
+    """Check a weights file by its kind: .safetensors, .gguf, or a torch checkpoint.
+
+    `shown` names the file in messages where its path means little (a Hub cache blob)."""
+    if not path.is_file():
+        raise UserError(f"{shown or where(path)} is missing")
+    if path.suffix == ".safetensors":
+        check_safetensors(path, shown)
+    elif path.suffix == ".gguf":
+        check_gguf(path, shown)
+    else:
+        check_pth(path, shown)
+
+
+def check_safetensors(path: Path, shown: str | None = None) -> None:
+    w = shown or where(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size < 8:
+            raise UserError(f"{w} is truncated: it holds {size} bytes, "
+                            "fewer than the 8 that give a safetensors header's length")
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_SAFETENSORS_HEADER:
+            raise UserError(f"{w} is corrupt: its header length of {n:,} bytes "
+                            "is not a safetensors header")
+        if 8 + n > size:
+            raise UserError(f"{w} is truncated: the header says its JSON takes {n:,} bytes, "
+                            f"the file holds {size - 8:,} after the length")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{w} is corrupt: its header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{w} is corrupt: its header is not a JSON object")
+    header.pop("__metadata__", None)
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        spans.append(_safetensors_span(w, name, info))
+    spans.sort()
+    data = size - 8 - n
+    end = 0
+    for begin, stop, name in spans:
+        if begin != end:
+            raise UserError(f"{w} is corrupt: tensor '{name}' starts at byte {begin:,} of the data "
+                            f"where the previous one ends at {end:,} (tensors overlap or leave a gap)")
+        end = stop
+    if end > data:
+        raise UserError(f"{w} is truncated: the header says {end:,} bytes of tensors, "
+                        f"the file holds {data:,}")
+    if end < data:
+        raise UserError(f"{w} is corrupt: it holds {data - end:,} bytes after its last tensor")
+
+
+def _safetensors_span(w: str, name: str, info: object) -> tuple[int, int, str]:
+    """The (begin, end, name) byte span of one header entry, checked against its dtype and shape."""
+    bad = f"{w} is corrupt: the header entry of tensor '{name}'"
+    if not isinstance(info, dict):
+        raise UserError(f"{bad} is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise UserError(f"{bad} has no valid shape ({shape!r})")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise UserError(f"{bad} has no valid data_offsets ({offsets!r})")
+    if dtype not in SAFETENSORS_DTYPES:
+        raise UserError(f"{bad} has an unknown dtype ({dtype!r})")
+    need = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+    if offsets[1] - offsets[0] != need:
+        raise UserError(f"{bad} says {dtype} {shape} ({need:,} bytes) but spans "
+                        f"{offsets[1] - offsets[0]:,} bytes")
+    return offsets[0], offsets[1], name
+
+
+def check_pth(path: Path, shown: str | None = None) -> None:
+    w = shown or where(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if size == 0:
+        raise UserError(f"{w} is empty")
+    if magic.startswith(b"\x80"):  # a legacy (pre-zip) torch.save pickle: torch.load checks it
+        return
+    if magic != b"PK\x03\x04":
+        raise UserError(f"{w} is not a PyTorch checkpoint (neither the zip archive "
+                        "torch.save writes nor a pickle)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{w} is truncated or corrupt: the zip directory torch.save writes at "
+                        f"its end cannot be read ({exc}); the file holds {size:,} bytes") from None
+    if not any(i.filename.endswith("data.pkl") for i in infos):
+        raise UserError(f"{w} is not a PyTorch checkpoint: its zip archive holds no data.pkl")
+    end = max(i.header_offset + i.compress_size for i in infos)
+    if end > size:
+        raise UserError(f"{w} is truncated: its zip directory says {end:,} bytes of entries, "
+                        f"the file holds {size:,}")
+
+
+def check_gguf(path: Path, shown: str | None = None) -> None:
+    """Walk a GGUF's header and tensor infos with plain reads, and check the data fits the file.
+
+    `gguf.GGUFReader` memory-maps the file and fails on a short one with numpy's reshape errors;
+    reading the header ourselves gives what is wrong and where.
+    """
+    w = shown or where(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise UserError(f"{w} is not a GGUF file (it does not start with 'GGUF')")
+        try:
+            offset_end = _gguf_tensors_end(fh, size)
+        except _Short:
+            raise UserError(f"{w} is truncated: it ends inside its header, "
+                            f"at {size:,} bytes") from None
+        except _Corrupt as exc:
+            raise UserError(f"{w} is corrupt: {exc}") from None
+    if offset_end > size:
+        raise UserError(f"{w} is truncated: its header says the tensors end at byte {offset_end:,}, "
+                        f"the file holds {size:,}")
+
+
+class _Short(Exception):
+    pass
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _gguf_tensors_end(fh: BinaryIO, size: int) -> int:
+    """The byte offset where the last tensor's data ends."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+    def read(n: int) -> bytes:
+        data = fh.read(n)
+        if len(data) != n:
+            raise _Short
+        return data
+
+    def u32() -> int:
+        return struct.unpack("<I", read(4))[0]
+
+    def u64() -> int:
+        return struct.unpack("<Q", read(8))[0]
+
+    def string(what: str) -> bytes:
+        n = u64()
+        if n > size:
+            raise _Corrupt(f"{what} claims {n:,} bytes")
+        return read(n)
+
+    scalar = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
+              GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4,
+              GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4, GGUFValueType.UINT64: 8,
+              GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8}
+
+    def value_type(key: str) -> GGUFValueType:
+        raw = u32()
+        try:
+            return GGUFValueType(raw)
+        except ValueError:
+            raise _Corrupt(f"metadata '{key}' has an unknown value type {raw}") from None
+
+    def skip_value(vtype: GGUFValueType, key: str) -> bytes | None:
+        if vtype in scalar:
+            return read(scalar[vtype])
+        if vtype == GGUFValueType.STRING:
+            string(f"metadata '{key}'")
+            return None
+        item = value_type(key)  # an array: item type, count, items
+        count = u64()
+        if count > size:
+            raise _Corrupt(f"metadata '{key}' claims {count:,} items")
+        if item in scalar:
+            fh.seek(scalar[item] * count, 1)
+            if fh.tell() > size:
+                raise _Short
+        else:
+            for _ in range(count):
+                skip_value(item, key)
+        return None
+
+    version = u32()
+    if version not in GGUF_VERSIONS:
+        raise _Corrupt(f"version {version} is not a GGUF version llama.cpp reads ({', '.join(map(str, GGUF_VERSIONS))})")
+    n_tensors, n_kv = u64(), u64()
+    if n_tensors > size or n_kv > size:
+        raise _Corrupt(f"its header claims {n_tensors:,} tensors and {n_kv:,} metadata keys")
+    alignment = 32
+    for _ in range(n_kv):
+        key = string("a metadata key").decode("utf-8", "replace")
+        vtype = value_type(key)
+        raw = skip_value(vtype, key)
+        if key == "general.alignment" and raw is not None and vtype == GGUFValueType.UINT32:
+            alignment = struct.unpack("<I", raw)[0] or 32
+    end = 0
+    for _ in range(n_tensors):
+        name = string("a tensor name").decode("utf-8", "replace")
+        n_dims = u32()
+        if n_dims > 8:
+            raise _Corrupt(f"tensor '{name}' claims {n_dims} dimensions")
+        dims = [u64() for _ in range(n_dims)]
+        raw_type, offset = u32(), u64()
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(raw_type)]
+        except (ValueError, KeyError):
+            raise _Corrupt(f"tensor '{name}' has an unknown type {raw_type}") from None
+        count = math.prod(dims)
+        if count % block:
+            raise _Corrupt(f"tensor '{name}' has {count:,} values, not a whole number of {block}-value blocks")
+        end = max(end, offset + count // block * type_size)
+    data_start = -(-fh.tell() // alignment) * alignment
+    return data_start + end
