@@ -25,11 +25,12 @@ from typing import BinaryIO
 
 from workbench.errors import UserError
 
-# Bytes per element, as the safetensors format defines its dtypes.
-SAFETENSORS_DTYPES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+# Bits per element of every dtype the safetensors library (0.8) reads.
+SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
+    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
 }
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger headers too
 GGUF_VERSIONS = (2, 3)
@@ -122,9 +123,9 @@ def _safetensors_span(w: str, name: str, info: object) -> tuple[int, int, str]:
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
             and 0 <= offsets[0] <= offsets[1]):
         raise UserError(f"{bad} has no valid data_offsets ({offsets!r})")
-    if dtype not in SAFETENSORS_DTYPES:
+    if dtype not in SAFETENSORS_DTYPE_BITS:
         raise UserError(f"{bad} has an unknown dtype ({dtype!r})")
-    need = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+    need = -(-math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype] // 8)
     if offsets[1] - offsets[0] != need:
         raise UserError(f"{bad} says {dtype} {shape} ({need:,} bytes) but spans "
                         f"{offsets[1] - offsets[0]:,} bytes")
