@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_tiny_model, run_cli
-from tests.stages.conftest import tiny_gguf
+from tests.hubserver import HubServer
+from tests.stages.conftest import hf_repo_files, tiny_gguf
 from tests.stages.test_eval import register, write_dataset
 from workbench.errors import UserError
 from workbench.store import Store
@@ -160,6 +161,29 @@ def test_download_conversion_names_a_truncated_weights_file(pristine, tmp_path):
             load_weights(path)
 
 
+@pytest.mark.parametrize("file", ["model.safetensors", "tiny-F32.gguf"])
+def test_a_download_whose_weights_arrive_truncated_registers_nothing(file, pristine, workspace, monkeypatch):
+    """The Hub serves the file as it is (its sizes and hashes match), so only the checks see it."""
+    files: dict[str, bytes] = hf_repo_files(pristine["model"]) if file.endswith(".safetensors") else {}
+    whole = files[file] if file in files else pristine["gguf"].read_bytes()
+    files[file] = whole[:20_480]
+    server = HubServer().start()
+    try:
+        server.add_repo("tiny/cut", files)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        pick = ["--gguf-file", "F32"] if file.endswith(".gguf") else []
+        out = run_cli("download", "tiny/cut", *pick, timeout=120)
+    finally:
+        server.stop()
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"{file} is truncated" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    store = Store()
+    assert store.list_artifacts() == [] and not any(r.status == "running" for r in store.list_runs())
+    for folder in ("models", "exports", "staging"):
+        assert not list((workspace / folder).glob("*")) if (workspace / folder).exists() else True, folder
+
+
 # The checks agree with the reference readers on what is damaged.
 
 
@@ -196,6 +220,19 @@ def test_damaged_safetensors_are_refused_as_the_safetensors_library_refuses_them
     path.write_bytes(safetensors_with({"a": F32x4}, bytes(16)))
     check_weights(path)
     assert load_file(str(path))["a"].shape == (4,)
+
+
+@pytest.mark.parametrize(("dtype", "count", "nbytes"), [("F4", 4, 2), ("F6_E2M3", 4, 3), ("F8_E8M0", 3, 3),
+                                                     ("BF16", 3, 6), ("C64", 2, 16), ("BOOL", 5, 5)])
+def test_every_dtype_the_safetensors_library_reads_is_accepted(dtype, count, nbytes, tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(safetensors_with({"a": {"dtype": dtype, "shape": [count], "data_offsets": [0, nbytes]}},
+                                      bytes(nbytes)))
+    with safe_open(str(path), "np") as fh:
+        assert list(fh.keys()) == ["a"]
+    check_weights(path)
 
 
 def test_a_gguf_cut_anywhere_is_refused_as_ggufs_reader_refuses_it(pristine, tmp_path):
