@@ -248,6 +248,11 @@ def test_a_gguf_cut_anywhere_is_refused_as_ggufs_reader_refuses_it(pristine, tmp
             GGUFReader(path)
         with pytest.raises(UserError, match=rf"^cut.gguf in {re.escape(str(tmp_path))} (is truncated|is not a GGUF file)"):
             check_weights(path)
+    path.write_bytes(data[:4] + struct.pack("<I", 99) + data[8:])
+    with pytest.raises(ValueError):
+        GGUFReader(path)
+    with pytest.raises(UserError, match=r"is corrupt: version 99 is not a GGUF version llama\.cpp reads"):
+        check_weights(path)
 
 
 def test_a_pth_cut_short_is_refused_as_zipfile_refuses_it(pristine, tmp_path):
