@@ -60,14 +60,16 @@ def check_model_dir(model_dir: Path) -> Path:
 
 
 def check_weights(path: Path, shown: str | None = None) -> None:
-    """Check a weights file by its kind: .safetensors, .gguf, or a torch checkpoint.
+    """Check a weights file by its kind: .safetensors, GGUF (by name or magic), or a torch checkpoint.
 
     `shown` names the file in messages where its path means little (a Hub cache blob)."""
     if not path.is_file():
         raise UserError(f"{shown or where(path)} is missing")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
     if path.suffix == ".safetensors":
         check_safetensors(path, shown)
-    elif path.suffix == ".gguf":
+    elif path.suffix == ".gguf" or magic == b"GGUF":  # chat takes a GGUF under any name
         check_gguf(path, shown)
     else:
         check_pth(path, shown)
