@@ -20,6 +20,7 @@ from typing import Any
 
 from workbench.errors import UserError
 from workbench.hardware import FreeCores, physical_cores
+from workbench.weightfiles import check_weights
 
 #: Chat-turn end markers of common templates; used as stop strings when a template contains one.
 TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
@@ -315,6 +316,7 @@ def open_engine(ref: str | ModelRef, *, n_ctx: int | None = None, threads: int |
                 device: str = "auto", prompt_cache: bool = True, store: Any | None = None) -> Engine:
     """Load a model for chat. `n_ctx` defaults to the model's context length, capped at 4096."""
     model = ref if isinstance(ref, ModelRef) else resolve_model(ref, store)
+    check_weights(model.weights)  # a damaged file is one line before anything loads
     if n_ctx is not None and n_ctx < 16:
         raise UserError(f"--n-ctx {n_ctx} is too small to chat in; use at least 16 tokens")
     if threads is not None and threads < 1:

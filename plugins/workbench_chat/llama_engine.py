@@ -17,6 +17,7 @@ import contextlib
 import io
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
@@ -40,6 +41,9 @@ def gguf_header(path: str) -> tuple[int | None, str | None]:
     """The context length the model was trained with and its chat template, from the metadata."""
     from gguf import GGUFReader
 
+    from workbench.weightfiles import check_gguf
+
+    check_gguf(Path(path))
     try:
         reader = GGUFReader(path)
     except (ValueError, OSError):  # numpy's reshape errors say nothing useful here

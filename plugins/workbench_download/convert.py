@@ -129,10 +129,13 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of one weights file; pickled files only through torch's weights-only loader."""
     import torch
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from workbench.weightfiles import check_pth
 
-        return load_file(str(path))
+    if path.suffix == ".safetensors":
+        from workbench.ml.checkpoint import load_safetensors
+
+        return load_safetensors(path, path.name)
+    check_pth(path, path.name)
     try:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -44,6 +44,9 @@ def inspect_gguf(path: Path, shown_name: str) -> dict[str, Any]:
     """What the file says about itself; a file the gguf reader cannot parse is refused."""
     from gguf import GGUFReader, LlamaFileType
 
+    from workbench.weightfiles import check_gguf
+
+    check_gguf(path, shown_name)
     try:
         reader = GGUFReader(path, "r")
     except Exception as exc:  # the reader raises ValueError, struct errors, IndexError, …

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
+from workbench.weightfiles import check_model_dir
 from workbench_dpo.rows import check_preference_dataset, read_rows
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class DPOStage(Stage):
         if not options.targets:
             raise UserError("--targets must name at least one layer")
         model_dir = ctx.artifact(options.model, "model").path
+        check_model_dir(model_dir)
         context = _block_size(model_dir)
         if options.max_seq_length is not None and context and options.max_seq_length > context:
             raise UserError(f"--max-seq-length {options.max_seq_length} is longer than the model's context of {context}")
@@ -104,6 +106,7 @@ class DPOStage(Stage):
         read_rows(data.path / "val.jsonl")
         if options.reference:
             ref_dir = ctx.artifact(options.reference, "model").path
+            check_model_dir(ref_dir)
             if _tokenizer_digest(ref_dir) != _tokenizer_digest(model_dir):
                 raise UserError(
                     f"reference model '{options.reference}' has a different tokenizer from '{options.model}'; "

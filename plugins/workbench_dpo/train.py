@@ -353,6 +353,9 @@ def _stored_dtype(model_dir: Path) -> torch.dtype:
     if st.exists():
         from safetensors import safe_open
 
+        from workbench.weightfiles import check_safetensors
+
+        check_safetensors(st)
         with safe_open(str(st), framework="pt") as fh:
             for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if key.endswith(".weight"):

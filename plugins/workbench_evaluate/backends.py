@@ -129,6 +129,9 @@ def vocab_only(path: Path) -> Any:
     from jinja2 import TemplateError
     from llama_cpp import Llama
 
+    from workbench.weightfiles import check_gguf
+
+    check_gguf(path)  # llama.cpp's own refusal of a short file names neither file nor cause
     caught = io.StringIO()
     try:
         with redirect_stderr(caught):

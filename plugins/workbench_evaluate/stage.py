@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
+from workbench.weightfiles import check_model_dir, check_weights
 from workbench_evaluate.mcfile import FORMATS, read_questions
 from workbench_evaluate.plan import TASKS, make_plan, task_limits
 
@@ -118,6 +119,11 @@ class EvalStage(Stage):
                             "windows would skip tokens")
         task_limits(options)
         plan = make_plan(ctx.store, options)
+        for model in plan.targets:
+            if model.gguf_path is not None:
+                check_weights(model.gguf_path)
+            elif model.model_dir is not None:
+                check_model_dir(model.model_dir)
         if "mc" in plan.tasks and plan.mc_path is not None:
             read_questions(plan.mc_path)  # names the first bad row by file and line
 

@@ -55,6 +55,9 @@ class _SafetensorsReader:
     DTYPES: ClassVar[dict[str, torch.dtype]] = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
     def __init__(self, path: Path):
+        from workbench.weightfiles import check_safetensors
+
+        check_safetensors(path)  # lengths and offsets against the file size, before any tensor
         self.path = path
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
@@ -75,7 +78,10 @@ class _SafetensorsReader:
         buf = bytearray(end - begin)
         with open(self.path, "rb") as fh:
             fh.seek(self.data_start + begin)
-            fh.readinto(buf)
+            got = fh.readinto(buf)
+        if got != len(buf):  # the file shrank since it was checked: never pad with zeros
+            raise UserError(f"{self.path.name} in {self.path.parent} is truncated: tensor '{name}' needs "
+                            f"{len(buf):,} bytes, the file holds {got:,} of them")
         return torch.frombuffer(buf, dtype=self.DTYPES[info["dtype"]]).reshape(info["shape"])
 
 

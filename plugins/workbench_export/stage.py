@@ -15,6 +15,7 @@ from workbench.context import Context
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
+from workbench.weightfiles import check_model_dir, check_weights
 
 BASE_TYPES = ("f32", "f16", "bf16")
 QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
@@ -92,6 +93,9 @@ class ExportStage(Stage):
             raise UserError(f"--quant lists a type twice: {','.join(options.quant)}")
         art = ctx.artifact(options.model, ("model", "adapter"))
         model_dir = base_model_of(art.path, ctx).path if art.kind == "adapter" else art.path
+        check_model_dir(model_dir)
+        if art.kind == "adapter":
+            check_weights(art.path / "adapter.safetensors")
         family_for(read_config(model_dir), model_dir / "model_config.yaml")
         check_tokenizer(model_dir)
         style_for_model(model_dir)  # a chat template that leaves the sandbox is refused before any run

@@ -234,11 +234,11 @@ class Loaded:
 
 
 def load_classifier(art_dir: Path, base_dir: Path, device: str = "cpu") -> Loaded:
-    from safetensors.torch import load_file
+    from workbench.ml.checkpoint import load_safetensors
 
     spec = json.loads((art_dir / CONFIG).read_text())
     model = build(base_dir, len(spec["labels"]), spec["train_blocks"], seed=0)
-    weights = load_file(str(art_dir / WEIGHTS))
+    weights = load_safetensors(art_dir / WEIGHTS)
     unknown = set(weights) - set(model.state_dict())
     if unknown:
         raise UserError(f"{art_dir / WEIGHTS} does not fit the base model ({sorted(unknown)[0]})")

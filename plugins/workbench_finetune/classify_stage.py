@@ -14,6 +14,7 @@ import yaml
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
+from workbench.weightfiles import check_model_dir
 from workbench_finetune.datasets import (
     LABELLED_SUFFIXES,
     Labelled,
@@ -118,6 +119,7 @@ class ClassifyStage(Stage):
 
     def validate(self, options: Options, ctx: Context) -> None:
         base = ctx.artifact(options.model, "model")
+        check_model_dir(base.path)
         n_layer = read_n_layer(base.path)
         if options.train_blocks > n_layer:
             raise UserError(f"--train-blocks {options.train_blocks} is more than the model's {n_layer} blocks")

@@ -16,6 +16,7 @@ from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.prompts import STYLES, style_for_model
 from workbench.stages import Stage
+from workbench.weightfiles import check_model_dir
 from workbench_finetune.datasets import instruction_data
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class LoraStage(Stage):
         if options.quantize and options.precision and "mixed" in options.precision:
             raise UserError("--quantize works with a '-true' precision (bf16-true, 16-true, 32-true), not mixed")
         base = ctx.artifact(options.model, "model")
+        check_model_dir(base.path)
         block_size = read_block_size(base.path)
         if options.max_seq_length is not None and options.max_seq_length > block_size:
             raise UserError(

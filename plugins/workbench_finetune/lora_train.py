@@ -109,6 +109,9 @@ def _stored_dtype(model_dir: Path) -> torch.dtype:
     if st.exists():
         from safetensors import safe_open
 
+        from workbench.weightfiles import check_safetensors
+
+        check_safetensors(st)
         with safe_open(str(st), "pt") as fh:
             key = next(iter(fh.keys()), None)
             if key is not None:

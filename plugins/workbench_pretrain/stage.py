@@ -16,6 +16,7 @@ from workbench.context import Context
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
+from workbench.weightfiles import check_model_dir
 from workbench_pretrain.presets import PRESETS, Preset, describe
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -102,6 +103,8 @@ class PretrainStage(Stage):
             raise UserError("pass --tokenizer to train from scratch, or --init-from MODEL to continue a model")
         if options.init_from and options.model:
             raise UserError("--model and --init-from were both given; the model to continue fixes the architecture")
+        if options.init_from:
+            check_model_dir(ctx.artifact(options.init_from, "model").path)
         if options.model and options.model.endswith((".yaml", ".yml")):
             if not Path(options.model).is_file():
                 raise UserError(f"model config file {options.model} does not exist")

@@ -27,6 +27,7 @@ import yaml
 from litgpt import GPT, Config
 
 from workbench.errors import UserError, writing
+from workbench.weightfiles import check_model_dir, check_safetensors, where
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -49,22 +50,30 @@ def load_config(model_dir: Path) -> Config:
 
 
 def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
-    st = model_dir / "model.safetensors"
-    if st.exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    pth = model_dir / "lit_model.pth"
-    if not pth.exists():
-        raise UserError(f"{model_dir} has no weights (model.safetensors or lit_model.pth)")
+    path = check_model_dir(model_dir)  # again at load: the file may have changed since validate()
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
     try:
-        sd = torch.load(pth, map_location="cpu", weights_only=True, mmap=True)
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise UserError(
-            f"{pth} cannot be loaded safely ({type(exc).__name__}); it may hold pickled objects, "
-            "which workbench never unpickles"
+            f"{where(path)} cannot be loaded safely ({type(exc).__name__}); it is damaged or holds "
+            "pickled objects, which workbench never unpickles"
         ) from None
     return sd.get("model", sd) if isinstance(sd, dict) and "model" in sd else sd
+
+
+def load_safetensors(path: Path, shown: str | None = None) -> dict[str, torch.Tensor]:
+    """A .safetensors file's tensors, its header checked first; damage the checks cannot see
+    (a file changed while it loads) is still one line naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    check_safetensors(path, shown)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{shown or where(path)} cannot be read: {str(exc).splitlines()[0]}") from None
 
 
 def load_model(model_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> GPT:

@@ -85,12 +85,12 @@ def save_adapter(out_dir: Path, model: torch.nn.Module, settings: LoRASettings, 
 
 
 def read_adapter(adapter_dir: Path) -> tuple[LoRASettings, dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
+    from workbench.ml.checkpoint import load_safetensors
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     lora = cfg["lora"]
     settings = LoRASettings(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], targets=tuple(lora["targets"]))
-    return settings, load_file(str(adapter_dir / "adapter.safetensors")), cfg
+    return settings, load_safetensors(adapter_dir / "adapter.safetensors"), cfg
 
 
 def merged_state_dict(model: LoRAGPT) -> dict[str, torch.Tensor]:
