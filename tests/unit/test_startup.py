@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -40,3 +42,74 @@ def test_tui_module_imports_light(workspace):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+HELP_PROBE = """
+import contextlib, io, json, sys
+from workbench.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        main({args!r})
+    except SystemExit:
+        pass
+plugins = sorted(m for m in sys.modules if m.startswith("workbench_") or m == "importlib.metadata")
+print(json.dumps({{"help": out.getvalue(), "imported": plugins}}))
+"""
+
+
+def help_probe(*args: str, env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", HELP_PROBE.format(args=list(args))], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def index_cache(tmp_path, monkeypatch):
+    """A private plugin index, so these tests see a cold one and share it with nobody."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
+def test_top_level_help_imports_no_plugin_and_shows_every_summary(index_cache):
+    cold = help_probe("--help")
+    warm = help_probe("--help")
+    assert warm["imported"] == [], "workbench --help imported plugin modules (or importlib.metadata)"
+    assert warm["help"] == cold["help"]
+    text = " ".join(warm["help"].split())  # argparse wraps lines
+    for summary in ("Pretrain a Llama-style model", "Import, clean, de-duplicate and split a dataset",
+                    "LoRA instruction finetuning", "Classification finetuning",
+                    "Measure models (checkpoints and GGUF)", "Chat with a GGUF build",
+                    "Serve a model over an OpenAI-compatible HTTP API"):
+        assert summary in text
+
+
+def test_stage_help_imports_only_its_own_plugin(index_cache):
+    help_probe("--help")
+    out = help_probe("export", "--help")
+    assert out["imported"] == ["workbench_export", "workbench_export.stage"]
+    assert out["help"].startswith("usage: workbench export")
+
+
+def test_plugin_installed_after_the_index_was_written_is_listed(index_cache, plugin_site, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    assert "counter" not in help_probe("--help", env=env)["help"]
+    shutil.copytree(plugin_site, site, dirs_exist_ok=True)  # what `pip install --target` leaves
+    text = help_probe("--help", env=env)["help"]
+    assert "Count with a seeded random walk" in text
+    assert "(unavailable: ImportError: this plugin needs a package" in " ".join(text.split())
+
+
+def test_edited_plugin_summary_is_shown_at_once(index_cache, plugin_site, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(plugin_site, site)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    assert "Count with a seeded random walk" in help_probe("--help", env=env)["help"]
+    source = site / "workbench_counter" / "__init__.py"
+    source.write_text(source.read_text().replace("Count with a seeded random walk", "Count upwards"))
+    text = help_probe("--help", env=env)["help"]
+    assert "Count upwards" in text and "seeded random walk" not in text
