@@ -14,7 +14,6 @@ names a `Command` object. A stage may offer `finders`: searches an option's valu
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -28,6 +27,7 @@ from zlib import crc32
 from workbench.errors import UserError
 
 if TYPE_CHECKING:
+    import argparse
     import importlib.metadata as md
 
     from workbench.context import Context

@@ -113,3 +113,32 @@ def test_edited_plugin_summary_is_shown_at_once(index_cache, plugin_site, tmp_pa
     source.write_text(source.read_text().replace("Count with a seeded random walk", "Count upwards"))
     text = help_probe("--help", env=env)["help"]
     assert "Count upwards" in text and "seeded random walk" not in text
+
+
+FIRST_FRAME_PROBE = """
+import json, sys
+from workbench.tui.app import WorkbenchApp
+
+class FirstFrame(WorkbenchApp):
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.first_frame)
+
+    def first_frame(self) -> None:
+        self.loaded = sorted(m for m in {watch!r} if m in sys.modules)
+        self.exit()
+
+app = FirstFrame()
+app.run(headless=True, size=(80, 24))
+print(json.dumps(app.loaded))
+"""
+
+
+def test_tui_first_frame_defers_what_it_does_not_show(workspace):
+    """The first frame draws the pipeline's frame; the store, the chat client, argparse and
+    Rich's emoji table come later, when a view or a worker needs them."""
+    watch = ("workbench.store", "sqlite3", "workbench.tui.chat_client", "argparse", "rich._emoji_codes",
+             "importlib.metadata", *HEAVY)
+    out = subprocess.run([sys.executable, "-c", FIRST_FRAME_PROBE.format(watch=watch)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
