@@ -82,16 +82,20 @@ def build_parser(argv: Sequence[str]) -> Parser:
         if first != top:
             sub.add_parser(top, help=_indexed_help(infos, f"{top} stages"), add_help=False)
             continue
-        for info in infos:
-            stages.load(info)
         if len(infos) == 1 and "." not in infos[0].name:
-            _add_stage_parser(sub, infos[0], top, common)
+            _add_stage_parser(sub, stages.load(infos[0]), top, common)
         else:
-            summary = "; ".join(i.summary for i in infos if i.ok) or f"{top} stages"
+            summary = _indexed_help(infos, f"{top} stages")
             gp = sub.add_parser(top, help=summary, description=summary, parents=[common])
             gsub = gp.add_subparsers(dest="subcommand", metavar="STAGE", required=True)
+            # `finetune lora ...` loads the lora stage only; `finetune --help` loads none.
+            second = next((a for a in argv[argv.index(top) + 1:] if not a.startswith("-")), None)
             for info in infos:
-                _add_stage_parser(gsub, info, info.name.split(".", 1)[1], common)
+                name = info.name.split(".", 1)[1]
+                if second == name:
+                    _add_stage_parser(gsub, stages.load(info), name, common)
+                else:
+                    gsub.add_parser(name, help=_indexed_help([info], f"{name} stage"), add_help=False)
 
     for info in command_infos:
         if first != info.name:

@@ -170,12 +170,13 @@ def discover(group: str = STAGE_GROUP) -> list[PluginInfo]:
 #
 # Reading entry points scans every installed distribution, and summaries live in the plugin
 # modules; together they cost `workbench --help` most of its time. The index records both, with
-# what they were read from: the modification time of every sys.path directory (installing,
-# upgrading or removing a distribution adds or renames a directory there, editable ones included)
-# and of every source file a summary came from. A later process reuses it only if all of these are
-# unchanged, so it cannot go stale; otherwise it scans again and rewrites it.
+# what they were read from: the metadata directories of the distributions in each sys.path entry,
+# with their modification times (installing, upgrading or removing a distribution, editable ones
+# included, adds, renames or rewrites one), and the modification time of every source file a
+# summary came from. A later process reuses it only if all of these are unchanged, so it cannot
+# go stale; otherwise it scans again and rewrites it.
 
-_INDEX_FORMAT = 1
+_INDEX_FORMAT = 2
 
 
 def _index_key() -> str:
@@ -197,8 +198,21 @@ def _mtime(path: str) -> int:
         return -1
 
 
-def _path_dirs() -> dict[str, int]:
-    return {entry: _mtime(os.path.abspath(entry) if entry else os.getcwd()) for entry in sys.path}
+#: What importlib.metadata reads distributions from, in each sys.path directory.
+_DIST_SUFFIXES = (".dist-info", ".egg-info", ".egg")
+
+
+def _path_dirs() -> dict[str, Any]:
+    """Per sys.path entry, its distributions' metadata directories and their modification times."""
+    stamp: dict[str, Any] = {}
+    for entry in sys.path:
+        path = os.path.abspath(entry) if entry else os.getcwd()
+        try:
+            with os.scandir(path) as found:
+                stamp[entry] = sorted([e.name, e.stat().st_mtime_ns] for e in found if e.name.endswith(_DIST_SUFFIXES))
+        except OSError:  # a zip file, or absent
+            stamp[entry] = _mtime(path)
+    return stamp
 
 
 def _plugin_index() -> list[dict[str, Any]]:

@@ -91,6 +91,12 @@ def test_stage_help_imports_only_its_own_plugin(index_cache):
     out = help_probe("export", "--help")
     assert out["imported"] == ["workbench_export", "workbench_export.stage"]
     assert out["help"].startswith("usage: workbench export")
+    lora = help_probe("finetune", "lora", "--help")
+    assert lora["imported"] == ["workbench_finetune", "workbench_finetune.lora_stage"]
+    assert lora["help"].startswith("usage: workbench finetune lora")
+    group = help_probe("finetune", "--help")
+    assert group["imported"] == []
+    assert "LoRA instruction finetuning" in group["help"] and "Classification finetuning" in group["help"]
 
 
 def test_plugin_installed_after_the_index_was_written_is_listed(index_cache, plugin_site, tmp_path):
