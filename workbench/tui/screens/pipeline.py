@@ -56,7 +56,9 @@ class PipelineScreen(WorkbenchScreen):
         table.add_column(Text("Stage"), key="stage", width=16)
         table.add_column(Text("State"), key="state", width=15)
         table.add_column(Text("What it does"), key="summary")
-        self.watch(self.app, "catalog_version", lambda _: self._show_catalog())
+        # Rows and states come after the first frame: the states' worker opens the store.
+        self.watch(self.app, "catalog_version", lambda _: self._show_catalog(), init=False)
+        self.call_after_refresh(self._show_catalog)
         self.set_interval(REFRESH_S, self.action_refresh)
         table.focus()
 
