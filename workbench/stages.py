@@ -176,7 +176,7 @@ def discover(group: str = STAGE_GROUP) -> list[PluginInfo]:
 # summary came from. A later process reuses it only if all of these are unchanged, so it cannot
 # go stale; otherwise it scans again and rewrites it.
 
-_INDEX_FORMAT = 2
+_INDEX_FORMAT = 3
 
 
 def _index_key() -> str:
@@ -202,7 +202,7 @@ def _mtime(path: str) -> int:
 _DIST_SUFFIXES = (".dist-info", ".egg-info", ".egg")
 
 
-def _path_dirs() -> dict[str, Any]:
+def _installed() -> dict[str, Any]:
     """Per sys.path entry, its distributions' metadata directories and their modification times."""
     stamp: dict[str, Any] = {}
     for entry in sys.path:
@@ -220,19 +220,19 @@ def _plugin_index() -> list[dict[str, Any]]:
     path = _index_path(key)
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))
-        if (cached["key"] == key and cached["dirs"] == _path_dirs()
+        if (cached["key"] == key and cached["installed"] == _installed()
                 and all(_mtime(f) == m for entry in cached["plugins"] for f, m in entry["files"].items())):
             return cached["plugins"]  # type: ignore[no-any-return]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    dirs = _path_dirs()  # before the scan: a change during it makes the next look scan again
+    installed = _installed()  # before the scan: a change during it makes the next look scan again
     plugins = [_index_entry(_info(ep, group)) for group in (STAGE_GROUP, COMMAND_GROUP)
                for ep in _entry_points(group)]
     if all(entry["files"] for entry in plugins):  # without its files an entry could go stale
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"key": key, "dirs": dirs, "plugins": plugins}), encoding="utf-8")
+            tmp.write_text(json.dumps({"key": key, "installed": installed, "plugins": plugins}), encoding="utf-8")
             os.replace(tmp, path)
         except OSError:  # a read-only cache only costs speed
             tmp.unlink(missing_ok=True)
