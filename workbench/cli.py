@@ -69,33 +69,37 @@ def build_parser(argv: Sequence[str]) -> Parser:
     groups: dict[str, list[stages.PluginInfo]] = {}
     for info in stage_infos:
         groups.setdefault(info.name.split(".")[0], []).append(info)
-    full = first is None  # top-level help lists everything with summaries
-
+    # Only the command in argv is configured (and its plugin imported); the top-level help
+    # lists the others with the summaries the plugin index recorded.
     for name, summary in CORE_COMMANDS.items():
-        if full or first == name:
+        if first == name:
             p = sub.add_parser(name, help=summary, description=summary, parents=[common])
             _CONFIGURE[name](p, common)
         else:
             sub.add_parser(name, help=summary, add_help=False)
 
     for top, infos in groups.items():
-        if not (full or first == top):
-            sub.add_parser(top, help=f"{top} stage", add_help=False)
+        if first != top:
+            sub.add_parser(top, help=_indexed_help(infos, f"{top} stages"), add_help=False)
             continue
-        for info in infos:
-            stages.load(info)
         if len(infos) == 1 and "." not in infos[0].name:
-            _add_stage_parser(sub, infos[0], top, common)
+            _add_stage_parser(sub, stages.load(infos[0]), top, common)
         else:
-            summary = "; ".join(i.summary for i in infos if i.ok) or f"{top} stages"
+            summary = _indexed_help(infos, f"{top} stages")
             gp = sub.add_parser(top, help=summary, description=summary, parents=[common])
             gsub = gp.add_subparsers(dest="subcommand", metavar="STAGE", required=True)
+            # `finetune lora ...` loads the lora stage only; `finetune --help` loads none.
+            second = next((a for a in argv[argv.index(top) + 1:] if not a.startswith("-")), None)
             for info in infos:
-                _add_stage_parser(gsub, info, info.name.split(".", 1)[1], common)
+                name = info.name.split(".", 1)[1]
+                if second == name:
+                    _add_stage_parser(gsub, stages.load(info), name, common)
+                else:
+                    gsub.add_parser(name, help=_indexed_help([info], f"{name} stage"), add_help=False)
 
     for info in command_infos:
-        if not (full or first == info.name):
-            sub.add_parser(info.name, help=f"{info.name} command", add_help=False)
+        if first != info.name:
+            sub.add_parser(info.name, help=_indexed_help([info], f"{info.name} command"), add_help=False)
             continue
         stages.load(info)
         if not info.ok:
@@ -108,6 +112,13 @@ def build_parser(argv: Sequence[str]) -> Parser:
         cmd.configure(cp)
         cp.set_defaults(handler=lambda a, c=cmd: c.main(a))
     return parser
+
+
+def _indexed_help(infos: list[Any], fallback: str) -> str:
+    """A command's line in the top-level help, from the plugin index (nothing imported)."""
+    if len(infos) == 1 and infos[0].indexed_error:
+        return f"(unavailable: {infos[0].indexed_error})"
+    return "; ".join(i.summary for i in infos if i.summary) or fallback
 
 
 def _broken(info: Any) -> int:

@@ -14,16 +14,22 @@ names a `Command` object. A stage may offer `finders`: searches an option's valu
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import importlib.metadata as md
+import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from zlib import crc32
 
 from workbench.errors import UserError
 
 if TYPE_CHECKING:
+    import argparse
+    import importlib.metadata as md
+
     from workbench.context import Context
 
 STAGE_GROUP = "workbench.stages"
@@ -117,6 +123,10 @@ class PluginInfo:
     status: str = "not loaded"
     error: str = ""
     obj: Any = field(default=None, repr=False)
+    #: The summary recorded in the plugin index, so help can show it without an import.
+    indexed_summary: str = ""
+    #: The import error recorded in the plugin index ("" when the plugin loaded).
+    indexed_error: str = ""
 
     @property
     def ok(self) -> bool:
@@ -124,10 +134,12 @@ class PluginInfo:
 
     @property
     def summary(self) -> str:
-        return getattr(self.obj, "summary", "") if self.obj is not None else ""
+        return getattr(self.obj, "summary", "") if self.obj is not None else self.indexed_summary
 
 
 def _entry_points(group: str) -> list[md.EntryPoint]:
+    import importlib.metadata as md
+
     eps = md.entry_points(group=group)
     seen: dict[str, md.EntryPoint] = {}
     for ep in eps:
@@ -148,8 +160,111 @@ def _info(ep: md.EntryPoint, group: str) -> PluginInfo:
 
 
 def discover(group: str = STAGE_GROUP) -> list[PluginInfo]:
-    """Entry-point metadata only: nothing is imported."""
-    return [_info(ep, group) for ep in _entry_points(group)]
+    """The installed plugins of `group`, from the plugin index: nothing is imported."""
+    return [PluginInfo(**{k: v for k, v in entry.items() if k != "files"})
+            for entry in _plugin_index() if entry["group"] == group]
+
+
+# ----------------------------------------------------------------------------------------------
+# The plugin index: entry points and summaries without importing importlib.metadata or a plugin.
+#
+# Reading entry points scans every installed distribution, and summaries live in the plugin
+# modules; together they cost `workbench --help` most of its time. The index records both, with
+# what they were read from: the metadata directories of the distributions in each sys.path entry,
+# with their modification times (installing, upgrading or removing a distribution, editable ones
+# included, adds, renames or rewrites one), and the modification time of every source file a
+# summary came from. A later process reuses it only if all of these are unchanged, so it cannot
+# go stale; otherwise it scans again and rewrites it.
+
+_INDEX_FORMAT = 3
+
+
+def _index_key() -> str:
+    return json.dumps([_INDEX_FORMAT, sys.executable, sys.version, sys.path])
+
+
+def _index_path(key: str) -> Path:
+    import platformdirs
+
+    # One file per interpreter and import path; the key inside settles a checksum collision.
+    name = f"plugins-{crc32(key.encode()):08x}.json"
+    return Path(platformdirs.user_cache_path("workbench", appauthor=False)) / name
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+#: What importlib.metadata reads distributions from, in each sys.path directory.
+_DIST_SUFFIXES = (".dist-info", ".egg-info", ".egg")
+
+
+def _installed() -> dict[str, Any]:
+    """Per sys.path entry, its distributions' metadata directories and their modification times."""
+    stamp: dict[str, Any] = {}
+    for entry in sys.path:
+        path = os.path.abspath(entry) if entry else os.getcwd()
+        try:
+            with os.scandir(path) as found:
+                stamp[entry] = sorted([e.name, e.stat().st_mtime_ns] for e in found if e.name.endswith(_DIST_SUFFIXES))
+        except OSError:  # a zip file, or absent
+            stamp[entry] = _mtime(path)
+    return stamp
+
+
+def _plugin_index() -> list[dict[str, Any]]:
+    key = _index_key()
+    path = _index_path(key)
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if (cached["key"] == key and cached["installed"] == _installed()
+                and all(_mtime(f) == m for entry in cached["plugins"] for f, m in entry["files"].items())):
+            return cached["plugins"]  # type: ignore[no-any-return]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    installed = _installed()  # before the scan: a change during it makes the next look scan again
+    plugins = [_index_entry(_info(ep, group)) for group in (STAGE_GROUP, COMMAND_GROUP)
+               for ep in _entry_points(group)]
+    if all(entry["files"] for entry in plugins):  # without its files an entry could go stale
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"key": key, "installed": installed, "plugins": plugins}), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:  # a read-only cache only costs speed
+            tmp.unlink(missing_ok=True)
+    return plugins
+
+
+def _index_entry(info: PluginInfo) -> dict[str, Any]:
+    """What the index keeps of one plugin, loaded once to read its summary."""
+    load(info)
+    modules = {info.value.partition(":")[0]}
+    if info.obj is not None:  # a summary may be inherited: every class it could come from
+        cls = info.obj if isinstance(info.obj, type) else type(info.obj)
+        modules.update(c.__module__ for c in cls.__mro__)
+    files = {}
+    for name in modules:
+        origin = getattr(sys.modules.get(name), "__file__", None) or _origin(name)
+        if origin:
+            files[origin] = _mtime(origin)
+    return {"name": info.name, "value": info.value, "group": info.group, "package": info.package,
+            "version": info.version, "indexed_summary": info.summary,
+            "indexed_error": info.error, "files": files}
+
+
+def _origin(module: str) -> str | None:
+    """The source file of a module that failed to import, if it can be found."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception:  # its parent package is broken too
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
 
 
 def load(info: PluginInfo) -> PluginInfo:

@@ -152,12 +152,20 @@ def gguf_metadata(path: Path) -> dict[str, str]:
 
 
 class LlamaBackend:
-    """A GGUF file in llama-cpp-python with every position's logits kept (`logits_all`)."""
+    """A GGUF file in llama-cpp-python, fed through llama.cpp's batch API.
+
+    Each window goes to llama.cpp in one `llama_decode` call that asks for logits only at the
+    positions being scored: llama.cpp then skips the output layer everywhere else, and the logits
+    are read straight from its buffer rather than copied row by row into `Llama.scores`. The
+    KV cache keeps the longest prefix a call shares with the previous one, so multiple-choice
+    options after one question and greedy decoding re-read only what is new.
+    """
 
     name = "llama.cpp"
 
     def __init__(self, path: Path, *, context: int | None, device: str, threads: int | None,
                  n_ctx: int | None = None):
+        import llama_cpp
         from llama_cpp import Llama
 
         meta = gguf_metadata(path)
@@ -169,51 +177,84 @@ class LlamaBackend:
         threads = threads or free_cores()
         gpu_layers = -1 if device in ("cuda", "mps") else 0
         try:
-            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                              type_k=0, type_v=0, n_gpu_layers=gpu_layers, n_threads=threads,
                              n_threads_batch=threads, seed=0, verbose=False)
         except ValueError as exc:  # llama.cpp refuses a broken file with a bare ValueError
             raise UserError(f"llama.cpp cannot load {path}: {exc}") from None
         self.context = min(self.context, self.llm.n_ctx())
+        self._lib = llama_cpp
+        self._ctx = self.llm.ctx
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._vocab = self.llm.n_vocab()
+        self._n_batch = self.llm.n_batch
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        size = (self._n_batch,)
+        self._tok = np.ctypeslib.as_array(self._batch.token, shape=size)
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=size)
+        self._want = np.ctypeslib.as_array(self._batch.logits, shape=size)
+        np.ctypeslib.as_array(self._batch.n_seq_id, shape=size)[:] = 1
+        for i in range(self._n_batch):  # every token belongs to sequence 0
+            self._batch.seq_id[i][0] = 0
+        self._cached = np.zeros(0, dtype=np.int64)  # the tokens whose keys and values are in the cache
 
-    def _feed(self, ids: list[int]) -> None:
-        """Evaluate `ids`, reusing the cached prefix it shares with what was evaluated last."""
-        llm = self.llm
-        cached = llm.input_ids[:llm.n_tokens]
-        common = 0
-        limit = min(len(cached), len(ids) - 1)
-        while common < limit and cached[common] == ids[common]:
-            common += 1
-        llm.n_tokens = common  # eval() drops the KV entries past this point
-        llm.eval(ids[common:])
+    def _decode(self, ids: Sequence[int], lo: int, hi: int) -> np.ndarray:
+        """The logits after each of ids[lo:hi] (float32, one row each), given all of `ids`."""
+        tokens = np.asarray(ids, dtype=np.int64)
+        # Reuse the cached prefix, but recompute from `lo` on: logits are kept only for the
+        # positions that asked for them.
+        limit = min(len(self._cached), lo)
+        differ = np.flatnonzero(self._cached[:limit] != tokens[:limit])
+        common = int(differ[0]) if len(differ) else limit
+        self._lib.llama_memory_seq_rm(self._memory, 0, common, -1)
+        self._cached = self._cached[:common]
+        rows = []
+        for first in range(common, len(tokens), self._n_batch):
+            n = min(self._n_batch, len(tokens) - first)
+            positions = np.arange(first, first + n)
+            self._tok[:n] = tokens[first:first + n]
+            self._pos[:n] = positions
+            want = (positions >= lo) & (positions < hi)
+            self._want[:n] = want
+            self._batch.n_tokens = n
+            code = self._lib.llama_decode(self._ctx, self._batch)
+            if code != 0:
+                self._cached = self._cached[:0]
+                self._lib.llama_memory_clear(self._memory, True)
+                raise RuntimeError(f"llama_decode failed with code {code} at position {first}")
+            self._cached = tokens[:first + n]
+            n_out = int(want.sum())
+            if n_out:
+                out = np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx), shape=(n_out * self._vocab,))
+                rows.append(out.reshape(n_out, self._vocab).copy())
+        if not rows:
+            return np.zeros((0, self._vocab), dtype=np.float32)
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def logprobs(self, items: Sequence[Item]) -> list[np.ndarray]:
-        out = []
-        for ids, start in items:
-            self._feed(ids)
-            out.append(_log_softmax_pick(self.llm.scores[start - 1:len(ids) - 1], ids[start:]))
-        return out
+        return [_log_softmax_pick(self._decode(ids, start - 1, len(ids) - 1), ids[start:]) for ids, start in items]
 
     def next_logits(self, ids: list[int]) -> np.ndarray:
         """The logits that follow `ids`."""
-        self._feed(ids)
-        return np.asarray(self.llm.scores[len(ids) - 1])
+        return self._decode(ids, len(ids) - 1, len(ids))[0]
 
     def greedy(self, prompt: list[int], max_new: int, stop_ids: set[int]) -> list[int]:
-        llm = self.llm
-        self._feed(prompt)
+        ids = list(prompt)
         out: list[int] = []
         while True:
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(self.next_logits(ids)))
             if token in stop_ids:
                 break
             out.append(token)
-            if len(out) >= max_new or llm.n_tokens >= self.context:
+            if len(out) >= max_new or len(ids) >= self.context:
                 break
-            llm.eval([token])
+            ids.append(token)
         return out
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
         self.llm.close()
 
 

@@ -24,7 +24,6 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker
 
-from workbench.tui.chat_client import DEFAULT_COMMAND as CHAT_COMMAND
 from workbench.tui.data import ACTIVE, Entry, catalog, load_catalog, open_store
 from workbench.tui.screens.base import report_worker_error
 from workbench.tui.widgets.navbar import VIEWS
@@ -84,7 +83,7 @@ class WorkbenchApp(App[None]):
     def __init__(
         self,
         *,
-        chat_command: Sequence[str] = CHAT_COMMAND,
+        chat_command: Sequence[str] | None = None,
         doctor_command: Sequence[str] = DOCTOR_COMMAND,
         theme: str = "textual-dark",
         follow_runs: bool = False,
@@ -98,7 +97,8 @@ class WorkbenchApp(App[None]):
         self.job = job
         #: The job's end is announced once, even when it ended before the first poll.
         self._job_pending = job is not None
-        self.chat_command = list(chat_command)
+        #: The chat child's command line; None: `workbench chat` (the chat client is imported with its view).
+        self.chat_command = list(chat_command) if chat_command else None
         self.doctor_command = list(doctor_command)
         self.theme = theme
         self.catalog: list[Entry] = []

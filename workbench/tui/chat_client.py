@@ -20,8 +20,8 @@ STOP_TIMEOUT_S = 3.0
 
 
 class ChatClient:
-    def __init__(self, command: Sequence[str] = DEFAULT_COMMAND):
-        self.command = list(command)
+    def __init__(self, command: Sequence[str] | None = None):
+        self.command = list(command or DEFAULT_COMMAND)
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr: deque[str] = deque(maxlen=20)
         self._drain: asyncio.Task[None] | None = None

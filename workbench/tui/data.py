@@ -12,10 +12,12 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench import locations, stages
-from workbench.store import Artifact, Run, Store
+
+if TYPE_CHECKING:  # the store (sqlite3) loads with the first query, after the first frame
+    from workbench.store import Artifact, Run, Store
 
 #: The lifecycle, in the order a person walks it; third-party stages follow.
 LIFECYCLE: tuple[tuple[str, str], ...] = (
@@ -44,6 +46,8 @@ def open_store(create: bool = False) -> Iterator[Store | None]:
     if not create and not locations.db_path().exists():
         yield None
         return
+    from workbench.store import Store
+
     store = Store()
     try:
         yield store
