@@ -7,9 +7,7 @@ that is not a model, or a cut-off weights file, is refused before a run is even 
 from __future__ import annotations
 
 import io
-import json
 import pickletools
-import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,40 +67,6 @@ def detect(path: Path, *, base_given: bool) -> Source:
         raise UserError(f"{path} holds {len(ggufs)} GGUF files ({', '.join(ggufs[:4])}); import one of them by its path")
     raise UserError(f"{path} is not a model directory: no config.json, model_config.yaml, "
                     "adapter_config.json or *.gguf found")
-
-
-def check_safetensors(path: Path) -> None:
-    """The header parses and the file is as long as the header says: a cut-off download is refused."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise ValueError(f"header claims {n} bytes, file has {size - 8}")
-            header = json.loads(fh.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
-    if 8 + n + end != size:
-        raise UserError(f"{path} is truncated or damaged: its header describes {8 + n + end:,} bytes, "
-                        f"the file has {size:,}")
-
-
-def check_gguf(path: Path) -> None:
-    """The magic, then the gguf package's own reader over the header and every tensor's extent."""
-    with open(path, "rb") as fh:
-        if fh.read(4) != GGUF_MAGIC:
-            raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
-    from gguf import GGUFReader  # numpy only: no model library
-
-    try:
-        GGUFReader(path, "r")
-    except Exception as exc:  # the reader raises ValueError, struct errors, IndexError, …
-        raise UserError(f"{path} is truncated or damaged: the GGUF reader stopped at "
-                        f"{type(exc).__name__}: {str(exc)[:120]}") from None
 
 
 #: What a pickled state dict may name: torch's tensor and storage rebuilders, and the containers.
@@ -176,7 +140,13 @@ _BIN_ADVICE = "use the model's safetensors weights instead"
 
 def check_files(source: Source) -> None:
     """Cheap checks of every weights file the import will read."""
+    from workbench.weightfiles import check_gguf, check_safetensors
+
     if source.format == GGUF:
+        with source.path.open("rb") as fh:
+            magic = fh.read(4)
+        if magic != GGUF_MAGIC:
+            raise UserError(f"{source.path} is not a GGUF file (it does not start with the GGUF magic)")
         check_gguf(source.path)
         return
     for st in sorted(source.path.glob("*.safetensors")):

@@ -183,9 +183,9 @@ def import_litgpt(source: Source, options: Options, ctx: Context) -> Artifact:
                          "generation_config.json", "workbench.json") if (root / n).exists()]
     files = fingerprint(root, [*small, weights], ctx)
     if weights == "model.safetensors":
-        from safetensors.torch import load_file
+        from workbench.ml.checkpoint import load_safetensors
 
-        sd = load_file(str(root / weights))
+        sd = load_safetensors(root / weights)
     else:
         sd = load_pickled_tensors(root / weights)
     ctx.check_cancelled()

@@ -12,10 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_tiny_model, make_tokenizer
-from tests.entry_points import checkout_entry_points, checkout_site  # noqa: F401 (fixtures)
 from tests.stages.conftest import EvilPickle, hf_repo_files
-
-pytestmark = pytest.mark.usefixtures("checkout_entry_points")
 
 FAST = ("--threads", "1", "--temperature", "0", "--max-tokens", "6")
 IDS = [[1, 5, 9, 42, 7, 3, 100, 2]]

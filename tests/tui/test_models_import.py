@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_tiny_model
-from tests.entry_points import checkout_entry_points, checkout_site  # noqa: F401 (fixtures)
 from tests.stages.conftest import tiny_gguf
 from tests.tui.helpers import SIZE, screen_text, shows, wait_for
 from tests.tui.test_pipeline import set_option
@@ -17,8 +16,6 @@ from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.form import StageFormScreen
 from workbench.tui.screens.models import ModelsScreen
 from workbench.tui.screens.runs import RunMonitorScreen
-
-pytestmark = pytest.mark.usefixtures("checkout_entry_points")
 
 
 @pytest.fixture
