@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
-from workbench_import.detect import HF, check_files, detect
+from workbench_import.detect import HF, LITGPT, check_files, detect
 
 if TYPE_CHECKING:
     from workbench.context import Context
@@ -94,6 +94,10 @@ examples:
         check_files(source)
         if source.format == HF:
             check_hf_config(source.path)
+        if source.format in (HF, LITGPT):
+            from workbench.prompts import style_for_model
+
+            style_for_model(source.path)  # a hostile chat template is refused before a run exists
 
     def run(self, options: Options, ctx: Context) -> dict[str, Any]:
         from workbench_import.formats import import_source

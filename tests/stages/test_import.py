@@ -251,7 +251,7 @@ def test_a_truncated_safetensors_file_is_named_and_nothing_is_written(cli, works
     r = cli("models", "import", str(hf_dir))
     assert r.returncode == 2
     [line] = r.stderr.strip().splitlines()
-    assert line.startswith(f"error: {weights} is truncated or damaged")
+    assert line.startswith(f"error: {weights.name} in {weights.parent} is truncated: the header says")
     assert not (workspace / "runs").exists() and leftovers(workspace) == []
 
 
@@ -303,29 +303,16 @@ def evil_template_model(tmp_path: Path, marker: Path) -> Path:
     return src
 
 
-def import_evil(cli: Any, tmp_path: Path, marker: Path) -> Any:
-    """Import the hostile folder: stored inert, or refused in one line; either way nothing ran."""
-    r = cli("models", "import", str(evil_template_model(tmp_path, marker)), "--name", "evil", "--json")
-    assert not marker.exists()
-    if r.returncode == 0:
-        from workbench.store import Store
-
-        return Store().find_artifact(json.loads(r.stdout)["result"]["artifact"])
-    assert r.returncode == 2 and "template" in r.stderr + r.stdout, r.stderr + r.stdout
-    return None
-
-
-def test_a_malicious_chat_template_runs_nothing_on_import(cli, tmp_path):
-    import_evil(cli, tmp_path, tmp_path / "template-ran")
-
-
-@pytest.mark.xfail(strict=False, reason="needs the template sandbox")
-def test_a_malicious_chat_template_of_an_imported_model_runs_nothing_in_chat(cli, tmp_path):
+def test_a_malicious_chat_template_is_refused_on_import_before_anything_runs(cli, tmp_path):
     marker = tmp_path / "template-ran"
-    art = import_evil(cli, tmp_path, marker)
-    if art is not None:
-        cli("chat", art.id, *FAST, input="hello\n/exit\n")
+    r = cli("models", "import", str(evil_template_model(tmp_path, marker)), "--name", "evil")
     assert not marker.exists()
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "outside the sandbox" in lines[0] and "tokenizer_config.json" in lines[0], r.stderr
+    from workbench.store import Store
+
+    assert Store().list_artifacts() == [] and Store().list_runs() == []
 
 
 def test_progress_and_origin_are_in_the_run_events(cli, hf_dir):
@@ -372,7 +359,7 @@ def test_a_truncated_gguf_is_named_and_nothing_is_written(cli, workspace, tmp_pa
     r = cli("models", "import", str(gguf))
     assert r.returncode == 2
     [line] = r.stderr.strip().splitlines()
-    assert line.startswith(f"error: {gguf} is truncated or damaged")
+    assert line.startswith(f"error: {gguf.name} in {gguf.parent} is truncated: its header says")
     assert not (workspace / "runs").exists() and leftovers(workspace) == []
 
 
