@@ -339,7 +339,7 @@ def measure(shape: str, cache: Path, work: Path, download_only: bool = False) ->
         return m
 
     rows = work / "instructions.jsonl"
-    rows.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in EXAMPLES * 2))
+    rows.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in EXAMPLES))
     subprocess.run(cli("data", "prepare", str(rows), "--type", "instruction", "--name", "tiny-sft",
                        "--val-fraction", "0.25", "--json"), env=env, check=True, capture_output=True)
     m["finetune"] = measured(cli("finetune", "lora", "base", "tiny-sft", "--max-steps", "1", "--batch-size", "2",
