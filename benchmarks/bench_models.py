@@ -406,7 +406,7 @@ def to_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
         row("export F32 ref + F16 + Q4_K_M, verified: s / peer F16+Q4_K_M s", e["seconds"],
             pc["seconds"] + pq["seconds"]),
         row("export peak RSS MiB / peer convert peak MiB", e["peak_mib"], pc["peak_mib"]),
-        row("convert to F16 GGUF s: download+convert / peer convert_hf_to_gguf", d["seconds"], pc["seconds"]),
+        row("HF snapshot → LitGPT checkpoint s (ours) / → F16 GGUF s (peer)", d["seconds"], pc["seconds"]),
         row("quantize Q4_K_M peak RSS MiB (peer, llama_model_quantize)", pq["peak_mib"]),
         row("F16 GGUF MiB, ours / peer", m["ours_bytes"]["f16"] / MiB, m["peer_bytes"]["f16"] / MiB, "≈ 1"),
         row("Q4_K_M GGUF MiB, ours / peer", m["ours_bytes"]["q4_k_m"] / MiB, m["peer_bytes"]["q4_k_m"] / MiB, "≈ 1"),
