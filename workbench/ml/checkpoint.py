@@ -2,8 +2,9 @@
 
 A `model` artifact is a directory that LitGPT loads as a checkpoint:
 
-- `lit_model.pth`       plain state dict (loads with `torch.load(weights_only=True)`)
-- `model.safetensors`   the same weights, for everything we read ourselves
+- `model.safetensors`   the weights, for everything we read ourselves
+- `lit_model.pth`       the same weights as a plain state dict, for LitGPT's own scripts (they read
+                        nothing else); loads with `torch.load(weights_only=True)`
 - `model_config.yaml`   LitGPT `Config`
 - `tokenizer.json` (or `tokenizer.model`) and `tokenizer_config.json` (with `tokenizer_class`)
 - `generation_config.json`  bos/eos ids, so LitGPT and llama.cpp agree on them
@@ -11,6 +12,9 @@ A `model` artifact is a directory that LitGPT loads as a checkpoint:
 
 Never unpickle what we did not write: weights load from safetensors first, and `.pth` files
 only with `weights_only=True`.
+
+The two weight files cannot be one: safetensors is a JSON header and raw bytes, a `.pth` is a
+zip of pickles, so neither a hard link nor a rename serves both readers (docs/download.md).
 """
 
 from __future__ import annotations
@@ -60,7 +64,16 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
             f"{where(path)} cannot be loaded safely ({type(exc).__name__}); it is damaged or holds "
             "pickled objects, which workbench never unpickles"
         ) from None
-    return sd.get("model", sd) if isinstance(sd, dict) and "model" in sd else sd
+    sd = sd.get("model", sd) if isinstance(sd, dict) and "model" in sd else sd
+    # Tied weights are stored once in lit_model.pth; parameters loaded with assign=True must not
+    # share memory, or training one would change the other.
+    seen: set[int] = set()
+    for k, v in sd.items():
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            sd[k] = v.clone()
+        seen.add(ptr)
+    return sd
 
 
 def load_safetensors(path: Path, shown: str | None = None) -> dict[str, torch.Tensor]:
@@ -125,17 +138,33 @@ def _save_model_dir(
     meta: dict[str, Any] | None,
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Contiguous, untied copies: safetensors refuses shared storage; weights stay bit-identical.
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     from safetensors.torch import save_file
 
-    save_file(clean, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    torch.save(clean, out_dir / "lit_model.pth")
+    owned = {k: _owning(v) for k, v in state_dict.items()}
+    # safetensors refuses tensors that share memory (tied embeddings): those get a copy of their
+    # own, in this file only; lit_model.pth keeps them shared, so tied weights are stored once.
+    seen: set[int] = set()
+    untied: dict[str, torch.Tensor] = {}
+    for k, v in owned.items():
+        ptr = v.untyped_storage().data_ptr()
+        untied[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    save_file(untied, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    del untied
+    torch.save(owned, out_dir / "lit_model.pth")
     with open(out_dir / "model_config.yaml", "w", encoding="utf-8") as fh:
         yaml.safe_dump(config_to_dict(config), fh)
     copy_tokenizer(tokenizer_dir, out_dir)
     (out_dir / "workbench.json").write_text(json.dumps(meta or {}, indent=2))
     return out_dir
+
+
+def _owning(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` on the CPU, copied only when it is a view: a saved view would drag its whole
+    storage along. Whole tensors are written as they are, so saving never holds a second model."""
+    t = tensor.detach().to("cpu")
+    whole = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes
+    return t if whole else t.contiguous().clone()
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
