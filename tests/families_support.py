@@ -12,10 +12,11 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import run_cli
+from tests.conftest import make_tokenizer, run_cli
 from tests.hubserver import HubServer
 
 # The name, the Hub reference, and LitGPT's vocab_size (the tokenizer's count; ours is the
@@ -107,6 +108,26 @@ def publish(server: HubServer, repo: str, model: Any, saved: Path, tok_dir: Path
     return files, config
 
 
+def start_hub(base: Path, families: Iterable[str], build: Callable[[str, int, int], Any], n_ids: int,
+              chat_template: Callable[[str], str] | None = None) -> tuple[HubServer, dict[str, Any], list[int]]:
+    """Every family in both config layouts on one Hub look-alike, as fam/FAMILY and fam/FAMILY-old.
+
+    `build(family, vocab, seed)` makes each transformers model; `chat_template(family)` its
+    template, if any. Returns the server (its saved folders in `server.saved`), the models by
+    family, and the probe ids. The caller stops the server.
+    """
+    tok_dir = make_tokenizer(base / "tokenizer")
+    vocab = padded_vocab(tok_dir)
+    server = HubServer().start()
+    models: dict[str, Any] = {}
+    for seed, family in enumerate(families):
+        models[family] = build(family, vocab, seed)
+        template = chat_template(family) if chat_template else None
+        publish(server, f"fam/{family}", models[family], base / family, tok_dir, chat_template=template)
+    server.saved = {family: base / family for family in models}  # type: ignore[attr-defined]
+    return server, models, probe_ids(tok_dir, n_ids)
+
+
 def hub_env(server: HubServer, home: Path) -> dict[str, str]:
     """The environment in which the CLI downloads from `server` into a workspace at `home`."""
     return {"WORKBENCH_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_ENDPOINT": server.url,
@@ -135,6 +156,20 @@ def litgpt_logits(model_dir: Path, ids: list[int]) -> Any:
     model = load_model(model_dir)
     with torch.no_grad():
         return model(torch.tensor([ids]))[0].float().numpy()
+
+
+def check_download(repo: str, family: str, model: Any, probe: list[int], env: dict[str, str],
+                   tol: float) -> dict[str, Any]:
+    """`workbench download REPO` gives a FAMILY checkpoint whose LitGPT logits are `model`'s."""
+    import numpy as np
+
+    art = download(repo, env)
+    assert art["metadata"]["family"] == family
+    expected = reference_logits(model, probe)
+    got = litgpt_logits(Path(art["path"]), probe)
+    assert np.abs(expected).max() > 1.0  # logits large enough for the tolerance to mean something
+    assert np.abs(got - expected).max() <= tol
+    return art
 
 
 def export_gguf(art_id: str, env: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -17,22 +17,20 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_tokenizer, run_cli
+from tests.conftest import run_cli
 from tests.families_support import (
     assert_quants_run,
     build_reference,
+    check_download,
     download,
     export_gguf,
     hub_env,
     litgpt_logits,
     llama_cpp_run,
-    padded_vocab,
-    probe_ids,
-    publish,
     reference_greedy,
     reference_logits,
+    start_hub,
 )
-from tests.hubserver import HubServer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -69,22 +67,17 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 @pytest.fixture(scope="module")
 def hub_families(tmp_path_factory: pytest.TempPathFactory):
     """Every family in both config layouts on one Hub look-alike, with the transformers models."""
-    base = tmp_path_factory.mktemp("families")
-    tok_dir = make_tokenizer(base / "tokenizer")
-    vocab = padded_vocab(tok_dir)
-    server = HubServer().start()
-    models = {}
-    for seed, family in enumerate(FAMILIES):
-        model = build_reference(*FAMILIES[family], SIZES, vocab, seed)
-        template = CHAT_TEMPLATE.replace("{{ family }}", family)
-        files, config = publish(server, f"fam/{family}", model, base / family, tok_dir, chat_template=template)
-        models[family] = model
-        if family == "qwen3":  # sliding windows on some layers: no LitGPT model computes that
-            sliding = {**config, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1,
-                       "layer_types": ["full_attention", "sliding_attention"]}
-            server.add_repo("fam/qwen3-sliding", {**files, "config.json": json.dumps(sliding).encode()})
-    server.saved = {family: base / family for family in FAMILIES}  # type: ignore[attr-defined]
-    yield server, models, probe_ids(tok_dir, N_IDS)
+    hub = start_hub(tmp_path_factory.mktemp("families"), FAMILIES,
+                    lambda family, vocab, seed: build_reference(*FAMILIES[family], SIZES, vocab, seed), N_IDS,
+                    chat_template=lambda family: CHAT_TEMPLATE.replace("{{ family }}", family))
+    server = hub[0]
+    # Sliding windows on some layers: no LitGPT model computes that.
+    saved = server.saved["qwen3"]
+    files: dict[str, bytes | Path] = {p.name: p for p in saved.iterdir() if p.is_file()}
+    sliding = {**json.loads((saved / "config.json").read_text()), "use_sliding_window": True, "sliding_window": 8,
+               "max_window_layers": 1, "layer_types": ["full_attention", "sliding_attention"]}
+    server.add_repo("fam/qwen3-sliding", {**files, "config.json": json.dumps(sliding).encode()})
+    yield hub
     server.stop()
 
 
@@ -102,19 +95,10 @@ def reference_chat(family: str, saved: Path) -> str:
 @pytest.mark.parametrize("layout", ["", "-old"], ids=["rope_parameters", "rope_theta"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_download_gives_transformers_logits(family, layout, hub_families, env):
-    import numpy as np
-
-    _, models, probe = hub_families
-    art = download(f"fam/{family}{layout}", env)
-    assert art["metadata"]["family"] == family
-    expected = reference_logits(models[family], probe)
-    got = litgpt_logits(Path(art["path"]), probe)
-    assert np.abs(expected).max() > 1.0  # logits large enough for the tolerance to mean something
-    assert np.abs(got - expected).max() <= TOL
-
     from workbench.prompts import style_for_model
 
-    server = hub_families[0]
+    server, models, probe = hub_families
+    art = check_download(f"fam/{family}{layout}", family, models[family], probe, env, TOL)
     assert style_for_model(Path(art["path"])).render(CHAT) == reference_chat(family, server.saved[family])
 
 

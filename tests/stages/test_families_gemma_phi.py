@@ -15,23 +15,19 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_tokenizer
 from tests.families_support import (
     assert_quants_run,
     build_reference,
+    check_download,
     compare_with_litgpt,
     download,
     export_gguf,
     hub_env,
-    litgpt_logits,
     llama_cpp_run,
-    padded_vocab,
-    probe_ids,
-    publish,
     reference_greedy,
     reference_logits,
+    start_hub,
 )
-from tests.hubserver import HubServer
 from workbench.errors import UserError
 
 torch = pytest.importorskip("torch")
@@ -80,22 +76,18 @@ def with_ggml_gelu(model: Any) -> Any:
     return twin
 
 
+def build(family: str, vocab: int, seed: int) -> Any:
+    # Gemma's norms add one to their weights: draw those around zero, the others around one.
+    return build_reference(*FAMILIES[family], SIZES, vocab, seed,
+                           norm_center=0.0 if family.startswith("gemma") else 1.0, pad_token_id=0)
+
+
 @pytest.fixture(scope="module")
 def hub_families(tmp_path_factory: pytest.TempPathFactory):
     """Every family in both config layouts on one Hub look-alike, with the transformers models."""
-    base = tmp_path_factory.mktemp("families")
-    tok_dir = make_tokenizer(base / "tokenizer")
-    vocab = padded_vocab(tok_dir)
-    server = HubServer().start()
-    models = {}
-    for seed, family in enumerate(FAMILIES):
-        # Gemma's norms add one to their weights: draw those around zero, the others around one.
-        model = build_reference(*FAMILIES[family], SIZES, vocab, seed,
-                                norm_center=0.0 if family.startswith("gemma") else 1.0, pad_token_id=0)
-        publish(server, f"fam/{family}", model, base / family, tok_dir)
-        models[family] = model
-    yield server, models, probe_ids(tok_dir, N_IDS)
-    server.stop()
+    hub = start_hub(tmp_path_factory.mktemp("families"), FAMILIES, build, N_IDS)
+    yield hub
+    hub[0].stop()
 
 
 @pytest.fixture(scope="module")
@@ -106,15 +98,8 @@ def env(hub_families, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
 @pytest.mark.parametrize("layout", ["", "-old"], ids=["rope_parameters", "rope_theta"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_download_gives_transformers_logits(family, layout, hub_families, env):
-    import numpy as np
-
     _, models, probe = hub_families
-    art = download(f"fam/{family}{layout}", env)
-    assert art["metadata"]["family"] == family
-    expected = reference_logits(models[family], probe)
-    got = litgpt_logits(Path(art["path"]), probe)
-    assert np.abs(expected).max() > 1.0  # logits large enough for the tolerance to mean something
-    assert np.abs(got - expected).max() <= TOL
+    check_download(f"fam/{family}{layout}", family, models[family], probe, env, TOL)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
