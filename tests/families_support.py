@@ -91,9 +91,9 @@ def probe_ids(tok_dir: Path, n: int) -> list[int]:
 
 
 def publish(server: HubServer, repo: str, model: Any, saved: Path, tok_dir: Path,
-            chat_template: str | None = None) -> tuple[dict[str, bytes | Path], dict[str, Any]]:
+            chat_template: str | None = None) -> None:
     """Save `model` with the tokenizer beside it into `saved`, served as REPO (current config
-    layout) and REPO-old (previous layout). Returns the repository's files and its config."""
+    layout) and REPO-old (previous layout)."""
     model.save_pretrained(saved)
     for p in tok_dir.iterdir():
         shutil.copyfile(p, saved / p.name)
@@ -105,7 +105,6 @@ def publish(server: HubServer, repo: str, model: Any, saved: Path, tok_dir: Path
     assert "rope_parameters" in config and "rope_theta" not in config  # the current layout
     server.add_repo(repo, files)
     server.add_repo(f"{repo}-old", {**files, "config.json": json.dumps(previous_layout(config)).encode()})
-    return files, config
 
 
 def start_hub(base: Path, families: Iterable[str], build: Callable[[str, int, int], Any], n_ids: int,
