@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 
 from tests.conftest import make_tiny_model
+from tests.families_support import IGNORED, compare_with_litgpt
 from tests.stages.conftest import hf_config, hf_state_dict
 from workbench.context import Context
 from workbench.errors import UserError
@@ -57,23 +57,15 @@ REAL_CONFIGS = {
         "rope_scaling": None, "rope_theta": 500000, "tie_word_embeddings": False, "vocab_size": 100352,
     }),
 }
-# Fields that legitimately differ: the name, the Hub reference, and LitGPT's vocab_size (the
-# tokenizer's count; ours is the embedding's rows, which padded_vocab_size agrees on).
-IGNORED = {"name", "hf_config", "vocab_size"}
 
 
 @pytest.mark.parametrize("repo_id", sorted(REAL_CONFIGS))
 def test_config_from_config_json_matches_litgpts_own(repo_id):
-    from litgpt import Config
-    from workbench_download.convert import litgpt_config
-
     lit_name, hf = REAL_CONFIGS[repo_id]
-    ours, _, _ = litgpt_config(hf, repo_id)
-    theirs = dataclasses.asdict(Config.from_name(lit_name))
-    ignored = IGNORED | ({"block_size"} if lit_name.startswith("Mistral") else set())
     # LitGPT caps Mistral v0.1 at 4096 positions from before it had sliding windows; the model
     # card's 32768 is what we keep.
-    diff = {k: (v, theirs[k]) for k, v in dataclasses.asdict(ours).items() if k not in ignored and v != theirs[k]}
+    ignored = IGNORED | ({"block_size"} if lit_name.startswith("Mistral") else set())
+    _, diff = compare_with_litgpt(hf, repo_id, lit_name, ignored)
     assert diff == {}
 
 

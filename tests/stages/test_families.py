@@ -17,8 +17,20 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_tokenizer, run_cli
-from tests.hubserver import HubServer
+from tests.conftest import run_cli
+from tests.families_support import (
+    assert_quants_run,
+    build_reference,
+    check_download,
+    download,
+    export_gguf,
+    hub_env,
+    litgpt_logits,
+    llama_cpp_run,
+    reference_greedy,
+    reference_logits,
+    start_hub,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -52,98 +64,26 @@ CHAT_TEMPLATE = (
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
 
 
-def previous_layout(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json as transformers 4 wrote it: rope_theta and rope_scaling at the top level."""
-    out = dict(config)
-    rope = dict(out.pop("rope_parameters"))
-    out["rope_theta"] = rope.pop("rope_theta")
-    out["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
-    return out
-
-
-def build_reference(family: str, vocab: int, seed: int) -> Any:
-    """A random-weight transformers model of the family, with weights large enough to matter."""
-    cls_name, fields = FAMILIES[family]
-    config = getattr(transformers, cls_name)(**SIZES, **fields, vocab_size=vocab, bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:  # norm weights: around one, but not one
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 1.5 / math.sqrt(p.shape[-1]))
-    return model.eval()
-
-
-def reference_logits(model: Any, ids: list[int]) -> Any:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
-
-
-def reference_greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    seq = list(ids)
-    for _ in range(n):
-        seq.append(int(reference_logits(model, seq)[-1].argmax()))
-    return seq[len(ids):]
-
-
 @pytest.fixture(scope="module")
 def hub_families(tmp_path_factory: pytest.TempPathFactory):
     """Every family in both config layouts on one Hub look-alike, with the transformers models."""
-    base = tmp_path_factory.mktemp("families")
-    tok_dir = make_tokenizer(base / "tokenizer")
-    vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]) + 4
-    vocab = -(-vocab // 64) * 64
-    server = HubServer().start()
-    models = {}
-    for seed, family in enumerate(FAMILIES):
-        model = build_reference(family, vocab, seed)
-        saved = base / family
-        model.save_pretrained(saved)
-        files: dict[str, bytes | Path] = {p.name: p for p in saved.iterdir() if p.is_file()}
-        files.update({p.name: p for p in tok_dir.iterdir()})
-        tok_config = json.loads((tok_dir / "tokenizer_config.json").read_text())
-        template = CHAT_TEMPLATE.replace("{{ family }}", family)
-        files["tokenizer_config.json"] = json.dumps({**tok_config, "chat_template": template}).encode()
-        (saved / "tokenizer_config.json").write_bytes(files["tokenizer_config.json"])  # type: ignore[arg-type]
-        for name in ("tokenizer.json", "generation_config.json"):
-            (saved / name).write_bytes((tok_dir / name).read_bytes())
-        config = json.loads((saved / "config.json").read_text())
-        assert "rope_parameters" in config and "rope_theta" not in config  # the current layout
-        server.add_repo(f"fam/{family}", files)
-        server.add_repo(f"fam/{family}-old", {**files, "config.json": json.dumps(previous_layout(config)).encode()})
-        models[family] = model
-        if family == "qwen3":  # sliding windows on some layers: no LitGPT model computes that
-            sliding = {**config, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1,
-                       "layer_types": ["full_attention", "sliding_attention"]}
-            server.add_repo("fam/qwen3-sliding", {**files, "config.json": json.dumps(sliding).encode()})
-    ids = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
-    probe = sorted(ids.values())[40:40 + N_IDS]  # ordinary tokens, no specials
-    server.saved = {family: base / family for family in FAMILIES}  # type: ignore[attr-defined]
-    yield server, models, probe
+    hub = start_hub(tmp_path_factory.mktemp("families"), FAMILIES,
+                    lambda family, vocab, seed: build_reference(*FAMILIES[family], SIZES, vocab, seed), N_IDS,
+                    chat_template=lambda family: CHAT_TEMPLATE.replace("{{ family }}", family))
+    server = hub[0]
+    # Sliding windows on some layers: no LitGPT model computes that.
+    saved = server.saved["qwen3"]
+    files: dict[str, bytes | Path] = {p.name: p for p in saved.iterdir() if p.is_file()}
+    sliding = {**json.loads((saved / "config.json").read_text()), "use_sliding_window": True, "sliding_window": 8,
+               "max_window_layers": 1, "layer_types": ["full_attention", "sliding_attention"]}
+    server.add_repo("fam/qwen3-sliding", {**files, "config.json": json.dumps(sliding).encode()})
+    yield hub
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def env(hub_families, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("families-home")
-    return {"WORKBENCH_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_ENDPOINT": hub_families[0].url,
-            "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-_downloaded: dict[str, dict[str, Any]] = {}
-
-
-def download(repo: str, env: dict[str, str]) -> dict[str, Any]:
-    """The model artifact `workbench download REPO` registers (once per repository and module)."""
-    if repo not in _downloaded:
-        proc = run_cli("download", repo, "--json", env=env)
-        assert proc.returncode == 0, proc.stderr
-        out = json.loads(proc.stdout)
-        (art,) = out["artifacts"]
-        _downloaded[repo] = art
-    return _downloaded[repo]
+    return hub_env(hub_families[0], tmp_path_factory.mktemp("families-home"))
 
 
 def reference_chat(family: str, saved: Path) -> str:
@@ -152,30 +92,13 @@ def reference_chat(family: str, saved: Path) -> str:
     return tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
 
 
-def litgpt_logits(model_dir: Path, ids: list[int]) -> Any:
-    from workbench.ml.checkpoint import load_model
-
-    model = load_model(model_dir)
-    with torch.no_grad():
-        return model(torch.tensor([ids]))[0].float().numpy()
-
-
 @pytest.mark.parametrize("layout", ["", "-old"], ids=["rope_parameters", "rope_theta"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_download_gives_transformers_logits(family, layout, hub_families, env):
-    import numpy as np
-
-    _, models, probe = hub_families
-    art = download(f"fam/{family}{layout}", env)
-    assert art["metadata"]["family"] == family
-    expected = reference_logits(models[family], probe)
-    got = litgpt_logits(Path(art["path"]), probe)
-    assert np.abs(expected).max() > 1.0  # logits large enough for the tolerance to mean something
-    assert np.abs(got - expected).max() <= TOL
-
     from workbench.prompts import style_for_model
 
-    server = hub_families[0]
+    server, models, probe = hub_families
+    art = check_download(f"fam/{family}{layout}", family, models[family], probe, env, TOL)
     assert style_for_model(Path(art["path"])).render(CHAT) == reference_chat(family, server.saved[family])
 
 
@@ -200,14 +123,10 @@ def test_a_local_directory_converts_as_a_download_does(hub_families, tmp_path):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
     import numpy as np
-    from workbench_export.verify import load_llama
 
     _, models, probe = hub_families
     art = download(f"fam/{family}", env)
-    proc = run_cli("export", art["id"], "--gguf", "--quant", "f32,q8_0,q4_k_m", "--json", env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    files = {f["quant"]: f for f in json.loads(proc.stdout)["result"]["files"]}
-    assert set(files) == {"f32", "q8_0", "q4_k_m"}
+    files = export_gguf(art["id"], env)
     from gguf import GGUFReader
 
     reader = GGUFReader(files["f32"]["path"])
@@ -222,26 +141,10 @@ def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
 
     ids = probe[:WINDOW - N_GREEDY]  # within Mistral's window, the context its GGUF declares
     expected = reference_logits(models[family], ids)
-    llm = load_llama(Path(files["f32"]["path"]), n_ctx=WINDOW)
-    try:
-        llm.eval(ids)
-        got = np.array(llm.scores[:len(ids)], dtype=np.float32)
-        greedy = []
-        for _ in range(N_GREEDY):
-            greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-            llm.eval([greedy[-1]])
-    finally:
-        llm.close()
+    got, greedy = llama_cpp_run(Path(files["f32"]["path"]), ids, n_ctx=WINDOW, n_greedy=N_GREEDY)
     assert np.abs(got - expected).max() <= TOL
     assert greedy == reference_greedy(models[family], ids, N_GREEDY)
-
-    for quant in ("q8_0", "q4_k_m"):
-        llm = load_llama(Path(files[quant]["path"]), n_ctx=WINDOW)
-        try:
-            llm.eval(ids)
-            assert np.isfinite(np.array(llm.scores[:len(ids)])).all()
-        finally:
-            llm.close()
+    assert_quants_run(files, ids, n_ctx=WINDOW)
 
 
 def test_a_feature_without_parity_is_refused_at_download(hub_families, env):

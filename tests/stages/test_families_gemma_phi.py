@@ -10,16 +10,24 @@ The probe is longer than the sliding window, so windowed layers are checked on b
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import make_tokenizer, run_cli
-from tests.hubserver import HubServer
+from tests.families_support import (
+    assert_quants_run,
+    build_reference,
+    check_download,
+    compare_with_litgpt,
+    download,
+    export_gguf,
+    hub_env,
+    llama_cpp_run,
+    reference_greedy,
+    reference_logits,
+    start_hub,
+)
 from workbench.errors import UserError
 
 torch = pytest.importorskip("torch")
@@ -51,51 +59,6 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def previous_layout(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json as transformers 4 wrote it: rope_theta and rope_scaling at the top level.
-
-    Gemma 3's global rope is `rope_theta`/`rope_scaling`, its local one `rope_local_base_freq`.
-    """
-    out = dict(config)
-    rope = dict(out.pop("rope_parameters"))
-    if "full_attention" in rope:
-        out["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
-        rope = dict(rope["full_attention"])
-    out["rope_theta"] = rope.pop("rope_theta")
-    if "partial_rotary_factor" in rope:
-        out["partial_rotary_factor"] = rope.pop("partial_rotary_factor")
-    out["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
-    return out
-
-
-def build_reference(family: str, vocab: int, seed: int) -> Any:
-    """A random-weight transformers model of the family, with weights large enough to matter."""
-    cls_name, fields = FAMILIES[family]
-    config = getattr(transformers, cls_name)(**SIZES, **fields, vocab_size=vocab, bos_token_id=0, eos_token_id=0,
-                                             pad_token_id=0)
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.ndim == 1:  # norm weights (offsets from one in Gemma): not zero, not one
-                p.copy_(0.2 * torch.randn_like(p) + (0.0 if family.startswith("gemma") else 1.0))
-            else:
-                p.normal_(0.0, 1.5 / math.sqrt(p.shape[-1]))
-    return model.eval()
-
-
-def reference_logits(model: Any, ids: list[int]) -> Any:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
-
-
-def reference_greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    seq = list(ids)
-    for _ in range(n):
-        seq.append(int(reference_logits(model, seq)[-1].argmax()))
-    return seq[len(ids):]
-
-
 class GgmlGelu(torch.nn.Module):
     """GELU (tanh) as llama.cpp's CPU backend computes it: looked up in an FP16 table."""
 
@@ -113,99 +76,44 @@ def with_ggml_gelu(model: Any) -> Any:
     return twin
 
 
+def build(family: str, vocab: int, seed: int) -> Any:
+    # Gemma's norms add one to their weights: draw those around zero, the others around one.
+    return build_reference(*FAMILIES[family], SIZES, vocab, seed,
+                           norm_center=0.0 if family.startswith("gemma") else 1.0, pad_token_id=0)
+
+
 @pytest.fixture(scope="module")
 def hub_families(tmp_path_factory: pytest.TempPathFactory):
     """Every family in both config layouts on one Hub look-alike, with the transformers models."""
-    base = tmp_path_factory.mktemp("families")
-    tok_dir = make_tokenizer(base / "tokenizer")
-    vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]) + 4
-    vocab = -(-vocab // 64) * 64
-    server = HubServer().start()
-    models = {}
-    for seed, family in enumerate(FAMILIES):
-        model = build_reference(family, vocab, seed)
-        saved = base / family
-        model.save_pretrained(saved)
-        files: dict[str, bytes | Path] = {p.name: p for p in saved.iterdir() if p.is_file()}
-        files.update({p.name: p for p in tok_dir.iterdir()})
-        config = json.loads((saved / "config.json").read_text())
-        assert "rope_parameters" in config and "rope_theta" not in config  # the current layout
-        server.add_repo(f"fam/{family}", files)
-        server.add_repo(f"fam/{family}-old", {**files, "config.json": json.dumps(previous_layout(config)).encode()})
-        models[family] = model
-    ids = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
-    probe = sorted(ids.values())[40:40 + N_IDS]  # ordinary tokens, no specials
-    yield server, models, probe
-    server.stop()
+    hub = start_hub(tmp_path_factory.mktemp("families"), FAMILIES, build, N_IDS)
+    yield hub
+    hub[0].stop()
 
 
 @pytest.fixture(scope="module")
 def env(hub_families, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("families-home")
-    return {"WORKBENCH_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_ENDPOINT": hub_families[0].url,
-            "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-_downloaded: dict[str, dict[str, Any]] = {}
-
-
-def download(repo: str, env: dict[str, str]) -> dict[str, Any]:
-    """The model artifact `workbench download REPO` registers (once per repository and module)."""
-    if repo not in _downloaded:
-        proc = run_cli("download", repo, "--json", env=env)
-        assert proc.returncode == 0, proc.stderr
-        (art,) = json.loads(proc.stdout)["artifacts"]
-        _downloaded[repo] = art
-    return _downloaded[repo]
-
-
-def litgpt_logits(model_dir: Path, ids: list[int]) -> Any:
-    from workbench.ml.checkpoint import load_model
-
-    model = load_model(model_dir)
-    with torch.no_grad():
-        return model(torch.tensor([ids]))[0].float().numpy()
+    return hub_env(hub_families[0], tmp_path_factory.mktemp("families-home"))
 
 
 @pytest.mark.parametrize("layout", ["", "-old"], ids=["rope_parameters", "rope_theta"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_download_gives_transformers_logits(family, layout, hub_families, env):
-    import numpy as np
-
     _, models, probe = hub_families
-    art = download(f"fam/{family}{layout}", env)
-    assert art["metadata"]["family"] == family
-    expected = reference_logits(models[family], probe)
-    got = litgpt_logits(Path(art["path"]), probe)
-    assert np.abs(expected).max() > 1.0  # logits large enough for the tolerance to mean something
-    assert np.abs(got - expected).max() <= TOL
+    check_download(f"fam/{family}{layout}", family, models[family], probe, env, TOL)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
     import numpy as np
-    from workbench_export.verify import load_llama
 
     _, models, probe = hub_families
     art = download(f"fam/{family}", env)
-    proc = run_cli("export", art["id"], "--gguf", "--quant", "f32,q8_0,q4_k_m", "--json", env=env, timeout=600)
-    assert proc.returncode == 0, (json.loads(proc.stdout or "{}").get("error"), proc.stderr)
-    files = {f["quant"]: f for f in json.loads(proc.stdout)["result"]["files"]}
-    assert set(files) == {"f32", "q8_0", "q4_k_m"}
+    files = export_gguf(art["id"], env)
 
     # Past Gemma's window, so sliding layers are checked; within Phi-3's, its GGUF's context.
     ids = probe[:(PHI_WINDOW if family == "phi3" else N_IDS) - N_GREEDY]
     expected = reference_logits(models[family], ids)
-    llm = load_llama(Path(files["f32"]["path"]), n_ctx=N_IDS + 8)
-    try:
-        llm.eval(ids)
-        got = np.array(llm.scores[:len(ids)], dtype=np.float32)
-        greedy = []
-        for _ in range(N_GREEDY):
-            greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-            llm.eval([greedy[-1]])
-    finally:
-        llm.close()
+    got, greedy = llama_cpp_run(Path(files["f32"]["path"]), ids, n_ctx=N_IDS + 8, n_greedy=N_GREEDY)
     if family.startswith("gemma"):
         # llama.cpp's CPU GELU is an FP16 table, which alone moves these logits by ~2e-3; with the
         # same table in transformers, what is left is fp32 rounding landing on table steps.
@@ -215,32 +123,23 @@ def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
         assert np.abs(got - expected).max() <= TOL
     assert greedy == reference_greedy(models[family], ids, N_GREEDY)
 
-    for quant in ("q8_0", "q4_k_m"):
-        llm = load_llama(Path(files[quant]["path"]), n_ctx=N_IDS + 8)
-        try:
-            llm.eval(ids)
-            assert np.isfinite(np.array(llm.scores[:len(ids)])).all()
-        finally:
-            llm.close()
+    assert_quants_run(files, ids, n_ctx=N_IDS + 8)
 
 
+GEMMA_2_2B = {
+    "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "intermediate_size": 9216,
+    "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 8, "num_hidden_layers": 26,
+    "num_key_value_heads": 4, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+    "sliding_window": 4096, "vocab_size": 256000,
+}
 # Published config.json files, next to the name of LitGPT's own config for the model.
 REAL_CONFIGS = {
-    "google/gemma-2-2b": ("Gemma-2-2b", {
-        "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": 50.0,
-        "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
-        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "intermediate_size": 9216,
-        "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 8, "num_hidden_layers": 26,
-        "num_key_value_heads": 4, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
-        "sliding_window": 4096, "vocab_size": 256000,
-    }),
-    "google/gemma-2-27b": ("Gemma-2-27b", {
-        "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": 50.0,
-        "final_logit_softcapping": 30.0, "head_dim": 128, "hidden_act": "gelu_pytorch_tanh",
-        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 4608, "intermediate_size": 36864,
-        "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 32, "num_hidden_layers": 46,
-        "num_key_value_heads": 16, "query_pre_attn_scalar": 144, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
-        "sliding_window": 4096, "vocab_size": 256000,
+    "google/gemma-2-2b": ("Gemma-2-2b", GEMMA_2_2B),
+    "google/gemma-2-27b": ("Gemma-2-27b", {  # the same file but for the sizes
+        **GEMMA_2_2B, "head_dim": 128, "hidden_size": 4608, "intermediate_size": 36864, "num_attention_heads": 32,
+        "num_hidden_layers": 46, "num_key_value_heads": 16, "query_pre_attn_scalar": 144,
     }),
     "google/gemma-3-1b-it": ("Gemma-3-1b-it", {
         "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": None,
@@ -260,20 +159,10 @@ REAL_CONFIGS = {
     }),
 }
 LONGROPE = {"type": "longrope", "long_factor": [1.0] * 48, "short_factor": [1.0] * 48}
-# The name, the Hub reference, and LitGPT's vocab_size (the tokenizer's count; ours is the
-# embedding's rows, which padded_vocab_size agrees on).
-IGNORED = {"name", "hf_config", "vocab_size"}
-
-
 @pytest.mark.parametrize("repo_id", sorted(REAL_CONFIGS))
 def test_config_from_config_json_matches_litgpts_own(repo_id):
-    from litgpt import Config
-    from workbench_download.convert import litgpt_config
-
     lit_name, hf = REAL_CONFIGS[repo_id]
-    ours, _, _ = litgpt_config(hf, repo_id)
-    theirs = dataclasses.asdict(Config.from_name(lit_name))
-    diff = {k: (v, theirs[k]) for k, v in dataclasses.asdict(ours).items() if k not in IGNORED and v != theirs[k]}
+    ours, diff = compare_with_litgpt(hf, repo_id, lit_name)
     # LitGPT's Gemma configs leave norm_eps at its 1e-5 default (config.json and transformers say
     # 1e-6), and give Gemma 3 1B the 131072 positions of the larger Gemma 3 (config.json: 32768).
     known = {"norm_eps": (1e-6, 1e-5)}
