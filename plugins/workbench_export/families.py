@@ -28,6 +28,7 @@ _DEFAULTS: dict[str, Any] = {
     "norm_1": True, "norm_2": True, "rope_adjustments": None, "rope_condense_ratio": 1,
     "rope_base": 10000, "norm_eps": 1e-5, "n_query_groups": None, "head_size": None,
     "padded_vocab_size": None, "padding_multiple": 512, "intermediate_size": None,
+    "n_layer": 16, "n_head": 32, "n_embd": 4096, "block_size": 4096, "vocab_size": 50254,
 }
 
 
