@@ -83,7 +83,7 @@ async def test_stage_validation_error_is_shown_and_nothing_is_written(with_plugi
         form = await open_form(pilot)
         await set_option(pilot, form, "label", " ")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: shows(app, "--label must not be empty"), what="the stage's own check")
+        await wait_for(pilot, lambda: shows(app, "label must not be empty") and not shows(app, "--label"), what="the stage's own check")
         assert isinstance(app.screen, StageFormScreen)
         assert not locations.runs_dir().exists() or not any(locations.runs_dir().iterdir())
 

@@ -3,6 +3,7 @@ process through `workbench.runs.start`, exactly as the CLI would."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
@@ -24,12 +25,31 @@ if TYPE_CHECKING:
     from workbench.tui.app import WorkbenchApp
 
 
+def in_form_words(message: str, options: list[OptionField]) -> tuple[str, OptionField | None]:
+    """A CLI message speaks of flags (`--vocab-size`); the form names its fields (`vocab_size`).
+    Also returns the first field the message names, where the cursor belongs."""
+    by_flag = {o.field.flag: o for o in options}
+    named: list[OptionField] = []
+
+    def rename(match: re.Match[str]) -> str:
+        option = by_flag.get(match.group(0))
+        if option is None:
+            return match.group(0)
+        named.append(option)
+        return option.field.name
+
+    message = re.sub(r"--[a-z0-9][a-z0-9-]*", rename, message)
+    return message.replace("option ", "", 1) if message.startswith("option ") else message, next(iter(named), None)
+
+
 class StageFormScreen(WorkbenchScreen):
     VIEW = "pipeline"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "run", "Run", priority=True, tooltip="Start the stage with these options"),
         Binding("escape", "back", "Back"),
         Binding("ctrl+f", "find", "Find", tooltip="Search for a value of this option (the Hub, say)"),
+        # Digits belong to the form: on a checkbox or a dropdown they must not leave it.
+        *(Binding(str(n), "stay", show=False) for n in range(1, 10)),
     ]
     app: WorkbenchApp
 
@@ -106,7 +126,7 @@ class StageFormScreen(WorkbenchScreen):
             return
         invalid = [o for o in self.options if not o.validate()]
         if invalid:
-            invalid[0].control.focus()
+            invalid[0].reveal()
             self._show_error(f"{len(invalid)} option{'s' if len(invalid) > 1 else ''} to fix: {invalid[0].error}")
             return
         self.starting = True
@@ -116,6 +136,9 @@ class StageFormScreen(WorkbenchScreen):
     @on(Button.Pressed, "#back")
     def action_back(self) -> None:
         self.dismiss()
+
+    def action_stay(self) -> None:
+        self.notify("Esc leaves the form; the view keys work outside it.", timeout=3)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "find":
@@ -163,7 +186,10 @@ class StageFormScreen(WorkbenchScreen):
     def _failed(self, message: str) -> None:
         self.starting = False
         self.query_one("#run", Button).disabled = False
+        message, named = in_form_words(message, self.options)
         self._show_error(message)
+        if named is not None:
+            named.reveal()
 
     def _show_error(self, message: str) -> None:
         self.query_one("#form-error", Static).update(Content.styled(message, "$text-error"))

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.message import Message
 from textual.validation import ValidationResult, Validator
-from textual.widgets import Checkbox, Input, Label, Select, Static
+from textual.widgets import Checkbox, Collapsible, Input, Label, Select, Static
 
 from workbench.errors import UserError
 from workbench.options import Field, parse_value
@@ -91,8 +91,9 @@ class OptionField(Horizontal):
             return Select(options, allow_blank=blank, value=f.default if f.default in f.choices else Select.NULL,
                           id=control_id, compact=True)
         placeholder = "comma-separated ids or names" if f.artifact else f.type_name
+        # Focus keeps the text: a selected default would vanish under the first key typed.
         return Input(format_default(f.default), placeholder=placeholder, id=control_id, compact=True,
-                     validators=[FieldValidator(f)], valid_empty=False)
+                     validators=[FieldValidator(f)], valid_empty=False, select_on_focus=False)
 
     def on_mount(self) -> None:
         self.validate(show=False)
@@ -127,6 +128,13 @@ class OptionField(Horizontal):
         if isinstance(self.control, Input):
             return (value or "") != format_default(self.field.default)
         return bool(value != self.field.default)
+
+    def reveal(self) -> None:
+        """Unfold the section holding this option and put the cursor in it."""
+        for ancestor in self.ancestors:
+            if isinstance(ancestor, Collapsible):
+                ancestor.collapsed = False
+        self.control.focus()
 
     def validate(self, show: bool = True) -> bool:
         self.error = check(self.field, self.value)
