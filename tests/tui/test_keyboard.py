@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
-from tests.tui.helpers import SIZE, shows, wait_for
+from tests.tui.helpers import FAKE_CHAT, SIZE, shows, wait_for
 from tests.tui.test_pipeline import open_form, set_option
 from workbench.tui.app import WorkbenchApp
+from workbench.tui.screens.chat import ChatScreen
 from workbench.tui.screens.form import StageFormScreen
+from workbench.tui.screens.help import HelpScreen
 from workbench.tui.widgets.option_field import OptionField
 
 
@@ -57,3 +59,56 @@ async def test_a_failed_run_keeps_the_cursor_on_the_field_it_names(with_plugin: 
         await pilot.press("x")
         assert label.control.value == " x"  # type: ignore[union-attr]
         assert steps.value == "20"  # type: ignore[union-attr]
+
+
+def help_rows(app: WorkbenchApp) -> dict[str, str]:
+    table = app.screen.query_one("#help-keys", DataTable)
+    return {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[1]) for i in range(table.row_count)}
+
+
+async def test_question_mark_lists_the_keys_of_the_view(with_plugin: Path) -> None:
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: shows(app, "Pipeline"), what="the first frame")
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help screen")
+        rows = help_rows(app)
+        assert "Select model" in rows["s"] and "Runs" in rows["2"] and "Theme" in rows["^t"]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen), what="help to close")
+
+        # In a form, F1 works where `?` is text, and lists the form's own keys.
+        form = await open_form(pilot)
+        form.query_one("#option-label", OptionField).control.focus()
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="the form's help")
+        rows = help_rows(app)
+        assert "Run" in rows["^r"] and "Back" in rows["esc"]
+        assert "2" not in rows  # digits do not switch views from a form
+
+
+async def test_the_palette_finds_help(with_plugin: Path) -> None:
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: shows(app, "Pipeline"), what="the first frame")
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        await pilot.press(*"keys")
+        await wait_for(pilot, lambda: shows(app, "Help: keys of this view"), what="the palette's match")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help screen")
+        assert "Select model" in help_rows(app)["s"]
+
+
+async def test_escape_in_chat_lets_the_view_keys_work() -> None:
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat view")
+        assert isinstance(app.focused, Input)
+        await pilot.press("escape")
+        assert not isinstance(app.focused, Input)
+        await pilot.press("escape")
+        assert app.focused is app.screen.query_one("#prompt")
+        await pilot.press("escape", "2")
+        await wait_for(pilot, lambda: app.current_mode == "runs", what="the Runs view")

@@ -74,6 +74,7 @@ class WorkbenchApp(App[None]):
         *(Binding(str(n), f"switch_mode('{mode}')", label, tooltip=f"Open the {label} view", show=False)
           for n, (mode, label) in enumerate(VIEWS, start=1)),
         Binding("ctrl+t", "toggle_theme", "Theme", tooltip="Switch between the light and dark theme"),
+        Binding("question_mark,f1", "help", "Help", tooltip="List every key of this view"),
     ]
 
     #: Live runs in the workspace, shown in the navigation bar.
@@ -185,6 +186,12 @@ class WorkbenchApp(App[None]):
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
 
+    def action_help(self, over: Screen[object] | None = None) -> None:
+        from workbench.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(over or self.screen))
+
     def open_stage(self, name: str, model_id: str | None = None) -> None:
         """The stage's options form, on top of the pipeline view."""
         self._open_stage(name, model_id)
@@ -233,6 +240,8 @@ class WorkbenchApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for n, (mode, label) in enumerate(VIEWS, start=1):
             yield SystemCommand(f"Go to {label}", f"Open the {label} view (key {n})", partial(self.switch_mode, mode))
+        yield SystemCommand("Help: keys of this view", "Every key of the view you are in (? or F1)",
+                            partial(self.action_help, screen))
         yield SystemCommand("Toggle light/dark theme", "Switch between textual-light and textual-dark (Ctrl+T)",
                             self.action_toggle_theme)
         # The screen's own actions, as its footer shows them.
@@ -248,7 +257,8 @@ class WorkbenchApp(App[None]):
             if entry.kind == "stage" and entry.loaded:
                 yield SystemCommand(f"Run stage: {entry.label}", f"{entry.name}: {entry.summary}",
                                     partial(self.open_stage, entry.name, None))
-        yield from super().get_system_commands(screen)
+        # Textual's own key panel ("Keys") is replaced by the help screen, which lists hidden keys too.
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
 
 
 def main() -> int:
