@@ -67,6 +67,21 @@ class RunControlScreen(WorkbenchScreen):
 
     app: WorkbenchApp
 
+    def confirm_cancel(self, run: Run | str) -> None:
+        """Stopping a run loses the work since its last checkpoint, so it asks first."""
+        from workbench.tui.screens.confirm import ConfirmScreen
+
+        run_id = run if isinstance(run, str) else run.id
+        stage = "" if isinstance(run, str) else f" ({run.stage})"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.cancel_run(run_id)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Stop run {run_id}{stage}?\nA stage that checkpoints saves one first; r resumes it later.",
+            yes="Stop"), answered)
+
     @work(thread=True, group="run-control", exit_on_error=False)
     def cancel_run(self, run_id: str) -> None:
         with open_store() as store:
@@ -120,10 +135,15 @@ class RunsScreen(RunControlScreen):
         rows = {r.id: self._cells(r, live.get(r.id)) for r in items}
         if ids != [r.id for r in self.runs]:
             selected = self.selected
+            known = {r.id for r in self.runs}
+            # A run that just started takes the cursor, so Enter opens it, not an older one.
+            new = [run_id for run_id in ids if run_id not in known] if self.runs else []
             table.clear()
             for run_id in ids:
                 table.add_row(*rows[run_id], key=run_id)
-            if selected is not None and selected.id in ids:
+            if new:
+                table.move_cursor(row=ids.index(new[0]))
+            elif selected is not None and selected.id in ids:
                 table.move_cursor(row=ids.index(selected.id))
         else:
             for run_id, cells in rows.items():
@@ -157,7 +177,7 @@ class RunsScreen(RunControlScreen):
 
     def action_cancel(self) -> None:
         if self.selected is not None:
-            self.cancel_run(self.selected.id)
+            self.confirm_cancel(self.selected)
 
     def action_resume(self) -> None:
         if self.selected is not None:
@@ -231,8 +251,9 @@ class RunMonitorScreen(RunControlScreen):
     def _apply(self, events: list[dict[str, object]], run: Run, resumable: bool) -> None:
         self.run, self.supports_resume = run, resumable
         self.state.extend(events)
-        if run.status not in ACTIVE and self.state.status in ACTIVE:
-            # The worker died without a final event; the store knows why.
+        if run.status not in ACTIVE and self.state.status in ACTIVE and run.attempts >= self.state.attempt:
+            # The worker died without a final event; the store knows why. (A store row older than
+            # the attempt the events describe is not news: that attempt has just begun.)
             self.state.status, self.state.error = run.status, run.exit_reason
         state = self.state
         title = Content.assemble(Content.styled(run.id, "bold"), f" · {run.stage} · ", status_text(state.status),
@@ -262,7 +283,7 @@ class RunMonitorScreen(RunControlScreen):
         return True
 
     def action_cancel(self) -> None:
-        self.cancel_run(self.run_id)
+        self.confirm_cancel(self.run or self.run_id)
 
     def action_resume(self) -> None:
         self.resume_run(self.run_id)
