@@ -25,7 +25,7 @@ from textual.screen import Screen
 from textual.worker import Worker
 
 from workbench.tui.chat_client import DEFAULT_COMMAND as CHAT_COMMAND
-from workbench.tui.data import ACTIVE, Entry, catalog, load_catalog, open_store
+from workbench.tui.data import ACTIVE, Entry, catalog, load_catalog, next_stage, open_store
 from workbench.tui.screens.base import report_worker_error
 from workbench.tui.widgets.navbar import VIEWS
 
@@ -176,6 +176,8 @@ class WorkbenchApp(App[None]):
         severity: SeverityLevel = (
             "information" if run.status == "done" else "warning" if run.status == "cancelled" else "error")
         detail = f": {run.exit_reason}" if run.status == "failed" and run.exit_reason else ""
+        if run.status == "done" and (following := next_stage(run.stage, run.result)):
+            detail = f"; next: {following[1]} (n in its monitor)"
         self.notify(f"{run.stage} run {run.id} {run.status}{detail}", severity=severity)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

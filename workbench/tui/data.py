@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench import locations, stages
+from workbench.options import Field, fields
 from workbench.store import Artifact, Run, Store
 
 #: The lifecycle, in the order a person walks it; third-party stages follow.
@@ -35,6 +36,25 @@ MODEL_KINDS = ("model", "adapter", "classifier", "gguf")
 #: What the chat screen can talk to.
 CHAT_KINDS = ("gguf", "model")
 ACTIVE = ("queued", "running")
+#: The dataset type (its `metadata["type"]`, set by the data stage) a lifecycle option takes.
+DATASET_TYPES: dict[tuple[str, str], str] = {
+    ("pretrain", "dataset"): "pretrain",
+    ("finetune.lora", "dataset"): "instruction",
+    ("dpo", "dataset"): "preference",
+}
+#: What usually comes after a stage that finished: its name, or by the dataset type it made.
+NEXT: dict[str, str | dict[str, str]] = {
+    "download": "finetune.lora",
+    "data.prepare": {"pretrain": "tokenizer.train", "instruction": "finetune.lora", "preference": "dpo",
+                     "classification": "finetune.classify"},
+    "tokenizer.train": "pretrain",
+    "pretrain": "finetune.lora",
+    "finetune.lora": "export",
+    "finetune.classify": "eval",
+    "dpo": "export",
+    "eval": "export",
+    "export": "chat",
+}
 
 
 @contextmanager
@@ -110,7 +130,7 @@ def load_catalog(entries: Iterable[Entry]) -> None:
 
 @dataclass
 class StageState:
-    state: str  # done, running, failed, cancelled, ready, unavailable, missing, loading
+    state: str  # done, running, failed, cancelled, ready, blocked, unavailable, missing, loading
     detail: str = ""
 
 
@@ -139,6 +159,38 @@ def related(store: Store, art_id: str) -> tuple[dict[str, Artifact], set[str]]:
     return family, below
 
 
+def fits(stage: str, field: Field, art: Artifact) -> bool:
+    """Whether `art` is something `field` of `stage` takes: its kind, and its dataset type where
+    the stage needs one (a dataset of unknown type is offered, and the stage decides)."""
+    if not field.artifact or art.kind not in field.artifact:
+        return False
+    wanted = DATASET_TYPES.get((stage, field.name))
+    found = art.metadata.get("type") if art.kind == "dataset" else None
+    return wanted is None or found is None or found == wanted
+
+
+def needs(entry: Entry, artifacts: list[Artifact]) -> list[str]:
+    """The inputs `entry` cannot run without and the workspace does not have, in words."""
+    if entry.kind == "command":
+        return [] if any(a.kind in CHAT_KINDS for a in artifacts) else ["a gguf or model"]
+    missing = []
+    for f in fields(entry.stage_cls.Options):
+        if f.artifact and f.required and f.default in (None, [], ()) and \
+                not any(fits(entry.name, f, a) for a in artifacts):
+            what = DATASET_TYPES.get((entry.name, f.name), "")
+            missing.append(f"{'an' if what[:1] in 'aeiou' and what else 'a'} {what + ' ' if what else ''}"
+                           f"{' or '.join(f.artifact)} ({f.name})")
+    return missing
+
+
+def next_stage(stage: str, result: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(name, label) of the stage a person usually runs after `stage` finished with `result`."""
+    following = NEXT.get(stage)
+    if isinstance(following, dict):
+        following = following.get(str((result or {}).get("type")))
+    return (following, dict(LIFECYCLE)[following]) if following else None
+
+
 def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | None) -> dict[str, StageState]:
     """The state of every entry for the selected model (or for the workspace when none).
 
@@ -146,6 +198,7 @@ def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | N
     by a run of it, or its newest run on the model finished; running while such a run is live.
     """
     runs: list[Run] = store.list_runs(limit=1000) if store else []
+    artifacts = store.list_artifacts() if store else []
     family: dict[str, Artifact] = {}
     below: set[str] = set()
     if store and model_id:
@@ -176,6 +229,8 @@ def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | N
             states[entry.name] = StageState("unavailable", entry.info.error)
         elif entry.info.status == "not loaded":
             states[entry.name] = StageState("loading")
+        elif missing := needs(entry, artifacts):
+            states[entry.name] = StageState("blocked", "needs " + ", ".join(missing))
         else:
             states[entry.name] = StageState("ready")
     return states
@@ -187,6 +242,7 @@ STATE_STYLE = {
     "failed": ("✘ failed", "$error"),
     "cancelled": ("‖ cancelled", "$warning"),
     "ready": ("· ready", "$foreground-muted"),
+    "blocked": ("⊘ blocked", "$warning"),
     "loading": ("… loading", "$foreground-muted"),
     "unavailable": ("✘ unavailable", "$error"),
     "missing": ("– not installed", "$foreground-muted"),

@@ -16,7 +16,7 @@ from textual.widgets import Button, Collapsible, Static
 from workbench import runs
 from workbench.errors import UserError
 from workbench.options import fields
-from workbench.tui.data import Entry, open_store
+from workbench.tui.data import Entry, fits, open_store
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.option_field import OptionField
 
@@ -80,7 +80,7 @@ class StageFormScreen(WorkbenchScreen):
                 if group:
                     yield Static(group, classes="option-group")
                 for f in group_fields:
-                    yield OptionField(f, self.artifacts, preset.get(f.name))
+                    yield OptionField(f, self.artifacts, preset.get(f.name), self.entry.name)
                     for i, finder in enumerate(stage.finders):
                         if finder.option == f.name:
                             yield Button(f"{finder.title}… (ctrl+f)", id=f"find-{i}", classes="finder-button",
@@ -88,19 +88,19 @@ class StageFormScreen(WorkbenchScreen):
             if "advanced" in groups:
                 with Collapsible(title="Advanced options", collapsed=True):
                     for f in groups["advanced"]:
-                        yield OptionField(f, self.artifacts, preset.get(f.name))
+                        yield OptionField(f, self.artifacts, preset.get(f.name), self.entry.name)
         yield Static("", id="form-error")
         with Horizontal(id="form-buttons"):
             yield Button("Run", variant="primary", id="run", compact=True)
             yield Button("Back", id="back", compact=True)
 
     def _preset(self) -> dict[str, str]:
-        """The selected model goes into the first option that takes its kind."""
+        """The selected model (or what the run before made) goes into the first option that takes it."""
         model = next((a for a in self.artifacts if a.id == self.model_id), None)
         if model is None:
             return {}
         for f in fields(self.entry.stage_cls.Options):
-            if f.artifact and model.kind in f.artifact and not f.is_list:
+            if fits(self.entry.name, f, model) and not f.is_list:
                 return {f.name: model.id}
         return {}
 

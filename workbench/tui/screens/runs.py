@@ -20,7 +20,7 @@ from workbench import runs
 from workbench.events import EventTail
 from workbench.stages import get_stage
 from workbench.store import Run
-from workbench.tui.data import ACTIVE, fmt_duration, fmt_time, open_store
+from workbench.tui.data import ACTIVE, fmt_duration, fmt_time, next_stage, open_store
 from workbench.tui.runstate import RunState
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.tables import RunTable
@@ -191,6 +191,7 @@ class RunMonitorScreen(RunControlScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("c", "cancel", "Cancel", tooltip="Ask the run to stop; it saves a checkpoint first"),
         Binding("r", "resume", "Resume", tooltip="Continue from the last checkpoint"),
+        Binding("n", "next", "Next stage", tooltip="Open the stage that usually comes next, with what this run made"),
         Binding("escape", "back", "Back"),
     ]
     app: WorkbenchApp
@@ -260,6 +261,9 @@ class RunMonitorScreen(RunControlScreen):
                                  f" · attempt {state.attempt}" if state.attempt > 1 else "")
         if state.error:
             title = Content("\n").join([title, Content.styled(state.error, "$text-error")])
+        elif state.status == "done" and (following := next_stage(run.stage, state.result)):
+            title = Content("\n").join([title, Content.assemble(
+                "next: ", Content.styled(following[1], "bold"), " — press n to open it with what this run made")])
         self.query_one("#run-title", Static).update(title)
         bar = self.query_one("#run-bar", ProgressBar)
         if state.total:
@@ -280,6 +284,8 @@ class RunMonitorScreen(RunControlScreen):
             return status in ACTIVE
         if action == "resume":
             return status in ("cancelled", "failed") and self.supports_resume
+        if action == "next":
+            return status == "done" and self.run is not None and next_stage(self.run.stage, self.state.result) is not None
         return True
 
     def action_cancel(self) -> None:
@@ -287,6 +293,16 @@ class RunMonitorScreen(RunControlScreen):
 
     def action_resume(self) -> None:
         self.resume_run(self.run_id)
+
+    def action_next(self) -> None:
+        following = next_stage(self.run.stage, self.state.result) if self.run else None
+        if following is None:
+            return
+        made = str(self.state.artifacts[-1].get("id")) if self.state.artifacts else None
+        if following[0] == "chat":
+            self.app.open_chat(made)
+        else:
+            self.app.open_stage(following[0], made)
 
     def action_back(self) -> None:
         self.dismiss()

@@ -16,6 +16,7 @@ from textual.widgets import Checkbox, Collapsible, Input, Label, Select, Static
 from workbench.errors import UserError
 from workbench.options import Field, parse_value
 from workbench.store import Artifact
+from workbench.tui.data import fits
 
 
 def format_default(value: Any) -> str:
@@ -32,8 +33,8 @@ def check(field: Field, value: Any) -> str | None:
         return f"{field.name} is required: {field.help}"
     try:
         parse_value(field, value)
-    except UserError as exc:
-        return str(exc)
+    except UserError as exc:  # the form names its fields, not their CLI flags
+        return str(exc).replace(f"option {field.flag}", field.name)
     return None
 
 
@@ -55,10 +56,10 @@ class OptionField(Horizontal):
             super().__init__()
             self.option = option
 
-    def __init__(self, field: Field, artifacts: list[Artifact], preset: str | None = None) -> None:
+    def __init__(self, field: Field, artifacts: list[Artifact], preset: str | None = None, stage: str = "") -> None:
         super().__init__(classes="option", id=f"option-{field.name}")
         self.field = field
-        self.artifacts = [a for a in artifacts if field.artifact and a.kind in field.artifact]
+        self.artifacts = [a for a in artifacts if fits(stage, field, a)]
         self.preset = preset
         self.error: str | None = None
         #: Errors show once the option was edited or a run was asked for, not on an empty form.
@@ -82,6 +83,8 @@ class OptionField(Horizontal):
         if f.artifact and not f.is_list:
             options = [(f"{a.name} · {a.kind} · {a.id}", a.id) for a in reversed(self.artifacts)]
             value = self.preset if any(v == self.preset for _, v in options) else f.default
+            if value is None and f.required and len(options) == 1:
+                value = options[0][1]  # the only choice there is
             prompt = "choose…" if options else f"no {' or '.join(f.artifact)} in the workspace yet"
             return Select(options, prompt=prompt, value=value if value in {v for _, v in options} else Select.NULL,
                           id=control_id, compact=True)
