@@ -342,6 +342,17 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def clip(text: str, width: int) -> str:
+    """`text` in at most `width` cells, cut at a word where it can, with "…" where it was cut."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    cut = text[:width - 1]
+    word = cut.rsplit(" ", 1)[0]
+    return (word if len(word) > width // 2 else cut).rstrip(" ,;:·-") + "…"
+
+
 def fmt_time(t: float | None) -> str:
     return time.strftime("%m-%d %H:%M", time.localtime(t)) if t else "-"
 

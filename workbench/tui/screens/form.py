@@ -15,7 +15,7 @@ from textual.widgets import Button, Collapsible, Static
 
 from workbench import runs
 from workbench.errors import UserError
-from workbench.options import fields
+from workbench.options import Field, fields
 from workbench.tui.data import Entry, fits, open_store
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.option_field import OptionField
@@ -23,6 +23,31 @@ from workbench.tui.widgets.option_field import OptionField
 if TYPE_CHECKING:
     from workbench.store import Artifact
     from workbench.tui.app import WorkbenchApp
+
+
+#: Options a person sets on most runs, shown first even when their stage files them in a group.
+ESSENTIAL = ("model", "max_steps", "max_tokens", "epochs", "quant", "vocab_size")
+#: A form this short shows every option as it is.
+SHORT_FORM = 8
+
+
+def essentials(options: list[Field]) -> tuple[list[Field], dict[str, list[Field]]]:
+    """(what the form shows first, the rest folded by group). First come the inputs (required
+    options and artifacts), then the common knobs, then the stage's ungrouped options; grouped
+    and advanced options fold away, advanced last."""
+    if len(options) <= SHORT_FORM:
+        return [f for f in options if not f.advanced], (
+            {"advanced": [f for f in options if f.advanced]} if any(f.advanced for f in options) else {})
+    first = [f for f in options if not f.advanced and (f.required or f.artifact)]
+    first += [f for f in options if not f.advanced and f.name in ESSENTIAL and f not in first]
+    first += [f for f in options if not f.advanced and f.group is None and f not in first]
+    folded: dict[str, list[Field]] = {}
+    for f in options:
+        if f not in first and not f.advanced:
+            folded.setdefault(f.group or "other", []).append(f)
+    if any(f.advanced for f in options):
+        folded["advanced"] = [f for f in options if f.advanced]
+    return first, folded
 
 
 def in_form_words(message: str, options: list[OptionField]) -> tuple[str, OptionField | None]:
@@ -71,28 +96,23 @@ class StageFormScreen(WorkbenchScreen):
                 with Collapsible(title="About this stage", collapsed=True, id="form-about"):
                     yield Static(stage.description.strip(), id="form-description")
             preset = self._preset()
-            groups: dict[str | None, list[Any]] = {}
-            for f in fields(stage.Options):
-                groups.setdefault("advanced" if f.advanced else f.group, []).append(f)
-            for group, group_fields in groups.items():
-                if group == "advanced":
-                    continue
-                if group:
-                    yield Static(group, classes="option-group")
-                for f in group_fields:
-                    yield OptionField(f, self.artifacts, preset.get(f.name), self.entry.name)
-                    for i, finder in enumerate(stage.finders):
-                        if finder.option == f.name:
-                            yield Button(f"{finder.title}… (ctrl+f)", id=f"find-{i}", classes="finder-button",
-                                         compact=True)
-            if "advanced" in groups:
-                with Collapsible(title="Advanced options", collapsed=True):
-                    for f in groups["advanced"]:
-                        yield OptionField(f, self.artifacts, preset.get(f.name), self.entry.name)
+            essential, folded = essentials(list(fields(stage.Options)))
+            for f in essential:
+                yield from self._option(f, preset)
+            for group, group_fields in folded.items():
+                with Collapsible(title=f"{group[:1].upper()}{group[1:]} options", collapsed=True, classes="option-fold"):
+                    for f in group_fields:
+                        yield from self._option(f, preset)
         yield Static("", id="form-error")
         with Horizontal(id="form-buttons"):
             yield Button("Run", variant="primary", id="run", compact=True)
             yield Button("Back", id="back", compact=True)
+
+    def _option(self, f: Field, preset: dict[str, str]) -> ComposeResult:
+        yield OptionField(f, self.artifacts, preset.get(f.name), self.entry.name)
+        for i, finder in enumerate(self.entry.stage_cls.finders):
+            if finder.option == f.name:
+                yield Button(f"{finder.title}… (ctrl+f)", id=f"find-{i}", classes="finder-button", compact=True)
 
     def _preset(self) -> dict[str, str]:
         """The selected model (or what the run before made) goes into the first option that takes it."""

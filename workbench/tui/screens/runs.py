@@ -270,10 +270,13 @@ class RunMonitorScreen(RunControlScreen):
             bar.update(total=state.total, progress=state.step or 0)
         self.query_one("#run-progress-text", Static).update(state.progress_text())
         self.query_one("#run-metrics", Static).update(state.metrics_text() or "no metrics yet")
+        curves = state.curves()
+        # A chart only where there is a curve: one point (a data or tokenizer run) is a number.
+        self.set_class(not any(len(points) > 1 for points in curves.values()), "-no-curve")
         if any(e.get("type") == "metric" for e in events):
             from workbench.tui.widgets.plots import CurvePlot
 
-            self.query_one(CurvePlot).show(state.curves())
+            self.query_one(CurvePlot).show(curves)
         self.query_one(Log).write_lines(state.new_logs(self._logged))
         self._logged = state.log_count
         self.refresh_bindings()
