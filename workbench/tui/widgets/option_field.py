@@ -27,6 +27,10 @@ def format_default(value: Any) -> str:
     return str(value)
 
 
+def on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
 def check(field: Field, value: Any) -> str | None:
     """The problem with `value` for `field`, in the CLI's words, or None."""
     if field.required and (value is None or (isinstance(value, str) and not value.strip())):
@@ -78,8 +82,12 @@ class OptionField(Horizontal):
     def _control(self) -> Input | Select[Any] | Checkbox:
         f = self.field
         control_id = f"input-{f.name}"
+        if f.is_bool and f.default is None:
+            # Three states: "auto" (the stage decides, as when the CLI flag is left out), on, off.
+            return Select([("on", True), ("off", False)], prompt="auto", value=Select.NULL, id=control_id,
+                          compact=True)
         if f.is_bool:
-            return Checkbox("on", value=bool(f.default), id=control_id, compact=True)
+            return Checkbox(on_off(bool(f.default)), value=bool(f.default), id=control_id, compact=True)
         if f.artifact and not f.is_list:
             options = [(f"{a.name} · {a.kind} · {a.id}", a.id) for a in reversed(self.artifacts)]
             value = self.preset if any(v == self.preset for _, v in options) else f.default
@@ -151,5 +159,7 @@ class OptionField(Horizontal):
     @on(Checkbox.Changed)
     def _changed(self, event: Message) -> None:
         event.stop()
+        if isinstance(event, Checkbox.Changed):
+            event.checkbox.label = on_off(event.value)
         self.validate()
         self.post_message(self.Changed(self))
