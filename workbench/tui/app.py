@@ -24,6 +24,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker
 
+from workbench import locations
 from workbench.tui.chat_client import DEFAULT_COMMAND as CHAT_COMMAND
 from workbench.tui.data import ACTIVE, Entry, catalog, load_catalog, next_stage, open_store
 from workbench.tui.screens.base import report_worker_error
@@ -194,6 +195,17 @@ class WorkbenchApp(App[None]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(over or self.screen))
 
+    def save_to_workspace(self) -> None:
+        """A screenshot where the workspace lives (Textual's default folder may not exist)."""
+        folder = locations.home() / "screenshots"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = self.save_screenshot(path=str(folder))
+        except OSError as exc:
+            self.notify(f"could not save it in {folder}: {exc.strerror or exc}", title="Screenshot", severity="error")
+            return
+        self.notify(path, title="Screenshot saved")
+
     def open_stage(self, name: str, model_id: str | None = None) -> None:
         """The stage's options form, on top of the pipeline view."""
         self._open_stage(name, model_id)
@@ -228,6 +240,8 @@ class WorkbenchApp(App[None]):
         from workbench.tui.screens.runs import RunMonitorScreen
 
         self.switch_mode("runs")
+        while isinstance(self.screen, RunMonitorScreen):  # one monitor at a time: Esc goes back to the list
+            self.pop_screen()
         self.push_screen(RunMonitorScreen(run_id))
 
     def open_chat(self, model_id: str | None = None) -> None:
@@ -260,7 +274,9 @@ class WorkbenchApp(App[None]):
                 yield SystemCommand(f"Run stage: {entry.label}", f"{entry.name}: {entry.summary}",
                                     partial(self.open_stage, entry.name, None))
         # Textual's own key panel ("Keys") is replaced by the help screen, which lists hidden keys too.
-        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
+        yield SystemCommand("Screenshot", "Save an SVG picture of the screen in the workspace's screenshots folder",
+                            lambda: self.set_timer(0.1, self.save_to_workspace))
+        yield from (c for c in super().get_system_commands(screen) if c.title not in ("Keys", "Screenshot"))
 
 
 def main() -> int:

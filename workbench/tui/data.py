@@ -215,10 +215,11 @@ def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | N
             model_id is None or r.id in made_by or _refs(r.options) & below)]
         produced = [a for a in family.values() if a.run_id in {r.id for r in mine}]
         newest = mine[0] if mine else None
+        live = next((r for r in mine if r.status in ACTIVE), None)  # a resumed older run, say
         if entry.info is None:
             states[entry.name] = StageState("missing", "not installed")
-        elif newest is not None and newest.status in ACTIVE:
-            states[entry.name] = StageState("running", newest.id)
+        elif live is not None:
+            states[entry.name] = StageState("running", live.id)
         elif produced:
             states[entry.name] = StageState("done", produced[-1].id)
         elif entry.name == "chat" and chatted:
