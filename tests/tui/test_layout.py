@@ -66,3 +66,20 @@ async def test_text_cut_to_80_columns_ends_with_an_ellipsis() -> None:
             assert len(row) <= SIZE[0]
         download = next(line for line in lines if line.startswith("  Download "))
         assert download.endswith("…") and "Hugging Face" not in download
+
+
+async def test_a_finished_run_shows_the_tables_the_cli_prints() -> None:
+    card = {"title": "Dataset card: alpaca-mini", "columns": ["", "value"],
+            "rows": [["rows kept", 10199], ["near duplicates removed", 82]]}
+    filters = {"title": "Filters", "columns": ["step", "before", "removed", "after"],
+               "rows": [["near-dedup", 10281, 82, 10199]]}
+    add_finished_run(Store(), "run-260101-00data", "data.prepare", "done", [
+        {"type": "started", "attempt": 1, "time": 1.0},
+        {"type": "done", "result": {"tables": [card, filters], "type": "instruction"}, "time": 3.0}])
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run("run-260101-00data")
+        await wait_for(pilot, lambda: "Dataset card: alpaca-mini" in screen_text(app), what="the dataset card")
+        text = screen_text(app)
+        assert "rows kept" in text and "10,199" in text and "Filters" in text  # the rest scrolls
+        assert not app.screen.query_one(CurvePlot).display

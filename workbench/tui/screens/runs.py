@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from rich import box
+from rich.console import Group
+from rich.table import Table
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
+from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import DataTable, Log, ProgressBar, Static
 from textual.worker import get_current_worker
@@ -20,7 +23,7 @@ from workbench import runs
 from workbench.events import EventTail
 from workbench.stages import get_stage
 from workbench.store import Run
-from workbench.tui.data import ACTIVE, fmt_duration, fmt_time, next_stage, open_store
+from workbench.tui.data import ACTIVE, fmt_duration, fmt_num, fmt_time, next_stage, open_store
 from workbench.tui.runstate import RunState
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.tables import RunTable
@@ -46,6 +49,20 @@ def bar_text(fraction: float | None, width: int = 7) -> str:
         return ""
     filled = round(fraction * width)
     return "█" * filled + "░" * (width - filled) + f" {fraction:4.0%}"
+
+
+def result_tables(tables: list[dict[str, Any]]) -> Group:
+    """A run result's {title, columns, rows} tables, as the CLI prints them."""
+    shown = []
+    for spec in tables:
+        table = Table(title=str(spec.get("title") or ""), title_justify="left", title_style="bold",
+                      box=box.SIMPLE_HEAD, expand=False)
+        for column in spec.get("columns") or []:
+            table.add_column(str(column))
+        for row in spec.get("rows") or []:
+            table.add_row(*(fmt_num(cell) for cell in row))
+        shown.append(table)
+    return Group(*shown)
 
 
 class Tracker:
@@ -213,6 +230,8 @@ class RunMonitorScreen(RunControlScreen):
         from workbench.tui.widgets.plots import CurvePlot  # plotext only when a monitor opens
 
         yield CurvePlot(id="run-curves")
+        with VerticalScroll(id="run-tables"):
+            yield Static("", id="run-tables-body")
         yield Log(id="run-log", max_lines=500)
 
     def on_mount(self) -> None:
@@ -277,6 +296,11 @@ class RunMonitorScreen(RunControlScreen):
             from workbench.tui.widgets.plots import CurvePlot
 
             self.query_one(CurvePlot).show(curves)
+        tables = (state.result or {}).get("tables") if state.status == "done" else None
+        if tables and not self.has_class("-tables"):
+            # What the CLI prints when the run ends (a dataset card, an export's verification).
+            self.query_one("#run-tables-body", Static).update(result_tables(tables))
+            self.add_class("-tables")
         self.query_one(Log).write_lines(state.new_logs(self._logged))
         self._logged = state.log_count
         self.refresh_bindings()
