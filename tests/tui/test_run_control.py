@@ -27,7 +27,9 @@ def progress(step: int, t: float) -> dict[str, object]:
 async def test_a_resumed_run_shows_its_live_state_before_the_store_catches_up(with_plugin: Path) -> None:
     store = Store()
     add_finished_run(store, "run-260101-000001", "counter", "cancelled",
-                     [started(1, 1.0), progress(2, 2.0), {"type": "cancelled", "time": 3.0}])
+                     [started(1, 1.0), progress(2, 2.0),
+                      {"type": "checkpoint", "path": "step-000002.json", "step": 2, "time": 2.5},
+                      {"type": "cancelled", "time": 3.0}])
     app = WorkbenchApp()
     async with app.run_test(size=SIZE) as pilot:
         app.open_run("run-260101-000001")

@@ -79,3 +79,16 @@ async def test_the_palette_screenshot_is_saved_in_the_workspace() -> None:
         await wait_for(pilot, lambda: notified(app, "Screenshot saved", str(folder)), what="the notice")
         [svg] = folder.glob("*.svg")
         assert "<svg" in svg.read_text()[:200]
+
+
+async def test_a_run_that_failed_before_any_checkpoint_offers_no_resume(with_plugin: object) -> None:
+    store = Store()
+    add_finished_run(store, "run-260101-000001", "counter", "failed", [
+        {"type": "started", "attempt": 1, "time": 1.0},
+        {"type": "failed", "error": "unknown model preset 'huge'", "time": 2.0}])
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run("run-260101-000001")
+        await wait_for(pilot, lambda: shows(app, "unknown model preset 'huge'"), what="the failure")
+        await pilot.pause(0.5)
+        assert not shows(app, "Resume")

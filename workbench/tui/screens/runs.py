@@ -310,7 +310,9 @@ class RunMonitorScreen(RunControlScreen):
         if action == "cancel":
             return status in ACTIVE
         if action == "resume":
-            return status in ("cancelled", "failed") and self.supports_resume
+            # Without a checkpoint a resume starts over and meets the same error: start anew instead.
+            saved = self.state.checkpoint or (self.run is not None and self.run.checkpoint)
+            return status in ("cancelled", "failed") and self.supports_resume and bool(saved)
         if action == "next":
             return status == "done" and self.run is not None and next_stage(self.run.stage, self.state.result) is not None
         return True
