@@ -32,15 +32,14 @@ SHORT_FORM = 8
 
 
 def essentials(options: list[Field]) -> tuple[list[Field], dict[str, list[Field]]]:
-    """(what the form shows first, the rest folded by group). First come the inputs (required
-    options and artifacts), then the common knobs, then the stage's ungrouped options; grouped
-    and advanced options fold away, advanced last."""
+    """(what the form shows first, the rest folded by group). First come, in the stage's order,
+    its inputs (required options and artifacts), the common knobs and its ungrouped options;
+    grouped and advanced options fold away, advanced last."""
     if len(options) <= SHORT_FORM:
         return [f for f in options if not f.advanced], (
             {"advanced": [f for f in options if f.advanced]} if any(f.advanced for f in options) else {})
-    first = [f for f in options if not f.advanced and (f.required or f.artifact)]
-    first += [f for f in options if not f.advanced and f.name in ESSENTIAL and f not in first]
-    first += [f for f in options if not f.advanced and f.group is None and f not in first]
+    first = [f for f in options if not f.advanced and (
+        f.required or f.artifact or f.name in ESSENTIAL or f.group is None)]
     folded: dict[str, list[Field]] = {}
     for f in options:
         if f not in first and not f.advanced:
