@@ -78,7 +78,7 @@ async def test_cancel_then_resume_matches_an_uninterrupted_run(with_plugin: Path
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen), what="the monitor")
         await wait_for(pilot, lambda: (monitor_state(app).step or 0) >= 2, what="a few steps")
-        await pilot.press("c")
+        await pilot.press("c", "y")  # cancel, and yes, stop it
         await wait_for(pilot, lambda: monitor_state(app).status == "cancelled", what="the run to stop")
         run_id = app.screen.run_id  # type: ignore[attr-defined]
         stopped_at = monitor_state(app).step or 0

@@ -24,7 +24,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker
 
-from workbench.tui.data import ACTIVE, Entry, catalog, load_catalog, open_store
+from workbench import locations
+from workbench.tui.data import ACTIVE, Entry, catalog, load_catalog, next_stage, open_store
 from workbench.tui.screens.base import report_worker_error
 from workbench.tui.widgets.navbar import VIEWS
 
@@ -73,6 +74,7 @@ class WorkbenchApp(App[None]):
         *(Binding(str(n), f"switch_mode('{mode}')", label, tooltip=f"Open the {label} view", show=False)
           for n, (mode, label) in enumerate(VIEWS, start=1)),
         Binding("ctrl+t", "toggle_theme", "Theme", tooltip="Switch between the light and dark theme"),
+        Binding("question_mark,f1", "help", "Help", tooltip="List every key of this view"),
     ]
 
     #: Live runs in the workspace, shown in the navigation bar.
@@ -175,6 +177,8 @@ class WorkbenchApp(App[None]):
         severity: SeverityLevel = (
             "information" if run.status == "done" else "warning" if run.status == "cancelled" else "error")
         detail = f": {run.exit_reason}" if run.status == "failed" and run.exit_reason else ""
+        if run.status == "done" and (following := next_stage(run.stage, run.result)):
+            detail = f"; next: {following[1]} (n in its monitor)"
         self.notify(f"{run.stage} run {run.id} {run.status}{detail}", severity=severity)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -184,6 +188,23 @@ class WorkbenchApp(App[None]):
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    def action_help(self, over: Screen[object] | None = None) -> None:
+        from workbench.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(over or self.screen))
+
+    def save_to_workspace(self) -> None:
+        """A screenshot where the workspace lives (Textual's default folder may not exist)."""
+        folder = locations.home() / "screenshots"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = self.save_screenshot(path=str(folder))
+        except OSError as exc:
+            self.notify(f"could not save it in {folder}: {exc.strerror or exc}", title="Screenshot", severity="error")
+            return
+        self.notify(path, title="Screenshot saved")
 
     def open_stage(self, name: str, model_id: str | None = None) -> None:
         """The stage's options form, on top of the pipeline view."""
@@ -219,6 +240,8 @@ class WorkbenchApp(App[None]):
         from workbench.tui.screens.runs import RunMonitorScreen
 
         self.switch_mode("runs")
+        while isinstance(self.screen, RunMonitorScreen):  # one monitor at a time: Esc goes back to the list
+            self.pop_screen()
         self.push_screen(RunMonitorScreen(run_id))
 
     def open_chat(self, model_id: str | None = None) -> None:
@@ -233,6 +256,8 @@ class WorkbenchApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for n, (mode, label) in enumerate(VIEWS, start=1):
             yield SystemCommand(f"Go to {label}", f"Open the {label} view (key {n})", partial(self.switch_mode, mode))
+        yield SystemCommand("Help: keys of this view", "Every key of the view you are in (? or F1)",
+                            partial(self.action_help, screen))
         yield SystemCommand("Toggle light/dark theme", "Switch between textual-light and textual-dark (Ctrl+T)",
                             self.action_toggle_theme)
         # The screen's own actions, as its footer shows them.
@@ -248,7 +273,10 @@ class WorkbenchApp(App[None]):
             if entry.kind == "stage" and entry.loaded:
                 yield SystemCommand(f"Run stage: {entry.label}", f"{entry.name}: {entry.summary}",
                                     partial(self.open_stage, entry.name, None))
-        yield from super().get_system_commands(screen)
+        # Textual's own key panel ("Keys") is replaced by the help screen, which lists hidden keys too.
+        yield SystemCommand("Screenshot", "Save an SVG picture of the screen in the workspace's screenshots folder",
+                            lambda: self.set_timer(0.1, self.save_to_workspace))
+        yield from (c for c in super().get_system_commands(screen) if c.title not in ("Keys", "Screenshot"))
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from workbench import locations, stages
+from workbench.options import Field, fields
 
 if TYPE_CHECKING:  # the store (sqlite3) loads with the first query, after the first frame
     from workbench.store import Artifact, Run, Store
@@ -37,6 +38,25 @@ MODEL_KINDS = ("model", "adapter", "classifier", "gguf")
 #: What the chat screen can talk to.
 CHAT_KINDS = ("gguf", "model")
 ACTIVE = ("queued", "running")
+#: The dataset type (its `metadata["type"]`, set by the data stage) a lifecycle option takes.
+DATASET_TYPES: dict[tuple[str, str], str] = {
+    ("pretrain", "dataset"): "pretrain",
+    ("finetune.lora", "dataset"): "instruction",
+    ("dpo", "dataset"): "preference",
+}
+#: What usually comes after a stage that finished: its name, or by the dataset type it made.
+NEXT: dict[str, str | dict[str, str]] = {
+    "download": "finetune.lora",
+    "data.prepare": {"pretrain": "tokenizer.train", "instruction": "finetune.lora", "preference": "dpo",
+                     "classification": "finetune.classify"},
+    "tokenizer.train": "pretrain",
+    "pretrain": "finetune.lora",
+    "finetune.lora": "export",
+    "finetune.classify": "eval",
+    "dpo": "export",
+    "eval": "export",
+    "export": "chat",
+}
 
 
 @contextmanager
@@ -114,7 +134,7 @@ def load_catalog(entries: Iterable[Entry]) -> None:
 
 @dataclass
 class StageState:
-    state: str  # done, running, failed, cancelled, ready, unavailable, missing, loading
+    state: str  # done, running, failed, cancelled, ready, blocked, unavailable, missing, loading
     detail: str = ""
 
 
@@ -143,6 +163,38 @@ def related(store: Store, art_id: str) -> tuple[dict[str, Artifact], set[str]]:
     return family, below
 
 
+def fits(stage: str, field: Field, art: Artifact) -> bool:
+    """Whether `art` is something `field` of `stage` takes: its kind, and its dataset type where
+    the stage needs one (a dataset of unknown type is offered, and the stage decides)."""
+    if not field.artifact or art.kind not in field.artifact:
+        return False
+    wanted = DATASET_TYPES.get((stage, field.name))
+    found = art.metadata.get("type") if art.kind == "dataset" else None
+    return wanted is None or found is None or found == wanted
+
+
+def needs(entry: Entry, artifacts: list[Artifact]) -> list[str]:
+    """The inputs `entry` cannot run without and the workspace does not have, in words."""
+    if entry.kind == "command":
+        return [] if any(a.kind in CHAT_KINDS for a in artifacts) else ["a gguf or model"]
+    missing = []
+    for f in fields(entry.stage_cls.Options):
+        if f.artifact and f.required and f.default in (None, [], ()) and \
+                not any(fits(entry.name, f, a) for a in artifacts):
+            what = DATASET_TYPES.get((entry.name, f.name), "")
+            missing.append(f"{'an' if what[:1] in 'aeiou' and what else 'a'} {what + ' ' if what else ''}"
+                           f"{' or '.join(f.artifact)} ({f.name})")
+    return missing
+
+
+def next_stage(stage: str, result: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(name, label) of the stage a person usually runs after `stage` finished with `result`."""
+    following = NEXT.get(stage)
+    if isinstance(following, dict):
+        following = following.get(str((result or {}).get("type")))
+    return (following, dict(LIFECYCLE)[following]) if following else None
+
+
 def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | None) -> dict[str, StageState]:
     """The state of every entry for the selected model (or for the workspace when none).
 
@@ -150,6 +202,7 @@ def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | N
     by a run of it, or its newest run on the model finished; running while such a run is live.
     """
     runs: list[Run] = store.list_runs(limit=1000) if store else []
+    artifacts = store.list_artifacts() if store else []
     family: dict[str, Artifact] = {}
     below: set[str] = set()
     if store and model_id:
@@ -166,10 +219,11 @@ def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | N
             model_id is None or r.id in made_by or _refs(r.options) & below)]
         produced = [a for a in family.values() if a.run_id in {r.id for r in mine}]
         newest = mine[0] if mine else None
+        live = next((r for r in mine if r.status in ACTIVE), None)  # a resumed older run, say
         if entry.info is None:
             states[entry.name] = StageState("missing", "not installed")
-        elif newest is not None and newest.status in ACTIVE:
-            states[entry.name] = StageState("running", newest.id)
+        elif live is not None:
+            states[entry.name] = StageState("running", live.id)
         elif produced:
             states[entry.name] = StageState("done", produced[-1].id)
         elif entry.name == "chat" and chatted:
@@ -180,6 +234,8 @@ def pipeline_states(store: Store | None, entries: list[Entry], model_id: str | N
             states[entry.name] = StageState("unavailable", entry.info.error)
         elif entry.info.status == "not loaded":
             states[entry.name] = StageState("loading")
+        elif missing := needs(entry, artifacts):
+            states[entry.name] = StageState("blocked", "needs " + ", ".join(missing))
         else:
             states[entry.name] = StageState("ready")
     return states
@@ -191,6 +247,7 @@ STATE_STYLE = {
     "failed": ("✘ failed", "$error"),
     "cancelled": ("‖ cancelled", "$warning"),
     "ready": ("· ready", "$foreground-muted"),
+    "blocked": ("⊘ blocked", "$warning"),
     "loading": ("… loading", "$foreground-muted"),
     "unavailable": ("✘ unavailable", "$error"),
     "missing": ("– not installed", "$foreground-muted"),
@@ -288,6 +345,17 @@ def fmt_duration(seconds: float | None) -> str:
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def clip(text: str, width: int) -> str:
+    """`text` in at most `width` cells, cut at a word where it can, with "…" where it was cut."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    cut = text[:width - 1]
+    word = cut.rsplit(" ", 1)[0]
+    return (word if len(word) > width // 2 else cut).rstrip(" ,;:·-") + "…"
 
 
 def fmt_time(t: float | None) -> str:

@@ -68,7 +68,8 @@ class ChatScreen(WorkbenchScreen):
         Binding("ctrl+n", "new_chat", "New chat", tooltip="Forget the conversation and start again"),
         Binding("ctrl+o", "focus_model", "Model", tooltip="Choose the model to chat with"),
         Binding("ctrl+l", "conversations", "History", tooltip="Continue or delete a stored conversation"),
-        Binding("escape", "focus_prompt", "Prompt", show=False),
+        Binding("escape", "escape", "Leave/enter the prompt", show=False,
+                tooltip="Esc leaves a text field so the view keys work; Esc again goes back to the prompt"),
     ]
     app: WorkbenchApp
 
@@ -137,6 +138,14 @@ class ChatScreen(WorkbenchScreen):
 
     def action_focus_prompt(self) -> None:
         self.query_one("#prompt", Input).focus()
+
+    def action_escape(self) -> None:
+        """Out of a text field the view keys (digits, ?) work again; Esc again goes back in."""
+        if isinstance(self.focused, Input):
+            self.query_one("#transcript", VerticalScroll).focus()
+            self.notify("Esc goes back to the prompt", timeout=3)
+        else:
+            self.action_focus_prompt()
 
     # the conversation -----------------------------------------------------------------------
 

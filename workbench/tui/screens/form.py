@@ -3,6 +3,7 @@ process through `workbench.runs.start`, exactly as the CLI would."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
@@ -14,8 +15,8 @@ from textual.widgets import Button, Collapsible, Static
 
 from workbench import runs
 from workbench.errors import UserError
-from workbench.options import fields
-from workbench.tui.data import Entry, open_store
+from workbench.options import Field, fields
+from workbench.tui.data import Entry, fits, open_store
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.option_field import OptionField
 
@@ -24,12 +25,55 @@ if TYPE_CHECKING:
     from workbench.tui.app import WorkbenchApp
 
 
+#: Options a person sets on most runs, shown first even when their stage files them in a group.
+ESSENTIAL = ("model", "max_steps", "max_tokens", "epochs", "quant", "vocab_size")
+#: A form this short shows every option as it is.
+SHORT_FORM = 8
+
+
+def essentials(options: list[Field]) -> tuple[list[Field], dict[str, list[Field]]]:
+    """(what the form shows first, the rest folded by group). First come, in the stage's order,
+    its inputs (required options and artifacts), the common knobs and its ungrouped options;
+    grouped and advanced options fold away, advanced last."""
+    if len(options) <= SHORT_FORM:
+        return [f for f in options if not f.advanced], (
+            {"advanced": [f for f in options if f.advanced]} if any(f.advanced for f in options) else {})
+    first = [f for f in options if not f.advanced and (
+        f.required or f.artifact or f.name in ESSENTIAL or f.group is None)]
+    folded: dict[str, list[Field]] = {}
+    for f in options:
+        if f not in first and not f.advanced:
+            folded.setdefault(f.group or "other", []).append(f)
+    if any(f.advanced for f in options):
+        folded["advanced"] = [f for f in options if f.advanced]
+    return first, folded
+
+
+def in_form_words(message: str, options: list[OptionField]) -> tuple[str, OptionField | None]:
+    """A CLI message speaks of flags (`--vocab-size`); the form names its fields (`vocab_size`).
+    Also returns the first field the message names, where the cursor belongs."""
+    by_flag = {o.field.flag: o for o in options}
+    named: list[OptionField] = []
+
+    def rename(match: re.Match[str]) -> str:
+        option = by_flag.get(match.group(0))
+        if option is None:
+            return match.group(0)
+        named.append(option)
+        return option.field.name
+
+    message = re.sub(r"--[a-z0-9][a-z0-9-]*", rename, message)
+    return message.replace("option ", "", 1) if message.startswith("option ") else message, next(iter(named), None)
+
+
 class StageFormScreen(WorkbenchScreen):
     VIEW = "pipeline"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "run", "Run", priority=True, tooltip="Start the stage with these options"),
         Binding("escape", "back", "Back"),
         Binding("ctrl+f", "find", "Find", tooltip="Search for a value of this option (the Hub, say)"),
+        # Digits belong to the form: on a checkbox or a dropdown they must not leave it.
+        *(Binding(str(n), "stay", show=False) for n in range(1, 10)),
     ]
     app: WorkbenchApp
 
@@ -51,36 +95,31 @@ class StageFormScreen(WorkbenchScreen):
                 with Collapsible(title="About this stage", collapsed=True, id="form-about"):
                     yield Static(stage.description.strip(), id="form-description")
             preset = self._preset()
-            groups: dict[str | None, list[Any]] = {}
-            for f in fields(stage.Options):
-                groups.setdefault("advanced" if f.advanced else f.group, []).append(f)
-            for group, group_fields in groups.items():
-                if group == "advanced":
-                    continue
-                if group:
-                    yield Static(group, classes="option-group")
-                for f in group_fields:
-                    yield OptionField(f, self.artifacts, preset.get(f.name))
-                    for i, finder in enumerate(stage.finders):
-                        if finder.option == f.name:
-                            yield Button(f"{finder.title}… (ctrl+f)", id=f"find-{i}", classes="finder-button",
-                                         compact=True)
-            if "advanced" in groups:
-                with Collapsible(title="Advanced options", collapsed=True):
-                    for f in groups["advanced"]:
-                        yield OptionField(f, self.artifacts, preset.get(f.name))
+            essential, folded = essentials(list(fields(stage.Options)))
+            for f in essential:
+                yield from self._option(f, preset)
+            for group, group_fields in folded.items():
+                with Collapsible(title=f"{group[:1].upper()}{group[1:]} options", collapsed=True, classes="option-fold"):
+                    for f in group_fields:
+                        yield from self._option(f, preset)
         yield Static("", id="form-error")
         with Horizontal(id="form-buttons"):
             yield Button("Run", variant="primary", id="run", compact=True)
             yield Button("Back", id="back", compact=True)
 
+    def _option(self, f: Field, preset: dict[str, str]) -> ComposeResult:
+        yield OptionField(f, self.artifacts, preset.get(f.name), self.entry.name)
+        for i, finder in enumerate(self.entry.stage_cls.finders):
+            if finder.option == f.name:
+                yield Button(f"{finder.title}… (ctrl+f)", id=f"find-{i}", classes="finder-button", compact=True)
+
     def _preset(self) -> dict[str, str]:
-        """The selected model goes into the first option that takes its kind."""
+        """The selected model (or what the run before made) goes into the first option that takes it."""
         model = next((a for a in self.artifacts if a.id == self.model_id), None)
         if model is None:
             return {}
         for f in fields(self.entry.stage_cls.Options):
-            if f.artifact and model.kind in f.artifact and not f.is_list:
+            if fits(self.entry.name, f, model) and not f.is_list:
                 return {f.name: model.id}
         return {}
 
@@ -106,7 +145,7 @@ class StageFormScreen(WorkbenchScreen):
             return
         invalid = [o for o in self.options if not o.validate()]
         if invalid:
-            invalid[0].control.focus()
+            invalid[0].reveal()
             self._show_error(f"{len(invalid)} option{'s' if len(invalid) > 1 else ''} to fix: {invalid[0].error}")
             return
         self.starting = True
@@ -116,6 +155,9 @@ class StageFormScreen(WorkbenchScreen):
     @on(Button.Pressed, "#back")
     def action_back(self) -> None:
         self.dismiss()
+
+    def action_stay(self) -> None:
+        self.notify("Esc leaves the form; the view keys work outside it.", timeout=3)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "find":
@@ -163,7 +205,10 @@ class StageFormScreen(WorkbenchScreen):
     def _failed(self, message: str) -> None:
         self.starting = False
         self.query_one("#run", Button).disabled = False
+        message, named = in_form_words(message, self.options)
         self._show_error(message)
+        if named is not None:
+            named.reveal()
 
     def _show_error(self, message: str) -> None:
         self.query_one("#form-error", Static).update(Content.styled(message, "$text-error"))

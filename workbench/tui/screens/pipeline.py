@@ -17,6 +17,7 @@ from workbench.tui.data import (
     STATE_STYLE,
     Entry,
     StageState,
+    clip,
     open_store,
     pipeline_states,
 )
@@ -96,7 +97,16 @@ class PipelineScreen(WorkbenchScreen):
     def _cells(self, entry: Entry) -> tuple[Content, Content, str]:
         label = Content(entry.label) if entry.lifecycle else Content.styled(entry.label, "italic")
         text, style = STATE_STYLE[self.states.get(entry.name, StageState("loading")).state]
-        return label, Content.styled(text, style), entry.summary
+        return label, Content.styled(text, style), clip(entry.summary, self._summary_width())
+
+    def _summary_width(self) -> int:
+        """What the last column has left of the screen: the other columns and the cell padding."""
+        return max(12, self.size.width - 16 - 15 - 3 * 2 - 2)
+
+    def on_resize(self) -> None:
+        for entry in self.app.catalog:
+            if entry.name in self._rows:
+                self.query_one(StageTable).update_cell(entry.name, "summary", self._cells(entry)[2], update_width=True)
 
     def _show_states(self, models: list[Artifact], states: dict[str, StageState]) -> None:
         select = self.query_one("#model", Select)

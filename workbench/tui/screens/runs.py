@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from rich import box
+from rich.console import Group
+from rich.table import Table
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
+from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import DataTable, Log, ProgressBar, Static
 from textual.worker import get_current_worker
@@ -20,7 +23,7 @@ from workbench import runs
 from workbench.events import EventTail
 from workbench.stages import get_stage
 from workbench.store import Run
-from workbench.tui.data import ACTIVE, fmt_duration, fmt_time, open_store
+from workbench.tui.data import ACTIVE, fmt_duration, fmt_num, fmt_time, next_stage, open_store
 from workbench.tui.runstate import RunState
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.tables import RunTable
@@ -48,6 +51,20 @@ def bar_text(fraction: float | None, width: int = 7) -> str:
     return "█" * filled + "░" * (width - filled) + f" {fraction:4.0%}"
 
 
+def result_tables(tables: list[dict[str, Any]]) -> Group:
+    """A run result's {title, columns, rows} tables, as the CLI prints them."""
+    shown = []
+    for spec in tables:
+        table = Table(title=str(spec.get("title") or ""), title_justify="left", title_style="bold",
+                      box=box.SIMPLE_HEAD, expand=False)
+        for column in spec.get("columns") or []:
+            table.add_column(str(column))
+        for row in spec.get("rows") or []:
+            table.add_row(*(fmt_num(cell) for cell in row))
+        shown.append(table)
+    return Group(*shown)
+
+
 class Tracker:
     """Reads each live run's new events since the last look (a thread worker's state)."""
 
@@ -66,6 +83,21 @@ class RunControlScreen(WorkbenchScreen):
     """Cancel and resume, shared by the run list and the monitor."""
 
     app: WorkbenchApp
+
+    def confirm_cancel(self, run: Run | str) -> None:
+        """Stopping a run loses the work since its last checkpoint, so it asks first."""
+        from workbench.tui.screens.confirm import ConfirmScreen
+
+        run_id = run if isinstance(run, str) else run.id
+        stage = "" if isinstance(run, str) else f" ({run.stage})"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.cancel_run(run_id)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Stop run {run_id}{stage}?\nA stage that checkpoints saves one first; r resumes it later.",
+            yes="Stop"), answered)
 
     @work(thread=True, group="run-control", exit_on_error=False)
     def cancel_run(self, run_id: str) -> None:
@@ -120,10 +152,15 @@ class RunsScreen(RunControlScreen):
         rows = {r.id: self._cells(r, live.get(r.id)) for r in items}
         if ids != [r.id for r in self.runs]:
             selected = self.selected
+            known = {r.id for r in self.runs}
+            # A run that just started takes the cursor, so Enter opens it, not an older one.
+            new = [run_id for run_id in ids if run_id not in known] if self.runs else []
             table.clear()
             for run_id in ids:
                 table.add_row(*rows[run_id], key=run_id)
-            if selected is not None and selected.id in ids:
+            if new:
+                table.move_cursor(row=ids.index(new[0]))
+            elif selected is not None and selected.id in ids:
                 table.move_cursor(row=ids.index(selected.id))
         else:
             for run_id, cells in rows.items():
@@ -157,7 +194,7 @@ class RunsScreen(RunControlScreen):
 
     def action_cancel(self) -> None:
         if self.selected is not None:
-            self.cancel_run(self.selected.id)
+            self.confirm_cancel(self.selected)
 
     def action_resume(self) -> None:
         if self.selected is not None:
@@ -171,6 +208,7 @@ class RunMonitorScreen(RunControlScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("c", "cancel", "Cancel", tooltip="Ask the run to stop; it saves a checkpoint first"),
         Binding("r", "resume", "Resume", tooltip="Continue from the last checkpoint"),
+        Binding("n", "next", "Next stage", tooltip="Open the stage that usually comes next, with what this run made"),
         Binding("escape", "back", "Back"),
     ]
     app: WorkbenchApp
@@ -192,6 +230,8 @@ class RunMonitorScreen(RunControlScreen):
         from workbench.tui.widgets.plots import CurvePlot  # plotext only when a monitor opens
 
         yield CurvePlot(id="run-curves")
+        with VerticalScroll(id="run-tables"):
+            yield Static("", id="run-tables-body")
         yield Log(id="run-log", max_lines=500)
 
     def on_mount(self) -> None:
@@ -231,24 +271,36 @@ class RunMonitorScreen(RunControlScreen):
     def _apply(self, events: list[dict[str, object]], run: Run, resumable: bool) -> None:
         self.run, self.supports_resume = run, resumable
         self.state.extend(events)
-        if run.status not in ACTIVE and self.state.status in ACTIVE:
-            # The worker died without a final event; the store knows why.
+        if run.status not in ACTIVE and self.state.status in ACTIVE and run.attempts >= self.state.attempt:
+            # The worker died without a final event; the store knows why. (A store row older than
+            # the attempt the events describe is not news: that attempt has just begun.)
             self.state.status, self.state.error = run.status, run.exit_reason
         state = self.state
         title = Content.assemble(Content.styled(run.id, "bold"), f" · {run.stage} · ", status_text(state.status),
                                  f" · attempt {state.attempt}" if state.attempt > 1 else "")
         if state.error:
             title = Content("\n").join([title, Content.styled(state.error, "$text-error")])
+        elif state.status == "done" and (following := next_stage(run.stage, state.result)):
+            title = Content("\n").join([title, Content.assemble(
+                "next: ", Content.styled(following[1], "bold"), " — press n to open it with what this run made")])
         self.query_one("#run-title", Static).update(title)
         bar = self.query_one("#run-bar", ProgressBar)
         if state.total:
             bar.update(total=state.total, progress=state.step or 0)
         self.query_one("#run-progress-text", Static).update(state.progress_text())
         self.query_one("#run-metrics", Static).update(state.metrics_text() or "no metrics yet")
+        curves = state.curves()
+        # A chart only where there is a curve: one point (a data or tokenizer run) is a number.
+        self.set_class(not any(len(points) > 1 for points in curves.values()), "-no-curve")
         if any(e.get("type") == "metric" for e in events):
             from workbench.tui.widgets.plots import CurvePlot
 
-            self.query_one(CurvePlot).show(state.curves())
+            self.query_one(CurvePlot).show(curves)
+        tables = (state.result or {}).get("tables") if state.status == "done" else None
+        if tables and not self.has_class("-tables"):
+            # What the CLI prints when the run ends (a dataset card, an export's verification).
+            self.query_one("#run-tables-body", Static).update(result_tables(tables))
+            self.add_class("-tables")
         self.query_one(Log).write_lines(state.new_logs(self._logged))
         self._logged = state.log_count
         self.refresh_bindings()
@@ -258,14 +310,28 @@ class RunMonitorScreen(RunControlScreen):
         if action == "cancel":
             return status in ACTIVE
         if action == "resume":
-            return status in ("cancelled", "failed") and self.supports_resume
+            # Without a checkpoint a resume starts over and meets the same error: start anew instead.
+            saved = self.state.checkpoint or (self.run is not None and self.run.checkpoint)
+            return status in ("cancelled", "failed") and self.supports_resume and bool(saved)
+        if action == "next":
+            return status == "done" and self.run is not None and next_stage(self.run.stage, self.state.result) is not None
         return True
 
     def action_cancel(self) -> None:
-        self.cancel_run(self.run_id)
+        self.confirm_cancel(self.run or self.run_id)
 
     def action_resume(self) -> None:
         self.resume_run(self.run_id)
+
+    def action_next(self) -> None:
+        following = next_stage(self.run.stage, self.state.result) if self.run else None
+        if following is None:
+            return
+        made = str(self.state.artifacts[-1].get("id")) if self.state.artifacts else None
+        if following[0] == "chat":
+            self.app.open_chat(made)
+        else:
+            self.app.open_stage(following[0], made)
 
     def action_back(self) -> None:
         self.dismiss()
