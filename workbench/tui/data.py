@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from workbench import locations, stages
-from workbench.options import Field, fields
 
-if TYPE_CHECKING:  # the store (sqlite3) loads with the first query, after the first frame
+if TYPE_CHECKING:  # the store (sqlite3) and options (argparse) load after the first frame
+    from workbench.options import Field
     from workbench.store import Artifact, Run, Store
 
 #: The lifecycle, in the order a person walks it; third-party stages follow.
@@ -177,6 +177,8 @@ def needs(entry: Entry, artifacts: list[Artifact]) -> list[str]:
     """The inputs `entry` cannot run without and the workspace does not have, in words."""
     if entry.kind == "command":
         return [] if any(a.kind in CHAT_KINDS for a in artifacts) else ["a gguf or model"]
+    from workbench.options import fields
+
     missing = []
     for f in fields(entry.stage_cls.Options):
         if f.artifact and f.required and f.default in (None, [], ()) and \
