@@ -185,6 +185,18 @@ _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 
 
+def finite_float(text: str) -> float:
+    """argparse `type` for the number flags of plain commands (chat, serve): NaN and infinities
+    are refused there as `parse_value` refuses them for stage options."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
 def parse_value(field: Field, value: Any) -> Any:
     """Coerce one value (text from a flag or form, or a config/JSON value) or raise UserError."""
     base, optional, inner = _base(field.type)

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from workbench.errors import UserError
+from workbench.options import finite_float
 from workbench.stages import Command
 
 SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "repeat_penalty", "seed", "max_tokens", "stop")
@@ -63,10 +64,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults: temperature 0.8, top-p 0.95, top-k 40, "
                              "repeat penalty 1.0, max tokens 512)")
-    g.add_argument("--temperature", type=float, help="0 picks the most likely token every time")
-    g.add_argument("--top-p", type=float, help="Sample from the smallest set of tokens whose probability reaches P")
+    g.add_argument("--temperature", type=finite_float, help="0 picks the most likely token every time")
+    g.add_argument("--top-p", type=finite_float, help="Sample from the smallest set of tokens whose probability reaches P")
     g.add_argument("--top-k", type=int, help="Sample from the K most likely tokens (0: all)")
-    g.add_argument("--repeat-penalty", type=float, help="Penalise tokens seen in the last 64 (1.0: off)")
+    g.add_argument("--repeat-penalty", type=finite_float, help="Penalise tokens seen in the last 64 (1.0: off)")
     g.add_argument("--seed", type=int, help="Seed for sampling, for reproducible replies")
     g.add_argument("--max-tokens", type=int, help="Longest reply in tokens")
     g.add_argument("--stop", action="append", metavar="TEXT",

@@ -21,6 +21,15 @@ def test_a_flag_that_is_not_a_finite_number_is_refused(value: str, workspace: Pa
     assert not (workspace / "runs").exists()
 
 
+@pytest.mark.parametrize("flag", ["--temperature", "--top-p", "--repeat-penalty"])
+@pytest.mark.parametrize("value", ["nan", "-inf"])
+def test_chat_refuses_a_sampling_number_that_is_not_finite(flag: str, value: str) -> None:
+    out = run_cli("chat", "some-model", f"{flag}={value}")
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert flag in line and f"'{value}' is not a finite number" in line
+
+
 @pytest.mark.parametrize(("name", "text", "flag"), [
     ("lr.yaml", "learning_rate: .nan\n", "--learning-rate"),
     ("lr.yaml", "min_lr: -.inf\n", "--min-lr"),
