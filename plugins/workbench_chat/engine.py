@@ -11,6 +11,7 @@ This module is light: the backends import llama_cpp or torch when a model is ope
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -58,11 +59,14 @@ class Sampling:
         return out
 
     def validate(self) -> None:
+        def finite(x: Any) -> bool:  # JSON bodies may carry NaN and Infinity
+            return isinstance(x, (int, float)) and math.isfinite(x)
+
         checks = [
-            (isinstance(self.temperature, (int, float)) and self.temperature >= 0, "temperature must be a number ≥ 0"),
-            (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (finite(self.temperature) and self.temperature >= 0, "temperature must be a finite number ≥ 0"),
+            (finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer ≥ 0 (0 turns it off)"),
-            (isinstance(self.repeat_penalty, (int, float)) and self.repeat_penalty > 0, "repeat_penalty must be > 0"),
+            (finite(self.repeat_penalty) and self.repeat_penalty > 0, "repeat_penalty must be a finite number > 0"),
             (self.seed is None or isinstance(self.seed, int), "seed must be an integer"),
             (self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens > 0),
              "max_tokens must be a positive integer"),

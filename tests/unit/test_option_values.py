@@ -52,3 +52,15 @@ def test_the_tui_form_says_the_same_as_the_cli() -> None:
     by_name = {f.name: f for f in fields(Options)}
     assert check(by_name["learning_rate"], "nan") == "option --learning-rate must be a finite number (got 'nan')"
     assert check(by_name["learning_rate"], "0") is None  # an explicit 0 is inside min=0
+
+
+@pytest.mark.parametrize("values", [{"temperature": float("inf")}, {"temperature": float("nan")},
+                                    {"repeat_penalty": float("inf")}, {"top_p": float("nan")}])
+def test_sampling_from_a_request_body_refuses_what_json_can_smuggle_in(values: dict) -> None:
+    """Python's json reads NaN and Infinity, so a serve request or a /set can carry them."""
+    from workbench_chat.engine import Sampling
+
+    from workbench.errors import UserError
+
+    with pytest.raises(UserError, match="must be"):
+        Sampling().updated(values)
