@@ -46,11 +46,11 @@ def test_a_config_file_value_that_is_not_a_finite_number_is_refused(name: str, t
     assert line.startswith(f"error: option {flag} must be a finite number")
 
 
-def test_the_tui_form_says_the_same_as_the_cli() -> None:
+def test_the_tui_form_refuses_the_same_naming_the_field() -> None:
     from workbench_pretrain.stage import Options
 
     by_name = {f.name: f for f in fields(Options)}
-    assert check(by_name["learning_rate"], "nan") == "option --learning-rate must be a finite number (got 'nan')"
+    assert check(by_name["learning_rate"], "nan") == "learning_rate must be a finite number (got 'nan')"
     assert check(by_name["learning_rate"], "0") is None  # an explicit 0 is inside min=0
 
 
