@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -414,6 +414,11 @@ def _configure_models_import(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_stage_parser(sub, stages.load(info), "import", common)
 
 
+def _id_column(table: Any, ids: Iterable[str]) -> None:
+    """An id is what the next command needs: never cut it short, let the other columns give way."""
+    table.add_column("id", no_wrap=True, min_width=max((len(i) for i in ids), default=2))
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.tree import Tree
@@ -427,13 +432,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         if as_json:
             print_json([a.to_json() for a in arts])
             return 0
-        t = Table(title=f"Artifacts in {_workspace()}", title_justify="left")
-        for col in ("id", "kind", "name", "size", "created", "parents", "key metrics"):
-            t.add_column(col)
+        t = Table(title=f"Artifacts in {_workspace()}", title_justify="left", box=None, pad_edge=False)
+        _id_column(t, (a.id for a in arts))
+        t.add_column("kind", no_wrap=True)
+        t.add_column("name", overflow="fold")
+        t.add_column("size", no_wrap=True)
+        t.add_column("created", overflow="fold")
+        t.add_column("parents", overflow="fold")
+        t.add_column("key metrics", overflow="fold")
         for a in arts:
-            metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(a.metrics.items())[:3])
+            # One metric per line, so a narrow terminal wraps between figures, not inside one.
+            metrics = "\n".join(f"{k}={_fmt(v)}" for k, v in list(a.metrics.items())[:3])
             t.add_row(a.id, a.kind, a.name, fmt_bytes(a.size_bytes), _ago(a.created_at),
-                      ", ".join(a.parents), metrics)
+                      "\n".join(a.parents), metrics)
         console().print(t if arts else "no artifacts yet; start with `workbench demo` or `workbench data prepare`")
         return 0
     art = store.find_artifact(args.ref)
@@ -540,9 +551,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if as_json:
             print_json([r.to_json() for r in items])
             return 0
-        t = Table(title="Runs", title_justify="left")
-        for col in ("id", "stage", "status", "started", "took", "reason"):
-            t.add_column(col)
+        t = Table(title="Runs", title_justify="left", box=None, pad_edge=False)
+        _id_column(t, (r.id for r in items))
+        t.add_column("stage", no_wrap=True)
+        t.add_column("status", no_wrap=True)
+        for col in ("started", "took", "reason"):
+            t.add_column(col, overflow="fold")
         colors = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
         for r in items:
             t.add_row(r.id, r.stage, f"[{colors.get(r.status, 'white')}]{r.status}[/]", _ago(r.started_at),

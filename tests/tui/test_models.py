@@ -3,9 +3,11 @@ details, the evaluation comparison as a table and a chart, and delete with confi
 
 from __future__ import annotations
 
+import re
+
 from textual.widgets import Select, TabbedContent, Tree
 
-from tests.tui.helpers import SIZE, lineage_workspace, screen_text, shows, wait_for
+from tests.tui.helpers import SIZE, add_artifact, lineage_workspace, screen_text, shows, wait_for
 from workbench.store import Store
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.confirm import ConfirmScreen
@@ -92,3 +94,20 @@ async def test_empty_workspace_says_what_to_do() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
         await wait_for(pilot, lambda: shows(app, "no artifacts yet"), what="the hint")
+
+
+async def test_details_keep_labels_apart_from_values_and_show_each_field_once() -> None:
+    store = lineage_workspace()
+    add_artifact(store, "dataset-260101-eeeeee", "dataset", "corpus", t=9,
+                 metrics={"train_rows": 9689, "val_rows": 310},
+                 metadata={"train_rows": 9689, "val_rows": 310, "characters": 2382506,
+                           "near_duplicates_removed": 82})
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_models(pilot)
+        await highlight(pilot, screen, "dataset-260101-eeeeee")
+        text = screen_text(app)
+        assert re.search(r"train_rows +9,689", text) and re.search(r"characters +2,382,506", text), text
+        assert re.search(r"near_duplicates_removed +82", text), text
+        # The tree line shows "train_rows=9,689"; the details pane shows each field once.
+        assert len(re.findall(r"train_rows +9,689", text)) == 1 and len(re.findall(r"val_rows +310", text)) == 1

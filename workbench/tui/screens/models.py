@@ -168,11 +168,16 @@ class ModelsScreen(WorkbenchScreen):
             p = names.get(parent)
             rows.append(("from", f"{p.kind} {p.name} ({p.id})" if p else f"{parent} (deleted)"))
         rows += [(k, fmt_num(v)) for k, v in art.metrics.items()]
-        rows += [(k, str(v)) for k, v in art.metadata.items()
-                 if not isinstance(v, (dict, list)) and len(str(v)) < 60]
+        # Metadata often repeats a metric (train_rows); each field is shown once.
+        shown = {k for k, _ in rows}
+        rows += [(k, fmt_num(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
+                 for k, v in art.metadata.items()
+                 if k not in shown and not isinstance(v, (dict, list)) and len(str(v)) < 60]
         rows.append(("path", workspace_path(art.path)))
+        # Short labels line up; a longer one keeps two spaces before its value.
         return Content("\n").join(
-            Content.assemble(Content.styled(f"{k:<10}", "bold"), v) for k, v in rows)
+            Content.assemble(Content.styled(f"{k:<10}" if len(k) < 10 else f"{k}  ", "bold"), v)
+            for k, v in rows)
 
     def _show_comparison(self) -> None:
         comp = self.comparison

@@ -1,0 +1,27 @@
+"""Listings a user copies ids from: `models ls` and `runs ls` never cut an id short."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("columns", ["80", "60"])
+def test_ids_are_whole_in_a_narrow_pipe(workspace, columns):
+    for demo, name in (("instruction", "a-rather-long-dataset-name-that-needs-room"), ("classification", None)):
+        extra = ("--name", name) if name else ()
+        assert run_cli("data", "prepare", "--demo", demo, *extra).returncode == 0
+
+    env = {"COLUMNS": columns}
+    for listing in (("models", "ls"), ("runs", "ls")):
+        ids = [item["id"] for item in json.loads(run_cli(*listing, "--json").stdout)]
+        assert len(ids) == 2
+        out = run_cli(*listing, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "…" not in out.stdout
+        for line in out.stdout.splitlines():
+            assert len(line.rstrip()) <= int(columns)
+        assert all(i in out.stdout for i in ids), out.stdout
