@@ -8,6 +8,7 @@ is detected by taking the lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -211,6 +212,11 @@ def follow_run(run: Run, store: Store, proc: subprocess.Popen[bytes] | None = No
         final = refresh(store.get_run(run.id), store)
         if final.status == "failed":
             yield {"type": "failed", "time": time.time(), "error": final.exit_reason or "worker died", "user_error": False}
+    if proc is not None:
+        # Reap the worker we started: it exits right after its last event, and an unreaped child
+        # stays a zombie and hides its resource usage from the caller.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
 
 
 def events_size(run: Run) -> int:
