@@ -128,3 +128,45 @@ def test_arena_help_imports_no_engine():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("[]")
+
+
+def test_judge_asks_both_orders_counts_inconsistency_and_reports_agreement(cli, models, tmp_path):
+    from tests.stages.test_eval import always_first_slot_judge
+
+    judge = always_first_slot_judge(models["beta-ckpt"], tmp_path / "judge")  # says "A" whatever it is asked
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Say hello.\nName a colour.\nCount to three.\n")
+    humans = cli("arena", str(models["alpha"]), str(models["beta"]), "--prompts", str(prompts), "--seed", "3",
+                 *FAST, input="1\nt\n2\n")
+    assert humans.returncode == 0, humans.stderr
+
+    r = cli("arena", "judge", str(judge), "--json", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    # Slot A both times is answer left, then answer right: never the same answer, so every vote is an
+    # inconsistent tie. It agrees with the one human tie: 1 of 3, and a constant voter's kappa is 0.
+    assert report["judged"] == report["asked"] == report["inconsistent"] == 3
+    assert report["votes"] == {"left": 0, "right": 0, "tie": 3}
+    agree = report["agreement"]
+    assert (agree["n"], agree["agree"], agree["kappa"]) == (3, 1, 0.0)
+    assert agree["ci_low"] == pytest.approx(0.0615, abs=1e-3) and agree["ci_high"] == pytest.approx(0.7923, abs=1e-3)
+
+    stored = votes(cli)
+    judged = [v for v in stored if v["voter"] == "judge"]
+    humans_by_id = {v["id"]: v for v in stored if v["voter"] == "human"}
+    assert sorted(v["of_vote"] for v in judged) == sorted(humans_by_id)
+    assert all(v["details"]["orders"] == [1.0, 0.0] for v in judged)
+
+    again = json.loads(cli("arena", "judge", str(judge), "--json", "--threads", "1").stdout)
+    assert again["asked"] == 0 and again["agreement"] == agree  # nothing is asked twice
+    assert len(votes(cli)) == 6
+    ratings = json.loads(cli("arena", "ratings", "--voter", "judge", "--json", "--bootstrap", "0").stdout)
+    assert [row["ties"] for row in ratings["ratings"]] == [3, 3]
+
+    fresh = cli("arena", "judge", str(judge), "--models", str(models["alpha"]), str(models["beta"]),
+                "--prompts", str(prompts), "--json", *FAST)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["judged"] == 3 and len(votes(cli)) == 9
+
+    refused = cli("arena", "judge", str(models["beta-ckpt"]))
+    assert refused.returncode == 2 and "must be a GGUF" in refused.stderr
