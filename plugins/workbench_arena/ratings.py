@@ -54,10 +54,15 @@ def fit(left: np.ndarray, right: np.ndarray, score: np.ndarray, n_models: int,
     single = left.ndim == 1
     left, right, score = (np.atleast_2d(a) for a in (left, right, score))
     sets = left.shape[0]
-    rows = np.broadcast_to(np.arange(sets)[:, None], left.shape)
-    won = np.zeros((sets, n_models, n_models))  # won[s, i, j]: i's score against j
-    np.add.at(won, (rows, left, right), score)
-    np.add.at(won, (rows, right, left), 1.0 - score)
+    base = np.arange(sets)[:, None] * n_models
+    size = sets * n_models * n_models
+
+    def count(i: np.ndarray, j: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Sum of `weights` into [s, i, j]."""
+        return np.bincount(((base + i) * n_models + j).ravel(), weights.ravel(), size)
+
+    # won[s, i, j]: i's score against j
+    won = (count(left, right, score) + count(right, left, 1.0 - score)).reshape(sets, n_models, n_models)
     games = won + won.transpose(0, 2, 1)
     points = won.sum(axis=2) + PRIOR_GAMES / 2
     theta = np.zeros((sets, n_models))  # natural log of each strength
