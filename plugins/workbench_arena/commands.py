@@ -54,8 +54,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="Device for LitGPT checkpoints (GGUF runs through llama.cpp)")
     r = p.add_argument_group("ratings and judge")
-    r.add_argument("--voter", choices=["human", "judge", "all"], default="human",
-                   help="Whose votes the ratings count (default: human)")
+    r.add_argument("--voter", choices=["human", "judge", "all"],
+                   help="Whose votes to count (ratings' default: human; votes' default: all)")
     r.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="Resamples for the 95%% intervals (default 1000; 0: none)")
     r.add_argument("--models", dest="judge_models", nargs="+", metavar="MODEL",

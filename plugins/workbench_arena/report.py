@@ -47,18 +47,19 @@ def show_ratings(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap {args.bootstrap} is not a number of resamples; use 0 or more")
-    votes = stored_votes(args.voter)
+    voter = args.voter or "human"  # judge votes re-judge the same comparisons: not counted twice
+    votes = stored_votes(voter)
     rows = ratings_json(votes, args.bootstrap)
     if getattr(args, "json", False):
-        print_json({"voter": args.voter, "votes": len(votes), "bootstrap": args.bootstrap, "ratings": rows})
+        print_json({"voter": voter, "votes": len(votes), "bootstrap": args.bootstrap, "ratings": rows})
         return 0
     if not rows:
-        who = "" if args.voter == "all" else f"{args.voter} "
+        who = "" if voter == "all" else f"{voter} "
         console().print(f"no {who}votes yet; start with `workbench arena MODEL MODEL`")
         return 0
     from rich.table import Table
 
-    t = Table(title=f"Arena ratings ({len(votes)} {'' if args.voter == 'all' else args.voter + ' '}votes; "
+    t = Table(title=f"Arena ratings ({len(votes)} {'' if voter == 'all' else voter + ' '}votes; "
               "Bradley–Terry, Elo scale)", title_justify="left")
     for col in ("#", "model", "rating", "95% CI", "votes", "W / T / L"):
         t.add_column(col, justify="right" if col not in ("model",) else "left")
@@ -73,7 +74,7 @@ def show_ratings(args: argparse.Namespace) -> int:
 def show_votes(args: argparse.Namespace) -> int:
     from workbench.cli import console, print_json
 
-    votes = stored_votes(args.voter if args.voter != "human" else "all")
+    votes = stored_votes(args.voter or "all")
     if getattr(args, "json", False):
         print_json(votes)
         return 0
