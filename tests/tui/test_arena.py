@@ -18,7 +18,7 @@ from workbench.tui.screens.arena import ArenaScreen
 from workbench.tui.screens.help import HelpScreen
 from workbench.tui.screens.pipeline import PipelineScreen
 
-SIZE = (110, 34)
+SIZE = (80, 24)
 NAMES = ("alpha-q", "beta-q")
 
 
@@ -71,14 +71,17 @@ async def test_a_vote_by_key_hides_then_reveals_the_models_and_is_stored(ggufs):
 
         await pilot.press("question_mark")  # the help lists the vote keys while a vote is due
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
-        assert shows(app, "A is better: Vote for the left answer", "Both bad: Neither answer")
+        keys = dict(app.screen.rows)  # type: ignore[attr-defined]
+        assert keys["1"] == "A is better: Vote for the left answer" and keys["b"].startswith("Both bad")
+        assert shows(app, "A is better: Vote for")
         await pilot.press("escape")
 
         left, right = r.left, r.right
         await pilot.press("1")  # a vote, not the Pipeline view
         await wait_for(pilot, lambda: shows(app, "A is better · A was"), what="the reveal")
-        names = {i: f"{n} ({i})" for i, n in zip(ids, NAMES, strict=True)}
-        assert shows(app, f"A was {names[left]} · B was {names[right]}")
+        names = dict(zip(ids, NAMES, strict=True))
+        assert shows(app, f"A was {names[left]} · B was {names[right]}", f"╭─ A · {names[left]} ({left}) ─",
+                     f"╭─ B · {names[right]} ({right}) ─")
         assert isinstance(app.screen, ArenaScreen) and prompt.has_focus
         await wait_for(pilot, lambda: "leaderboard (human votes)" in screen_text(app), what="the leaderboard")
         board = screen_text(app).split("leaderboard (human votes)")[1]

@@ -144,9 +144,11 @@ class ArenaScreen(WorkbenchScreen):
             board.add_row(str(rank), r["name"], f"{r['rating']:.0f}", f"{r['ci_low']:.0f} – {r['ci_high']:.0f}",
                           str(r["votes"]), f"{r['wins']} / {r['ties']} / {r['losses']}")
 
-    def model_name(self, model_id: str) -> str:
+    def model_name(self, model_id: str, short: bool = False) -> str:
         art = next((m for m in self.models if m.id == model_id), None)
-        return f"{art.name} ({art.id})" if art else model_id
+        if art is None:
+            return model_id
+        return art.name if short else f"{art.name} ({art.id})"
 
     # a round ---------------------------------------------------------------------------------
 
@@ -253,7 +255,8 @@ class ArenaScreen(WorkbenchScreen):
         assert r is not None
         self._titles(reveal=True)
         self._status(Content.assemble(Content.styled(verdict, "bold"),
-                                      f" · A was {self.model_name(r.left)} · B was {self.model_name(r.right)}"))
+                                      f" · A was {self.model_name(r.left, short=True)}"
+                                      f" · B was {self.model_name(r.right, short=True)}"))
         self.round, self.voting = None, False
         self.refresh_bindings()
         self.query_one("#arena-prompt", Input).focus()
