@@ -83,6 +83,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX messages_conversation ON messages(conversation_id, id);
         """,
     ),
+    (
+        "003_arena_votes",
+        """
+        CREATE TABLE arena_votes (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            voter TEXT NOT NULL,
+            model_left TEXT NOT NULL,
+            model_right TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            answer_left TEXT NOT NULL,
+            answer_right TEXT NOT NULL,
+            vote TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            of_vote TEXT REFERENCES arena_votes(id) ON DELETE SET NULL,
+            details TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX arena_votes_created ON arena_votes(created_at);
+        """,
+    ),
 ]
 
 
@@ -368,3 +388,27 @@ class Store:
     def delete_conversation(self, conversation_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    # arena votes --------------------------------------------------------------------------
+
+    def add_vote(self, *, voter: str, model_left: str, model_right: str, prompt: str, answer_left: str,
+                 answer_right: str, vote: str, seed: int, of_vote: str | None = None,
+                 details: dict[str, Any] | None = None) -> str:
+        """One side-by-side comparison and its verdict: left, right, tie or both_bad. `of_vote`
+        links a judge's verdict to the human comparison it re-asked."""
+        vid = new_id("vote")
+        self.db.execute(
+            "INSERT INTO arena_votes (id, created_at, voter, model_left, model_right, prompt, answer_left,"
+            " answer_right, vote, seed, of_vote, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (vid, time.time(), voter, model_left, model_right, prompt, answer_left, answer_right, vote,
+             seed, of_vote, json.dumps(details or {})),
+        )
+        return vid
+
+    def list_votes(self, voter: str | None = None) -> list[dict[str, Any]]:
+        """Votes oldest first, each a dict of its columns (details decoded)."""
+        sql, args = "SELECT * FROM arena_votes", ()
+        if voter:
+            sql, args = sql + " WHERE voter = ?", (voter,)
+        rows = self.db.execute(sql + " ORDER BY created_at, rowid", args).fetchall()
+        return [{**dict(r), "details": json.loads(r["details"])} for r in rows]

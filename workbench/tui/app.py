@@ -1,7 +1,7 @@
 """The terminal workbench: `workbench` with no command, or `workbench tui`.
 
-Five views, each a Textual mode with its own screen stack: Pipeline (1), Runs (2), Models (3),
-Chat (4) and Doctor (5). Views are imported when first opened, so the first frame only pays
+Six views, each a Textual mode with its own screen stack: Pipeline (1), Runs (2), Models (3),
+Chat (4), Doctor (5) and Arena (6). Views are imported when first opened, so the first frame only pays
 for Textual and the pipeline. Every action is in the command palette (Ctrl+P).
 """
 
@@ -39,6 +39,7 @@ SCREENS = {
     "models": "workbench.tui.screens.models:ModelsScreen",
     "chat": "workbench.tui.screens.chat:ChatScreen",
     "doctor": "workbench.tui.screens.doctor:DoctorScreen",
+    "arena": "workbench.tui.screens.arena:ArenaScreen",
 }
 
 

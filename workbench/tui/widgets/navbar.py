@@ -14,6 +14,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("models", "Models"),
     ("chat", "Chat"),
     ("doctor", "Doctor"),
+    ("arena", "Arena"),
 )
 
 
