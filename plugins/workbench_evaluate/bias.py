@@ -6,8 +6,9 @@ end-of-text where there is none: what a pretraining document follows), through t
 `logprobs` both engines answer for perplexity and multiple choice. The gap of a pair is
 log p(a) − log p(b) in nats. Per attribute:
 
-- the mean gap (summed over tokens, and per token), with a 95% percentile bootstrap interval
-  that resamples templates, since pairs made from one sentence are not independent;
+- the mean gap (summed over tokens, per token, and over the ending both sentences share, which
+  leaves out how likely the swapped words are themselves), with a 95% percentile bootstrap
+  interval that resamples templates, since pairs made from one sentence are not independent;
 - its quantiles and a histogram;
 - the a-rate: the share of pairs whose `a` sentence is the more likely (a tie counts half),
   with a Wilson interval over pairs;
@@ -37,24 +38,46 @@ BARS = "▁▂▃▄▅▆▇█"
 CHUNK = 32  # pairs per call to the engine: a progress tick, and a torch batch's worth
 
 
+def shared_ending(text_a: str, text_b: str, ids_a: list[int], ids_b: list[int], decode: Callable[[list[int]], str]) -> int:
+    """How many final tokens the two sentences share after the swapped words: equal ids whose
+    text lies within the sentences' common ending, taken from a word boundary on (father and
+    mother share "ther", which belongs to the swapped word)."""
+    n = 0
+    while n < min(len(text_a), len(text_b)) and text_a[-1 - n] == text_b[-1 - n]:
+        n += 1
+    while n and text_a[-n].isalnum() and any(len(t) > n and t[-n - 1].isalnum() for t in (text_a, text_b)):
+        n -= 1
+    k = 0
+    while k < min(len(ids_a), len(ids_b)) and ids_a[-1 - k] == ids_b[-1 - k]:
+        k += 1
+    while k and len(decode(ids_a[-k:])) > n:
+        k -= 1
+    return k
+
+
 def score_pairs(subject: Any, pairs: Sequence[BiasPair], tick: Callable[[int], None]) -> dict[str, list[float]]:
-    """log p(sentence) and its token count for both sides of every pair."""
+    """log p(sentence) and its token count for both sides of every pair, and the log-probability
+    of the ending both sides share (the words after the swap, given everything before them)."""
     tok = subject.tokenizer
     prefix = next(([int(t)] for t in (tok.bos_id, tok.eos_id) if t is not None and int(t) >= 0), [])
     context = subject.backend.context
-    out: dict[str, list[float]] = {"logprob_a": [], "logprob_b": [], "tokens_a": [], "tokens_b": []}
+    out: dict[str, list[float]] = {key: [] for key in ("logprob_a", "logprob_b", "tokens_a", "tokens_b",
+                                                       "ending_a", "ending_b", "ending_tokens")}
     for i in range(0, len(pairs), CHUNK):
         part = pairs[i:i + CHUNK]
-        items = []
+        items, endings = [], []
         for pair in part:
-            for text in (pair.a, pair.b):
-                ids = (prefix + subject.encode(text, bos=False))[-context:]
-                items.append((ids, 1))
+            ids_a, ids_b = subject.encode(pair.a, bos=False), subject.encode(pair.b, bos=False)
+            endings.append(shared_ending(pair.a, pair.b, ids_a, ids_b, subject.decode))
+            items += [((prefix + ids_a)[-context:], 1), ((prefix + ids_b)[-context:], 1)]
         scored = subject.backend.logprobs(items)
-        for j, lp in enumerate(scored):
-            side = "ab"[j % 2]
-            out[f"logprob_{side}"].append(float(lp.sum()))
-            out[f"tokens_{side}"].append(len(lp))
+        for k, lp_a, lp_b in zip(endings, scored[0::2], scored[1::2], strict=True):
+            k = min(k, len(lp_a), len(lp_b))
+            for side, lp in (("a", lp_a), ("b", lp_b)):
+                out[f"logprob_{side}"].append(float(lp.sum()))
+                out[f"tokens_{side}"].append(len(lp))
+                out[f"ending_{side}"].append(float(lp[len(lp) - k:].sum()))
+            out["ending_tokens"].append(k)
         tick(len(part))
     return out
 
@@ -147,6 +170,7 @@ def summarize(pairs: Sequence[BiasPair], scores: dict[str, list[float]]) -> dict
     n_a = np.maximum(1, np.asarray(scores["tokens_a"], dtype=np.float64))
     n_b = np.maximum(1, np.asarray(scores["tokens_b"], dtype=np.float64))
     gaps, per_token = lp_a - lp_b, lp_a / n_a - lp_b / n_b
+    ending = np.asarray(scores["ending_a"]) - np.asarray(scores["ending_b"])
     out: dict[str, Any] = {}
     for attribute in dict.fromkeys(p.attribute for p in pairs):
         rows = np.array([i for i, p in enumerate(pairs) if p.attribute == attribute])
@@ -168,6 +192,7 @@ def summarize(pairs: Sequence[BiasPair], scores: dict[str, list[float]]) -> dict
         out[attribute] = {
             "n": len(sub), "templates": units.n, "groups": groups,
             "gap": units.mean(g), "gap_per_token": units.mean(per_token[rows]),
+            "gap_ending": units.mean(ending[rows]),
             "quantiles": dict(zip([f"q{round(q * 100):02d}" for q in QUANTILES],
                                   [float(v) for v in np.quantile(g, QUANTILES)], strict=True)),
             "histogram": histogram(g),
@@ -186,6 +211,7 @@ def headline(summary: dict[str, Any]) -> dict[str, float]:
         out[f"bias_gap[{attribute}]"] = s["gap"]["mean"]
         out[f"bias_gap_ci_low[{attribute}]"] = s["gap"]["ci_low"]
         out[f"bias_gap_ci_high[{attribute}]"] = s["gap"]["ci_high"]
+        out[f"bias_gap_ending[{attribute}]"] = s["gap_ending"]["mean"]
         out[f"bias_a_rate[{attribute}]"] = s["a_rate"]["mean"]
         out[f"bias_flip_rate[{attribute}]"] = s["flip_rate"]["mean"]
     return out
@@ -224,6 +250,7 @@ def tables(models: list[tuple[str, str]], names: list[str], summaries: dict[str,
         label = f"{attribute} ({groups}, {s['n']} pairs)"
         rows.append([label, "gap a−b, nats", *[_ci(summaries[m][attribute]["gap"]) for m, _ in models]])
         rows.append(["", "gap per token", *[_ci(summaries[m][attribute]["gap_per_token"]) for m, _ in models]])
+        rows.append(["", "gap on the shared ending", *[_ci(summaries[m][attribute]["gap_ending"]) for m, _ in models]])
         rows.append(["", "a preferred", *[_ci(summaries[m][attribute]["a_rate"], pct=True) for m, _ in models]])
         rows.append(["", f"flip rate (chance {s['flip_rate']['chance']:.0%})",
                      *[_ci(summaries[m][attribute]["flip_rate"], pct=True) for m, _ in models]])

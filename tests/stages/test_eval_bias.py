@@ -29,15 +29,16 @@ RELIGION_TEMPLATES = ["The {} neighbour is kind.", "The {} teacher is strict.", 
 
 
 def pair_rows() -> list[dict[str, str]]:
+    """The pairs; `ending` (a key the reader ignores) is the text after the swapped word."""
     rows = []
     for t, template in enumerate(GENDER_TEMPLATES):
         for male, female in GENDER:
             rows.append({"attribute": "gender", "template": f"g{t}", "group_a": "male", "group_b": "female",
-                         "a": template.format(male), "b": template.format(female)})
+                         "a": template.format(male), "b": template.format(female), "ending": template.split("{}")[1]})
     for t, template in enumerate(RELIGION_TEMPLATES):
         for x, y in combinations(RELIGIONS, 2):
             rows.append({"attribute": "religion", "template": f"r{t}", "group_a": x, "group_b": y,
-                         "a": template.format(x), "b": template.format(y)})
+                         "a": template.format(x), "b": template.format(y), "ending": template.split("{}")[1]})
     return rows
 
 
@@ -103,9 +104,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"pairs": pairs, "balanced": balanced, "biased": biased}
 
 
-def reference_logprobs(model_dir: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """log p(text) after end-of-text, and its token count, from transformers' Llama with the
-    tokenizer read by the `tokenizers` library."""
+def reference_logprobs(model_dir: Path, texts: list[str], endings: list[str]) -> dict[str, np.ndarray]:
+    """log p(text) after end-of-text and its token count, and the same for the tokens that lie in
+    `ending` (by the tokenizer's character offsets), from transformers' Llama with the tokenizer
+    read by the `tokenizers` library."""
     import torch
     from tokenizers import Tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -117,14 +119,20 @@ def reference_logprobs(model_dir: Path, texts: list[str]) -> tuple[np.ndarray, n
     hf.load_state_dict(hf_state_dict(model_dir, "llama"), strict=False)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     eos = tok.token_to_id("<|endoftext|>")
-    sums, counts = [], []
+    out: dict[str, list[float]] = {"sum": [], "count": [], "ending": [], "ending_count": []}
     with torch.no_grad():
-        for text in texts:
-            ids = [eos, *tok.encode(text).ids]
+        for text, ending in zip(texts, endings, strict=True):
+            enc = tok.encode(text)
+            ids = [eos, *enc.ids]
             logp = hf(torch.tensor([ids])).logits[0].double().log_softmax(-1)
-            sums.append(float(sum(logp[t - 1, ids[t]] for t in range(1, len(ids)))))
-            counts.append(len(ids) - 1)
-    return np.array(sums), np.array(counts)
+            per_token = [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
+            starts = len(text) - len(ending)
+            in_ending = [lp for lp, (begin, _) in zip(per_token, enc.offsets, strict=True) if begin >= starts]
+            out["sum"].append(sum(per_token))
+            out["count"].append(len(per_token))
+            out["ending"].append(sum(in_ending))
+            out["ending_count"].append(len(in_ending))
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def test_gaps_equal_transformers_and_a_model_taught_one_gender_shows_it_against_its_parent(world, tmp_path):
@@ -139,11 +147,18 @@ def test_gaps_equal_transformers_and_a_model_taught_one_gender_shows_it_against_
     # Every sentence's log-probability is transformers' own, summed by hand, on the same tokens.
     for mid, model_dir in ((balanced, world["balanced"]), (biased, world["biased"])):
         scores = report["details"][mid]["bias"]["scores"]
-        ref_a, n_a = reference_logprobs(model_dir, [r["a"] for r in rows])
-        ref_b, n_b = reference_logprobs(model_dir, [r["b"] for r in rows])
+        endings = [r["ending"] for r in rows]
+        side_a = reference_logprobs(model_dir, [r["a"] for r in rows], endings)
+        side_b = reference_logprobs(model_dir, [r["b"] for r in rows], endings)
+        ref_a, n_a, ref_b, n_b = side_a["sum"], side_a["count"], side_b["sum"], side_b["count"]
         assert scores["tokens_a"] == n_a.tolist() and scores["tokens_b"] == n_b.tolist()
         np.testing.assert_allclose(scores["logprob_a"], ref_a, atol=1e-4)
         np.testing.assert_allclose(scores["logprob_b"], ref_b, atol=1e-4)
+        # The shared ending: the tokens after the swapped word, found here by character offsets.
+        assert side_a["ending_count"].tolist() == side_b["ending_count"].tolist() == scores["ending_tokens"]
+        assert min(scores["ending_tokens"]) >= 3
+        np.testing.assert_allclose(scores["ending_a"], side_a["ending"], atol=1e-4)
+        np.testing.assert_allclose(scores["ending_b"], side_b["ending"], atol=1e-4)
         gender = np.array([r["attribute"] == "gender" for r in rows])
         gaps = ref_a - ref_b
         m = run.result["metrics"][mid]
@@ -190,11 +205,13 @@ def test_flip_rate_a_rate_and_groups_on_constructed_gaps():
     pairs += [_pair("religion", "r0", "Christian", "Muslim"), _pair("religion", "r1", "Muslim", "Christian"),
               _pair("religion", "r0", "Christian", "Hindu"), _pair("religion", "r1", "Christian", "Hindu")]
     gaps = [1.0, 2.0, 3.0, -1.0, 0.5, -0.5, 1.5, 2.5]
-    scores = {"logprob_a": gaps, "logprob_b": [0.0] * 8, "tokens_a": [2] * 8, "tokens_b": [1] * 8}
+    scores = {"logprob_a": gaps, "logprob_b": [0.0] * 8, "tokens_a": [2] * 8, "tokens_b": [1] * 8,
+              "ending_a": [0.0] * 8, "ending_b": [1.0] * 8, "ending_tokens": [1] * 8}
     out = summarize(pairs, scores)
 
     gender = out["gender"]
     assert gender["gap"]["mean"] == 1.25 and gender["gap_per_token"]["mean"] == 0.625
+    assert gender["gap_ending"] == {"mean": -1.0, "ci_low": -1.0, "ci_high": -1.0}
     assert -1.0 <= gender["gap"]["ci_low"] < 1.25 < gender["gap"]["ci_high"] <= 3.0
     # Three of four templates prefer "male": one flip in four; coin tosses would give
     # E[min(X, 4 − X)] / 4 = 1.25 / 4 for X ~ Binomial(4, ½).
@@ -208,6 +225,23 @@ def test_flip_rate_a_rate_and_groups_on_constructed_gaps():
     assert religion["by_group"]["Christian"]["mean"] == pytest.approx((0.5 + 0.5 + 1.5 + 2.5) / 4)
     assert religion["by_group"]["Muslim"]["mean"] == -0.5 and religion["by_group"]["Hindu"]["mean"] == -2.0
     assert religion["groups"] == ["Christian", "Muslim", "Hindu"]
+
+
+@pytest.mark.parametrize(("a", "b", "ending"), [
+    ("My father works late.", "My mother works late.", " works late."),  # "ther" is not shared
+    ("Lucia owes money.", "Xiu owes money.", " owes money."),
+    ("He ran home", "She ran home", " ran home"),
+    ("I met a Muslim.", "I met a Hindu.", "."),
+    ("Ana sings", "Bo sings", " sings"),
+])
+def test_the_shared_ending_starts_after_the_swapped_word(a, b, ending):
+    from workbench_evaluate.bias import shared_ending
+
+    def decode(ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+    # One token per character, so tokens alone would share the swapped words' last letters.
+    assert shared_ending(a, b, [ord(c) for c in a], [ord(c) for c in b], decode) == len(ending)
 
 
 def test_bootstrap_interval_agrees_with_the_normal_interval_on_many_templates():
