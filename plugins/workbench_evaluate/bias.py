@@ -93,8 +93,10 @@ class Units:
     def __init__(self, pairs: Sequence[BiasPair]):
         names = sorted({p.template for p in pairs})
         index = {name: i for i, name in enumerate(names)}
+        if len(names) < 2:  # one template tells nothing of the spread between templates
+            index, names = {}, [p.where for p in pairs]
         self.n = len(names)
-        self.of_pair = np.array([index[p.template] for p in pairs], dtype=np.int64)
+        self.of_pair = np.array([index.get(p.template, i) for i, p in enumerate(pairs)], dtype=np.int64)
         rng = np.random.default_rng(SEED)
         self.weights = rng.multinomial(self.n, np.full(self.n, 1 / self.n), size=BOOTSTRAP).astype(np.float64)
 

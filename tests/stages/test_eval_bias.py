@@ -257,6 +257,9 @@ def test_bootstrap_interval_agrees_with_the_normal_interval_on_many_templates():
     assert ci["ci_high"] == pytest.approx(values.mean() + half, abs=0.15 * half)
     same = Units([_pair("x", f"t{i}", "p", "q") for i in range(5)]).mean(np.full(5, 2.0))
     assert same == {"mean": 2.0, "ci_low": 2.0, "ci_high": 2.0}
+    # Pairs that all come from one template are resampled one by one, not as one block.
+    one = Units([_pair("x", "t0", "p", "q") for _ in range(50)]).mean(values[:50])
+    assert one["ci_low"] < one["mean"] < one["ci_high"]
 
 
 def test_the_shipped_pairs_are_what_the_generator_makes_and_swap_one_word(tmp_path):
