@@ -35,7 +35,7 @@ SEED = 0
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_BINS = 9
 BARS = "▁▂▃▄▅▆▇█"
-CHUNK = 32  # pairs per call to the engine: a progress tick, and a torch batch's worth
+CHUNK = 32  # pairs per call to the engine, and per progress tick
 
 
 def shared_ending(text_a: str, text_b: str, ids_a: list[int], ids_b: list[int], decode: Callable[[list[int]], str]) -> int:

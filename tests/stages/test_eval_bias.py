@@ -120,18 +120,20 @@ def reference_logprobs(model_dir: Path, texts: list[str], endings: list[str]) ->
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     eos = tok.token_to_id("<|endoftext|>")
     out: dict[str, list[float]] = {"sum": [], "count": [], "ending": [], "ending_count": []}
+    encoded = [tok.encode(text) for text in texts]
+    rows = [[eos, *enc.ids] for enc in encoded]
+    width = max(map(len, rows))
+    # One forward pass: right padding is never seen from the real positions of a causal model.
     with torch.no_grad():
-        for text, ending in zip(texts, endings, strict=True):
-            enc = tok.encode(text)
-            ids = [eos, *enc.ids]
-            logp = hf(torch.tensor([ids])).logits[0].double().log_softmax(-1)
-            per_token = [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
-            starts = len(text) - len(ending)
-            in_ending = [lp for lp, (begin, _) in zip(per_token, enc.offsets, strict=True) if begin >= starts]
-            out["sum"].append(sum(per_token))
-            out["count"].append(len(per_token))
-            out["ending"].append(sum(in_ending))
-            out["ending_count"].append(len(in_ending))
+        logits = hf(torch.tensor([ids + [eos] * (width - len(ids)) for ids in rows])).logits.double()
+    for enc, ids, logp, text, ending in zip(encoded, rows, logits.log_softmax(-1), texts, endings, strict=True):
+        per_token = [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
+        starts = len(text) - len(ending)
+        in_ending = [lp for lp, (begin, _) in zip(per_token, enc.offsets, strict=True) if begin >= starts]
+        out["sum"].append(sum(per_token))
+        out["count"].append(len(per_token))
+        out["ending"].append(sum(in_ending))
+        out["ending_count"].append(len(in_ending))
     return {k: np.array(v) for k, v in out.items()}
 
 
