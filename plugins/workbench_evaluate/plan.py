@@ -15,7 +15,7 @@ from typing import Any
 from workbench.errors import UserError
 from workbench.store import Artifact, Store
 
-TASKS = ("perplexity", "mc", "generation", "preference", "judge")
+TASKS = ("perplexity", "mc", "generation", "preference", "judge", "bias")
 
 
 def task_limits(options: Any) -> dict[str, int | None]:
@@ -32,6 +32,7 @@ def task_limits(options: Any) -> dict[str, int | None]:
 #: The task each dataset type feeds.
 DATA_TASK = {"pretrain": "perplexity", "instruction": "generation", "preference": "preference"}
 MC_SUITE = Path(__file__).resolve().parents[2] / "assets" / "mc" / "workbench-mc.jsonl"
+BIAS_PAIRS = Path(__file__).resolve().parents[2] / "assets" / "bias" / "pairs.jsonl"
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Plan:
     #: Dataset artifacts by type (pretrain, instruction, preference), where one is used.
     data: dict[str, Artifact] = field(default_factory=dict)
     mc_path: Path | None = None
+    bias_path: Path | None = None
     judge: Artifact | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -170,12 +172,20 @@ def make_plan(store: Store, options: Any) -> Plan:
             raise UserError(f"--mc {options.mc}: no such file or folder")
     elif MC_SUITE.exists():
         plan.mc_path = MC_SUITE
+    if options.bias_pairs:
+        plan.bias_path = Path(options.bias_pairs).expanduser()
+        if not plan.bias_path.exists():
+            raise UserError(f"--bias-pairs {options.bias_pairs}: no such file")
+    elif BIAS_PAIRS.exists():
+        plan.bias_path = BIAS_PAIRS
     if options.judge:
         plan.judge = store.find_artifact(options.judge, ("gguf",))
 
     available = {DATA_TASK[k] for k in plan.data}
     if plan.mc_path is not None:
         available.add("mc")
+    if plan.bias_path is not None:
+        available.add("bias")
     if plan.judge is not None and len(targets) >= 2 and "instruction" in plan.data:
         available.add("judge")
     if options.tasks:
@@ -206,6 +216,8 @@ def _why_not(task: str, plan: Plan, n_models: int) -> str:
         return "no preference dataset was given (--preferences) or found in the models' lineage"
     if task == "mc":
         return f"no multiple-choice file: pass --mc FILE (the shipped suite {MC_SUITE} is missing)"
+    if task == "bias":
+        return f"no sentence pairs: pass --bias-pairs FILE (the shipped pairs {BIAS_PAIRS} are missing)"
     if plan.judge is None:
         return "it needs a judge model: pass --judge GGUF"
     if n_models < 2:

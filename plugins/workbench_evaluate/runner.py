@@ -19,7 +19,7 @@ from workbench.errors import Cancelled
 from workbench.hardware import choose_device
 from workbench.ml.checkpoint import load_config, load_tokenizer
 from workbench.prompts import PromptStyle, get_style, style_for_model
-from workbench_evaluate import tasks
+from workbench_evaluate import bias, tasks
 from workbench_evaluate.backends import (
     DEFAULT_CONTEXT,
     LlamaBackend,
@@ -27,9 +27,11 @@ from workbench_evaluate.backends import (
     TorchBackend,
     gguf_metadata,
 )
+from workbench_evaluate.biasfile import BiasPair, read_bias_pairs
 from workbench_evaluate.mcfile import Question, read_questions
 from workbench_evaluate.plan import Plan, Target, gguf_file, make_plan, task_limits
 from workbench_evaluate.report import (
+    column_names,
     comparison_table,
     judge_table,
     register,
@@ -132,8 +134,11 @@ class Inputs:
         self.instructions: list[Any] = []
         self.pairs: list[Any] = []
         self.texts: list[str] = []
+        self.bias_pairs: list[BiasPair] = []
         if "mc" in plan.tasks and plan.mc_path is not None:
             self.questions = read_questions(plan.mc_path)[: limit["mc"]]
+        if "bias" in plan.tasks and plan.bias_path is not None:
+            self.bias_pairs = read_bias_pairs(plan.bias_path, limit["bias"])
         if {"generation", "judge"} & set(plan.tasks):
             # the judge scores the generated answers, so generation's limit decides when both run
             answered = limit["generation"] if "generation" in plan.tasks else limit["judge"]
@@ -175,7 +180,7 @@ def evaluate(options: Any, ctx: Context) -> dict[str, Any]:
             # A GGUF tokenized by llama.cpp is counted after loading; a byte per token bounds it.
             n = len(ids) if ids is not None else tasks.bytes_of(inputs.texts)
             windows[t.id] = len(tasks.windows(n, contexts[t.id], stride_of[t.id]))
-    per_model = len(inputs.questions) + len(inputs.pairs)
+    per_model = len(inputs.questions) + len(inputs.pairs) + len(inputs.bias_pairs)
     per_model += len(inputs.instructions) if {"generation", "judge"} & set(plan.tasks) else 0
     judge_calls = len(inputs.instructions) * (len(plan.targets) - 1) if "judge" in plan.tasks else 0
     work = Work(ctx, sum(windows.values()) + per_model * len(plan.targets) + judge_calls)
@@ -217,7 +222,7 @@ def evaluate(options: Any, ctx: Context) -> dict[str, Any]:
             _close(subject)
 
     judge_report = _judge(plan, inputs, options, work, answers, metrics, ctx) if "judge" in plan.tasks else None
-    return _finish(plan, options, ctx, metrics, details, judge_report)
+    return _finish(plan, options, ctx, metrics, details, judge_report, inputs.bias_pairs)
 
 
 def _run_task(task: str, subject: tasks.Subject, target: Target, plan: Plan, inputs: Inputs, options: Any,
@@ -238,6 +243,11 @@ def _run_task(task: str, subject: tasks.Subject, target: Target, plan: Plan, inp
         return result
     if task == "preference":
         return tasks.preference(subject, inputs.pairs, work.tick)
+    if task == "bias":
+        scores = bias.score_pairs(subject, inputs.bias_pairs, work.tick)
+        summary = bias.summarize(inputs.bias_pairs, scores)
+        return tasks.Result(bias.headline(summary), {"n": len(inputs.bias_pairs), "attributes": summary,
+                                                     "scores": scores})
     raise ValueError(task)
 
 
@@ -265,20 +275,25 @@ def _judge(plan: Plan, inputs: Inputs, options: Any, work: Work, answers: dict[s
 
 
 def _finish(plan: Plan, options: Any, ctx: Context, metrics: dict[str, dict[str, float]],
-            details: dict[str, dict[str, Any]], judge_report: dict[str, Any] | None) -> dict[str, Any]:
+            details: dict[str, dict[str, Any]], judge_report: dict[str, Any] | None,
+            bias_pairs: list[BiasPair]) -> dict[str, Any]:
     models = [(t.id, t.name) for t in plan.targets]
     clean = {mid: {k: v for k, v in m.items() if math.isfinite(v)} for mid, m in metrics.items()}
     title = "Evaluation" + (f" on {', '.join(plan.tasks)}" if plan.tasks else "")
-    tables = [comparison_table(models, clean, title)]
+    main = comparison_table(models, clean, title)
+    tables = [main] if main["rows"] else []  # bias alone has only its own tables
     for extra in (subjects_table(models, details), samples_table(models, details)):
         if extra is not None:
             tables.append(extra)
+    if "bias" in plan.tasks:
+        tables += _bias_tables(bias_pairs, models, details)
     if judge_report is not None:
         tables.append(judge_table(models, judge_report))
     data = {kind: {"id": a.id, "name": a.name} for kind, a in plan.data.items()}
     settings = {"limit": options.limit, "limits": task_limits(options), "context": options.context, "stride": options.stride,
                 "mc_format": options.mc_format, "max_new_tokens": options.max_new_tokens,
-                "mc": str(plan.mc_path) if plan.mc_path and "mc" in plan.tasks else None}
+                "mc": str(plan.mc_path) if plan.mc_path and "mc" in plan.tasks else None,
+                "bias_pairs": str(plan.bias_path) if plan.bias_path and "bias" in plan.tasks else None}
     report = {
         "models": [{"id": t.id, "name": t.name, "kind": t.art.kind, "backend": t.backend} for t in plan.targets],
         "tasks": plan.tasks, "data": data, "settings": settings, "metrics": clean, "details": details,
@@ -294,3 +309,15 @@ def _finish(plan: Plan, options: Any, ctx: Context, metrics: dict[str, dict[str,
         ctx.store.update_artifact(mid, metrics=values)
     ctx.log(f"report {art.id}: {art.path / 'report.md'}")
     return {"tables": tables, "metrics": clean, "report": art.id}
+
+
+def _bias_tables(pairs: list[BiasPair], models: list[tuple[str, str]],
+                 details: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The bias tables; each model after the first also gets its gap changes against the first."""
+    base = details[models[0][0]]["bias"]
+    changes = {}
+    for mid, _ in models[1:]:
+        changes[mid] = bias.change(pairs, base["scores"], details[mid]["bias"]["scores"])
+        details[mid]["bias"]["change"] = {"baseline": models[0][0], "attributes": changes[mid]}
+    summaries = {mid: details[mid]["bias"]["attributes"] for mid, _ in models}
+    return bias.tables(models, column_names(models), summaries, changes)

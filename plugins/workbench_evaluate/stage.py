@@ -13,6 +13,7 @@ from workbench.errors import UserError
 from workbench.options import artifact, option
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir, check_weights
+from workbench_evaluate.biasfile import read_bias_pairs
 from workbench_evaluate.mcfile import FORMATS, read_questions
 from workbench_evaluate.plan import TASKS, make_plan, task_limits
 
@@ -59,6 +60,11 @@ class Options:
         help="letter: MMLU's prompt, the answer letters are scored; cloze: each choice's text is scored "
              "(length-normalised), which small models handle better",
     )
+    bias_pairs: str | None = option(
+        None, group="data",
+        help="Bias probes: a .jsonl file of sentence pairs that swap one group word "
+             "(default: the pairs in assets/bias; docs/eval.md gives the format)",
+    )
     judge: str | None = artifact(
         "gguf", required=False,
         help="GGUF model that judges each model's answers against the first model's (LLM-as-judge win rate)",
@@ -100,13 +106,15 @@ class EvalStage(Stage):
         "Tasks: perplexity (held-out text, the same token ids for torch and llama.cpp), mc (multiple choice "
         "in MMLU format, accuracy with a 95% Wilson interval), generation (held-out instructions: exact match, "
         "BLEU, ROUGE-L), preference (chosen vs rejected log-probability), judge (a GGUF judges answers, "
-        "both orders). Decoding is greedy, so a re-run gives the same numbers.\n\n"
+        "both orders), bias (sentence pairs that swap a gender, name, nationality or religion: the "
+        "log-probability gap per attribute with bootstrap intervals). Decoding is greedy, so a re-run gives the same numbers.\n\n"
         "examples:\n"
         "  workbench eval my-model                        # every task whose data is in its lineage\n"
         "  workbench eval base sft dpo --limit 100        # one table, one column per model\n"
         "  workbench eval my-dpo --lineage                # the model and the models it came from\n"
         "  workbench eval a b --judge judge-q8 --tasks generation,judge\n"
-        "  workbench eval my-model --mc ~/data/mmlu/test --tasks mc"
+        "  workbench eval my-model --mc ~/data/mmlu/test --tasks mc\n"
+        "  workbench eval base tuned --tasks bias         # bias gaps and their change"
     )
     consumes = ("model", "gguf", "dataset")
     produces = ("eval-report",)
@@ -126,6 +134,8 @@ class EvalStage(Stage):
                 check_model_dir(model.model_dir)
         if "mc" in plan.tasks and plan.mc_path is not None:
             read_questions(plan.mc_path)  # names the first bad row by file and line
+        if "bias" in plan.tasks and plan.bias_path is not None:
+            read_bias_pairs(plan.bias_path)
 
     def run(self, options: Options, ctx: Context) -> dict[str, Any]:
         from workbench_evaluate.runner import evaluate
