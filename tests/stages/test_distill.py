@@ -1,0 +1,285 @@
+"""`workbench distill`: real LitGPT teacher and students on a structured synthetic language.
+
+The language is made so that soft targets carry information: each sentence is drawn from a small
+grammar whose next word is a choice among several equally likely ones. A teacher pretrained on
+plenty of it learns those choices; a student given only a few sentences of it learns more from the
+teacher's distribution over the choices than from the one word each sentence happened to draw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_tiny_model, make_tokenizer, run_cli, wait_for
+from workbench.context import Context
+from workbench.events import read_events
+from workbench.store import Store
+from workbench.testing import run_inline
+
+#: The student: smaller than the teacher, as a user's YAML config of litgpt.Config fields.
+STUDENT_CONFIG = """\
+n_layer: 1
+n_embd: 32
+n_head: 2
+n_query_groups: 1
+intermediate_size: 64
+block_size: 32
+rotary_percentage: 1.0
+parallel_residual: false
+bias: false
+norm_class_name: RMSNorm
+mlp_class_name: LLaMAMLP
+"""
+TEACHER_CONFIG = STUDENT_CONFIG.replace("n_layer: 1", "n_layer: 2").replace("n_embd: 32", "n_embd: 64").replace(
+    "intermediate_size: 64", "intermediate_size: 128").replace("n_head: 2", "n_head: 4").replace(
+    "n_query_groups: 1", "n_query_groups: 2")
+
+ANIMALS = {"cat": "meows purrs sleeps hides", "dog": "barks runs digs sleeps", "bird": "sings flies nests hops",
+           "fish": "swims hides dives floats", "cow": "moos grazes sleeps walks"}
+COLORS = ["red", "green", "blue", "brown", "white", "black"]
+PLACES = ["garden", "house", "field", "river", "hill", "barn"]
+TIMES = ["today", "daily", "often", "again"]
+
+
+def sentence(rng: random.Random) -> str:
+    animal = rng.choice(sorted(ANIMALS))
+    verb = rng.choice(ANIMALS[animal].split())
+    return f"the {rng.choice(COLORS)} {animal} {verb} in the {rng.choice(PLACES)} {rng.choice(TIMES)}."
+
+
+def documents(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(sentence(rng) for _ in range(4)) for _ in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """One torch thread here and in workers: the machine's cores are shared with other tests."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def register_dataset(train: list[str], val: list[str], name: str) -> str:
+    ctx = Context(Store())
+    staged = ctx.staging_dir("dataset")
+    (staged / "card.json").write_text(json.dumps({"type": "pretrain", "counts": {"train": len(train), "val": len(val)}}))
+    for split, docs in (("train", train), ("val", val)):
+        (staged / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return ctx.register("dataset", staged, name=name).id
+
+
+def register_model(model_dir: Path, name: str) -> str:
+    ctx = Context(Store())
+    staged = ctx.staging_dir("model")
+    shutil.rmtree(staged)
+    shutil.copytree(model_dir, staged)
+    return ctx.register("model", staged, name=name, metadata={"family": "llama"}).id
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher pretrained by the pretrain stage on plenty of the language (once per module)."""
+    import torch
+
+    base = tmp_path_factory.mktemp("teacher")
+    (base / "teacher.yaml").write_text(TEACHER_CONFIG)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORKBENCH_HOME", str(base / "home"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        ctx = Context(Store())
+        staged = ctx.staging_dir("tokenizer")
+        make_tokenizer(staged, vocab_size=300, text=" ".join(documents(200, seed=99)))
+        tokenizer = ctx.register("tokenizer", staged, name="bpe").id
+        data = register_dataset(documents(600, seed=1), documents(40, seed=2), "plenty")
+        run = run_inline("pretrain", {"dataset": data, "tokenizer": tokenizer, "model": str(base / "teacher.yaml"),
+                                      "max_seq_length": 32, "batch_size": 16, "learning_rate": 1e-2,
+                                      "max_steps": 200, "eval_interval": 200, "eval_iters": 2})
+        torch.set_num_threads(threads)
+        out = base / "model"
+        shutil.copytree(Store().find_artifact(run.result["model"]).path, out)
+    return out
+
+
+@pytest.fixture
+def inputs(teacher_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """The teacher, a small distillation set with the held-out text, and the student's config."""
+    (tmp_path / "student.yaml").write_text(STUDENT_CONFIG)
+    return {"teacher": register_model(teacher_dir, "teacher"),
+            "dataset": register_dataset(documents(12, seed=3), documents(40, seed=2), "few"),
+            "student": str(tmp_path / "student.yaml")}
+
+
+def options(inputs: dict[str, str], **overrides: Any) -> dict[str, Any]:
+    return {**inputs, "max_steps": 150, "batch_size": 4, "lr": 1e-2, "top_k": 16, "temperature": 2.0,
+            "kd_weight": 0.9, "eval_every": 50, **overrides}
+
+
+def cli_flags(options: dict[str, Any]) -> list[str]:
+    flags = [options["teacher"], options["dataset"]]
+    for key, value in options.items():
+        if key not in ("teacher", "dataset"):
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
+def losses(run_dir: Path, name: str = "loss") -> dict[int, float]:
+    return {e["step"]: e["values"][name] for e in read_events(run_dir / "events.jsonl")
+            if e["type"] == "metric" and name in e["values"]}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stage_module_imports_nothing_heavy() -> None:
+    code = ("import sys, workbench_distill.stage; "
+            "print([m for m in ('torch', 'litgpt', 'llama_cpp') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("k", [None, 5])
+def test_loss_is_hintons_kd_with_full_vocabulary_and_renormalised_top_k(k: int | None) -> None:
+    """Checked against KL written with torch's own kl_div on explicit distributions."""
+    import torch
+    import torch.nn.functional as F
+
+    from workbench_distill.loss import distill_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 11) * 3, torch.randn(2, 3, 11) * 3
+    targets = torch.randint(0, 11, (2, 3))
+    t, w = 2.5, 0.7
+    top = teacher.topk(k or 11, dim=-1)
+    parts = distill_loss(student, targets, top.values, top.indices, temperature=t, kd_weight=w)
+
+    # The teacher's distribution over its top k at temperature t, zero elsewhere.
+    p = torch.zeros_like(teacher).scatter(-1, top.indices, F.softmax(top.values / t, dim=-1))
+    log_q = F.log_softmax(student / t, dim=-1)
+    kl = F.kl_div(log_q.reshape(-1, 11), p.reshape(-1, 11), reduction="batchmean") * t * t
+    ce = F.cross_entropy(student.reshape(-1, 11), targets.reshape(-1))
+    torch.testing.assert_close(parts.kd, kl)
+    torch.testing.assert_close(parts.ce, ce)
+    torch.testing.assert_close(parts.loss, w * kl + (1 - w) * ce)
+    if k is None:  # the whole vocabulary: the textbook KD term on the full softmax
+        full = F.kl_div(log_q, F.log_softmax(teacher / t, dim=-1), log_target=True, reduction="sum") / 6 * t * t
+        torch.testing.assert_close(parts.kd, full)
+
+
+def test_distilled_student_beats_hard_labels_alone_and_exports_to_gguf(inputs: dict[str, str]) -> None:
+    distilled = run_inline("distill", options(inputs))
+    hard = run_inline("distill", options(inputs, kd_weight=0.0, name="hard-labels"))
+    kd_ppl, ce_ppl = distilled.result["perplexity"], hard.result["perplexity"]
+    teacher_ppl = distilled.result["teacher_perplexity"]
+    assert teacher_ppl < kd_ppl < 0.6 * ce_ppl, (teacher_ppl, kd_ppl, ce_ppl)
+
+    # The reported perplexity is the evaluation stage's, on the student it registered.
+    store = Store()
+    student = store.find_artifact(distilled.result["model"])
+    assert student.metrics["perplexity"] == pytest.approx(kd_ppl)
+    evaluated = run_inline("eval", {"models": [student.id], "tasks": ["perplexity"], "dataset": inputs["dataset"],
+                                    "context": 32})
+    assert evaluated.result["metrics"][student.id]["perplexity"] == pytest.approx(kd_ppl, rel=1e-6)
+
+    # Teacher and data are the student's parents; the table puts the two models side by side.
+    assert sorted(student.parents) == sorted([inputs["teacher"], inputs["dataset"]])
+    table = distilled.result["tables"][0]
+    rows = {r[0]: r[1:] for r in table["rows"]}
+    assert rows["held-out perplexity"] == [f"{teacher_ppl:.3f}", f"{kd_ppl:.3f}"]
+    assert distilled.result["params"] < distilled.result["teacher_params"]
+    # The teacher's cached logits are gone once the student is written.
+    assert not (distilled.run_dir / "teacher-topk").exists()
+
+    exported = run_cli("export", student.id, "--gguf", "--quant", "f16", "--json")
+    assert exported.returncode == 0, exported.stderr
+    files = json.loads(exported.stdout)["result"]["files"]
+    assert [f["passed"] for f in files] == [True]
+
+
+@pytest.mark.parametrize("change", ["vocabulary", "tokenizer"])
+def test_a_student_with_another_tokenizer_is_refused_with_exit_2(inputs: dict[str, str], teacher_dir: Path,
+                                                                 tmp_path: Path, workspace: Path,
+                                                                 change: str) -> None:
+    if change == "vocabulary":
+        other = make_tiny_model(tmp_path / "other")
+        message = "have different vocabularies"
+    else:  # same size, two ids swapped: the same number of tokens meaning other things
+        other = tmp_path / "other"
+        shutil.copytree(teacher_dir, other)
+        tok = json.loads((other / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        a, b = sorted(vocab)[10:12]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (other / "tokenizer.json").write_text(json.dumps(tok))
+        message = "have different tokenizers (tokenizer.json and tokenizer.json differ)"
+    student = register_model(other, "other-student")
+    before = {a.id for a in Store().list_artifacts()}
+
+    out = run_cli("distill", inputs["teacher"], inputs["dataset"], "--student", "other-student")
+
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert f"teacher 'teacher' ({inputs['teacher']})" in lines[0]
+    assert f"student 'other-student' ({student})" in lines[0]
+    assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
+    assert {a.id for a in Store().list_artifacts()} == before
+
+
+def test_unknown_student_is_refused_with_one_line(inputs: dict[str, str]) -> None:
+    out = run_cli("distill", inputs["teacher"], inputs["dataset"], "--student", "huge")
+    assert out.returncode == 2
+    assert "--student huge is neither a preset (tiny, small, 125M, 350M)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cancel_and_resume_reuse_the_teacher_logits_and_end_at_the_uninterrupted_loss(
+        inputs: dict[str, str], teacher_dir: Path) -> None:
+    # Starting from a model in the workspace: here the teacher's own weights (self-distillation).
+    opts = options({**inputs, "student": register_model(teacher_dir, "start")}, max_steps=400, batch_size=8,
+                   micro_batch_size=4, lr=1e-3, checkpoint_every=10, eval_every=100)
+    started = run_cli("distill", *cli_flags(opts), "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    run_id, run_dir = json.loads(started.stdout)["run_id"], Path(json.loads(started.stdout)["run_dir"])
+
+    def first_checkpoint() -> bool:
+        return any(e["type"] == "checkpoint" for e in read_events(run_dir / "events.jsonl"))
+
+    wait_for(first_checkpoint, 120, "the first checkpoint")
+    assert run_cli("runs", "cancel", run_id).returncode == 0
+    wait_for(lambda: Store().get_run(run_id).status == "cancelled", 120, "the run to stop")
+    stopped = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "checkpoint"][-1]["step"]
+    assert max(losses(run_dir)) == stopped < 400, "the run finished before the cancel arrived"
+    assert (run_dir / "teacher-topk" / "values.npy").exists()
+
+    resumed = run_cli("runs", "resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    events = read_events(run_dir / "events.jsonl")
+    restart = max(i for i, e in enumerate(events) if e["type"] == "started")
+    after = events[restart:]
+    assert any(e["type"] == "log" and "reusing the teacher's top-16 logits" in e["message"] for e in after)
+    assert not [e for e in after if e["type"] == "progress" and e["desc"] == "teacher top-k logits"]
+    steps_after = [e["step"] for e in after if e["type"] == "metric" and "loss" in e["values"]]
+    assert steps_after[0] == stopped + 1 and steps_after[-1] == 400
+
+    whole = run_inline("distill", opts)
+    ours, theirs = losses(run_dir), losses(whole.run_dir)
+    assert ours[400] == pytest.approx(theirs[400], abs=1e-4)
+    assert losses(run_dir, "val_loss")[400] == pytest.approx(losses(whole.run_dir, "val_loss")[400], abs=1e-4)
+    result = Store().get_run(run_id).result
+    assert math.isclose(result["perplexity"], whole.result["perplexity"], rel_tol=1e-4)
