@@ -32,12 +32,17 @@ def topk_kl(student_logits: torch.Tensor, top_values: torch.Tensor, top_indices:
             temperature: float) -> torch.Tensor:
     """T² · KL(teacher top-k renormalised ‖ student), mean over tokens.
 
-    `student_logits`: (..., V); `top_values` (logits) and `top_indices`: (..., k).
+    `student_logits`: (..., V); `top_values` (logits) and `top_indices`: (..., k). With
+    log q_i = s_i / T − logsumexp(s / T) and Σ p_i = 1, the KL needs the student's full
+    vocabulary only through one logsumexp; its log-softmax is never materialised.
     """
     t = temperature
     log_p = F.log_softmax(top_values.float() / t, dim=-1)
-    log_q = F.log_softmax(student_logits.float() / t, dim=-1).gather(-1, top_indices.long())
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    p = log_p.exp()
+    scaled = student_logits.float() / t if t != 1 else student_logits.float()
+    lse = torch.logsumexp(scaled, dim=-1)
+    picked = scaled.gather(-1, top_indices.long())
+    kl = (p * (log_p - picked)).sum(-1) + lse
     return kl.mean() * t * t
 
 

@@ -177,6 +177,8 @@ def distill(options: Options, ctx: Context) -> dict[str, Any]:
     # --- phase 2: the student ----------------------------------------------------------------------
     fabric = Fabric(accelerator=device, devices=1, precision=precision)  # type: ignore[arg-type]
     model = build_student(fabric, s_config, start_from, options.seed)
+    if precision in ("32-true", "16-mixed", "bf16-mixed"):
+        model = model.float()  # a half-precision model in the workspace trains with fp32 master weights
     model.max_seq_length = seq_len
     model = fabric.setup(model)
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(
