@@ -253,11 +253,49 @@ def test_a_student_with_another_tokenizer_is_refused_with_exit_2(inputs: dict[st
     assert {a.id for a in Store().list_artifacts()} == before
 
 
-def test_unknown_student_is_refused_with_one_line(inputs: dict[str, str]) -> None:
-    out = run_cli("distill", inputs["teacher"], inputs["dataset"], "--student", "huge")
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--student", "huge"], "--student huge is neither a preset (tiny, small, 125M, 350M), a .yaml config file, "
+                            "nor a model in the workspace"),
+    (["--student", "tiny", "--top-k", "5000"], "--top-k 5000 is more than the teacher's vocabulary of"),
+    (["--student", "tiny", "--batch-size", "6", "--micro-batch-size", "4"],
+     "--batch-size 6 is not a multiple of --micro-batch-size 4"),
+    (["--student", "tiny", "--max-seq-length", "64"], "--max-seq-length 64 is longer than the context of the teacher (32 tokens)"),
+    (["--student", "missing.yaml"], "student config file missing.yaml does not exist"),
+])
+def test_bad_options_are_refused_in_one_line_before_a_run_exists(inputs: dict[str, str], workspace: Path,
+                                                                 flags: list[str], message: str) -> None:
+    out = run_cli("distill", inputs["teacher"], inputs["dataset"], *flags)
     assert out.returncode == 2
-    assert "--student huge is neither a preset (tiny, small, 125M, 350M)" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), out.stderr
+    assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
+
+
+def test_a_dataset_that_is_not_text_is_refused(inputs: dict[str, str]) -> None:
+    ctx = Context(Store())
+    staged = ctx.staging_dir("dataset")
+    (staged / "card.json").write_text(json.dumps({"type": "instruction"}))
+    (staged / "train.jsonl").write_text("")
+    chats = ctx.register("dataset", staged, name="chats").id
+    out = run_cli("distill", inputs["teacher"], chats, "--student", "tiny")
+    assert out.returncode == 2
+    assert "holds 'instruction' data, but distill needs 'pretrain' data" in out.stderr
+
+
+def test_a_preset_student_is_fresh_with_the_teachers_vocabulary_tokenizer_and_prompt_style(
+        inputs: dict[str, str], teacher_dir: Path) -> None:
+    from workbench.ml.checkpoint import load_config, load_model, read_meta
+
+    run = run_inline("distill", {**inputs, "student": "tiny", "max_steps": 2, "batch_size": 2})
+    student = Store().find_artifact(run.result["model"])
+    config, teacher = load_config(student.path), load_config(teacher_dir)
+    assert (config.n_layer, config.n_embd) == (3, 256)  # the pretrain stage's tiny preset
+    assert config.vocab_size == teacher.vocab_size
+    assert (student.path / "tokenizer.json").read_bytes() == (teacher_dir / "tokenizer.json").read_bytes()
+    assert read_meta(student.path)["prompt_style"] == read_meta(teacher_dir)["prompt_style"]
+    assert read_meta(student.path)["distill"]["student"] == "tiny"
+    load_model(student.path)  # a complete LitGPT checkpoint
+    assert run.metrics("loss")[0] > 0 and len(run.metrics("loss")) == 2
 
 
 @pytest.mark.slow
