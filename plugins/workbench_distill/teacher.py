@@ -28,6 +28,7 @@ import torch
 
 from workbench.context import Context
 from workbench.errors import Cancelled, UserError, writing
+from workbench.hardware import fmt_bytes
 
 CACHE_DIR = "teacher-topk"
 #: float16's largest finite value: teacher logits are clamped to it before they are stored.
@@ -66,6 +67,14 @@ def sequences(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Ten
     return torch.from_numpy(np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64))
 
 
+def _allocate(path: Path) -> None:
+    """Give the (sparse) file all its blocks now: a full disk is then an error here, rather than a
+    SIGBUS later, while the pass writes through the memory map."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+
+
 def _read_state(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / "state.json").read_text())
@@ -100,11 +109,22 @@ def teacher_topk(
         return _open(path, state, len(starts) * seq_len)
     if done:
         ctx.log(f"continuing the teacher pass at sequence {done + 1} of {len(starts)}")
+    if not done:
+        need = int(np.prod(shape)) * (2 + 4)
+        free = shutil.disk_usage(path.parent).free
+        if need > free:
+            raise UserError(
+                f"the teacher's top-{top_k} logits need {fmt_bytes(need)} in {path.parent}, but only "
+                f"{fmt_bytes(free)} is free; lower --top-k or --max-steps, or make room"
+            )
     path.mkdir(parents=True, exist_ok=True)
-    mode = "r+" if done else "w+"
-    with writing(path / "values.npy"):
-        values = np.lib.format.open_memmap(path / "values.npy", mode=mode, dtype=np.float16, shape=shape)
-        indices = np.lib.format.open_memmap(path / "indices.npy", mode=mode, dtype=np.int32, shape=shape)
+    arrays = []
+    for name, dtype in (("values.npy", np.float16), ("indices.npy", np.int32)):
+        with writing(path / name):
+            arrays.append(np.lib.format.open_memmap(path / name, mode="r+" if done else "w+", dtype=dtype, shape=shape))
+            if not done:
+                _allocate(path / name)
+    values, indices = arrays
     backend = load_teacher()
     model, device = backend.model, backend.device
     t0 = time.perf_counter()

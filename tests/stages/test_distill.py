@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -296,6 +297,23 @@ def test_a_preset_student_is_fresh_with_the_teachers_vocabulary_tokenizer_and_pr
     assert read_meta(student.path)["distill"]["student"] == "tiny"
     load_model(student.path)  # a complete LitGPT checkpoint
     assert run.metrics("loss")[0] > 0 and len(run.metrics("loss")) == 2
+
+
+def test_no_room_for_the_teacher_logits_is_refused_before_the_teacher_loads(inputs: dict[str, str],
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import workbench_distill.teacher
+
+    from workbench.errors import UserError
+
+    room = SimpleNamespace(total=1 << 40, used=(1 << 40) - 1000, free=1000)
+    monkeypatch.setattr(workbench_distill.teacher.shutil, "disk_usage", lambda path: room)
+    with pytest.raises(UserError, match=r"the teacher's top-16 logits need [\d.]+ [KM]iB in .*, but only 1000 B is free; "
+                                        r"lower --top-k or --max-steps"):
+        run_inline("distill", options(inputs))
+    run = Store().list_runs(limit=1)[0]
+    assert not (run.run_dir / "teacher-topk").exists()
+    assert not [e for e in read_events(run.run_dir / "events.jsonl") if e["type"] == "progress"
+                and e["desc"] == "teacher top-k logits"]
 
 
 @pytest.mark.slow
