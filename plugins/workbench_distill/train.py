@@ -1,0 +1,472 @@
+"""The distillation run, top to bottom: `plan` (inputs, sizes, memory) → `read_corpus` (the
+sequences) → the teacher pass (top-k logits to disk, `workbench_distill.teacher`) → `fit` (the
+student's loop: validation, checkpoints, cancel, exact resume) → `write_student` (the model and a
+table comparing it with the teacher).
+
+The teacher is loaded only for the teacher pass and freed before the student is built. Sequence
+position `p` of the run is cache row `perm[p % n]` of epoch `p // n`, the permutation seeded by
+(seed, epoch), so a step number is a data position and a resumed run reads what an uninterrupted
+one would.
+
+Heavy module (torch, litgpt, lightning): imported by `DistillStage.run()` only.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from workbench.errors import Cancelled, UserError
+from workbench.hardware import (
+    choose_device,
+    choose_precision,
+    estimate_training_memory,
+    fmt_bytes,
+    preflight,
+)
+from workbench.ml.checkpoint import (
+    config_to_dict,
+    load_config,
+    load_state_dict,
+    read_meta,
+    save_model_dir,
+)
+from workbench.ml.trainstate import load_train_state, restore_rng, save_train_state
+from workbench.weightfiles import check_model_dir
+from workbench_distill.loss import distill_loss
+from workbench_distill.stage import check_same_tokenizer, student_kind
+from workbench_distill.teacher import (
+    TeacherCache,
+    choose_windows,
+    heldout_perplexity,
+    sequences,
+    teacher_topk,
+)
+
+if TYPE_CHECKING:
+    from litgpt import Config
+
+    from workbench.context import Context
+    from workbench.store import Artifact
+    from workbench_distill.stage import Options
+
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class Plan:
+    """The run's inputs and sizes, fixed before anything heavy is loaded."""
+
+    teacher: Artifact
+    data: Artifact
+    start_from: Artifact | None  # the student's starting model, None for a fresh student
+    t_config: Config
+    s_config: Config
+    device: str
+    precision: str  # the student's training precision
+    eval_precision: str  # the teacher pass's and the perplexity's
+    seq_len: int
+    batch: int
+    micro: int
+    lr: float
+    t_params: int
+    s_params: int
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch // self.micro
+
+
+@dataclass
+class Corpus:
+    train: np.ndarray  # the train split's token ids (memory map)
+    starts: np.ndarray  # offsets of the training sequences in `train`
+    val_rows: torch.Tensor  # validation windows scored every --eval-every steps
+    heldout: np.ndarray  # the whole validation split, for the perplexity at the end
+    steps: int
+    warmup: int
+
+
+class RowOrder:
+    """Which cache rows sequence positions `start .. start + size - 1` read."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._epoch = -1
+        self._perm = np.empty(0, dtype=np.int64)
+
+    def rows(self, start: int, size: int) -> list[int]:
+        out = []
+        for p in range(start, start + size):
+            epoch, index = divmod(p, self.n)
+            if epoch != self._epoch:
+                self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+                self._epoch = epoch
+            out.append(int(self._perm[index]))
+        return out
+
+
+def distill(options: Options, ctx: Context) -> dict[str, Any]:
+    from workbench_evaluate.backends import TorchBackend
+
+    plan = make_plan(options, ctx)
+    corpus = read_corpus(plan, options, ctx)
+    check_memory(plan, options)
+    ctx.log(
+        f"distilling {plan.teacher.name} ({plan.t_params:,} parameters) into "
+        f"{options.student if plan.start_from is None else plan.start_from.name} ({plan.s_params:,}): "
+        f"{len(corpus.starts)} sequences of {plan.seq_len} tokens, {corpus.steps} steps of {plan.batch}, "
+        f"T={options.temperature}, kd_weight={options.kd_weight}, top-{options.top_k}; {plan.device}, {plan.precision}"
+    )
+
+    # --- the teacher pass; the teacher is in memory for this call only -------------------------------
+    def load_teacher() -> Any:
+        return TorchBackend(plan.teacher.path, context=plan.seq_len, device=plan.device,
+                            precision=plan.eval_precision, batch_size=plan.micro, threads=None)
+
+    def teacher_ppl(backend: Any) -> float | None:
+        return _perplexity(ctx, backend, plan.teacher.path, corpus.heldout, plan.seq_len, f"teacher {plan.teacher.name}")
+
+    fingerprint = {"teacher": plan.teacher.id, "dataset": plan.data.id, "seq_len": plan.seq_len,
+                   "top_k": options.top_k, "sequences": len(corpus.starts), "seed": options.seed}
+    cache = teacher_topk(ctx, load_teacher, corpus.train, corpus.starts, seq_len=plan.seq_len, top_k=options.top_k,
+                         vocab_size=plan.t_config.vocab_size, batch=plan.micro, fingerprint=fingerprint,
+                         perplexity=teacher_ppl)
+    gc.collect()
+    if plan.device == "cuda":
+        torch.cuda.empty_cache()
+    ctx.log(f"the teacher's top-{options.top_k} tokens hold {cache.coverage:.1%} of its probability on average; "
+            f"the KL renormalises them ({fmt_bytes(cache.size_bytes())} on disk)")
+
+    # --- the student ------------------------------------------------------------------------------
+    state_dict, figures = fit(plan, options, corpus, cache, {**fingerprint, "steps": corpus.steps}, ctx)
+    return write_student(plan, options, corpus, cache, state_dict, figures, ctx)
+
+
+# ----------------------------------------------------------------------------------------------
+# plan and data
+
+
+def make_plan(options: Options, ctx: Context) -> Plan:
+    teacher = ctx.artifact(options.teacher, "model")
+    data = ctx.artifact(options.dataset, "dataset")
+    start_from = ctx.artifact(options.student, "model") if student_kind(options.student) == "model" else None
+    check_model_dir(teacher.path)
+    if start_from is not None:
+        check_model_dir(start_from.path)
+        check_same_tokenizer(teacher, start_from)  # again: the files may have changed since validate()
+    device = choose_device(options.device)
+    t_config = load_config(teacher.path)
+    s_config = student_config(options.student, t_config, start_from)
+    seq_len = options.max_seq_length if options.max_seq_length is not None else min(t_config.block_size, s_config.block_size)
+    if seq_len > t_config.block_size:
+        raise UserError(f"--max-seq-length {seq_len} is longer than the teacher's context of {t_config.block_size} tokens")
+    if seq_len > s_config.block_size:
+        if start_from is not None:
+            raise UserError(f"--max-seq-length {seq_len} is longer than the student's context of {s_config.block_size} tokens")
+        s_config = type(s_config)(**{**config_to_dict(s_config), "block_size": seq_len})
+    if options.top_k > t_config.vocab_size:
+        raise UserError(f"--top-k {options.top_k} is more than the teacher's vocabulary of {t_config.vocab_size} tokens")
+    micro = options.micro_batch_size if options.micro_batch_size is not None else options.batch_size
+    if options.batch_size % micro:
+        raise UserError(f"--batch-size {options.batch_size} is not a multiple of --micro-batch-size {micro}")
+    lr = options.lr if options.lr is not None else (preset_lr(options.student) if start_from is None else 1e-4)
+    return Plan(
+        teacher=teacher, data=data, start_from=start_from, t_config=t_config, s_config=s_config, device=device,
+        precision=options.precision or choose_precision(device, training=True),
+        eval_precision=choose_precision(device, training=False), seq_len=seq_len, batch=options.batch_size,
+        micro=micro, lr=lr, t_params=count_parameters(t_config), s_params=count_parameters(s_config),
+    )
+
+
+def read_corpus(plan: Plan, options: Options, ctx: Context) -> Corpus:
+    """Windows of the train split, from the shared token cache with the teacher's tokenizer."""
+    from workbench_data.tokencache import token_array
+    from workbench_evaluate.tasks import token_stream
+    from workbench_pretrain.data import validation_windows
+
+    def tokenizing(split: str) -> Any:
+        return lambda done, total: ctx.progress(done, total, unit="doc", desc=f"tokenizing the {split} split")
+
+    data, seq_len = plan.data, plan.seq_len
+    train = token_array(data.path, plan.teacher.path, "train", progress=tokenizing("train"))
+    if len(train) < seq_len + 1:
+        raise UserError(
+            f"the train split of dataset {data.id} holds {len(train):,} tokens, fewer than one "
+            f"sequence of {seq_len + 1}; lower --max-seq-length or add data"
+        )
+    available = (len(train) - 1) // seq_len
+    steps = options.max_steps if options.max_steps is not None else options.epochs * math.ceil(available / plan.batch)
+    val = token_array(data.path, plan.teacher.path, "val", progress=tokenizing("val"))
+    heldout = token_stream(data.path, plan.teacher.path, None)
+    if len(heldout) < 2:
+        ctx.log(f"dataset {data.id} has no validation tokens; validation and perplexity are skipped", "warning")
+    return Corpus(
+        train=train, starts=choose_windows(len(train), seq_len, steps * plan.batch, options.seed),
+        val_rows=validation_windows(val, seq_len, options.eval_batches * plan.micro), heldout=heldout,
+        steps=steps, warmup=options.warmup_steps if options.warmup_steps is not None else max(1, round(0.05 * steps)),
+    )
+
+
+def check_memory(plan: Plan, options: Options) -> None:
+    """The teacher pass and the student's training happen one after the other: each must fit."""
+    t, s = plan.t_config, plan.s_config
+    preflight(estimate_training_memory(
+        n_params=plan.t_params, trainable_params=0, batch_size=plan.micro, seq_len=plan.seq_len, n_layer=t.n_layer,
+        n_embd=t.n_embd, n_head=t.n_head, vocab_size=t.padded_vocab_size, precision=plan.eval_precision,
+    ), plan.device, force=options.force, what=f"the teacher pass of {plan.teacher.name}")
+    estimate = estimate_training_memory(
+        n_params=plan.s_params, trainable_params=plan.s_params, batch_size=plan.micro, seq_len=plan.seq_len,
+        n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, vocab_size=s.padded_vocab_size, precision=plan.precision,
+    )
+    # The KL holds the student's logits at temperature T and their softmax's gradient besides the usual ones.
+    extra = 2 * plan.micro * plan.seq_len * s.padded_vocab_size * 4
+    preflight(replace(estimate, activations=estimate.activations + extra), plan.device, force=options.force,
+              what="training this student")
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def fit(plan: Plan, options: Options, corpus: Corpus, cache: TeacherCache, fingerprint: dict[str, Any],
+        ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train the student; returns its weights (on the CPU) and the run's figures."""
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=plan.device, devices=1, precision=plan.precision)  # type: ignore[arg-type]
+    model = build_student(fabric, plan.s_config, plan.start_from, options.seed)
+    if plan.precision in ("32-true", "16-mixed", "bf16-mixed"):
+        model = model.float()  # a half-precision model in the workspace trains with fp32 master weights
+    model.max_seq_length = plan.seq_len
+    model = fabric.setup(model)
+    optimizer = fabric.setup_optimizers(torch.optim.AdamW(
+        model.parameters(), lr=plan.lr, weight_decay=options.weight_decay, betas=(0.9, 0.95)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(corpus.warmup, corpus.steps))
+    scaler = getattr(fabric.strategy.precision, "scaler", None)
+    order = RowOrder(len(corpus.starts), options.seed)
+    fingerprint = {**fingerprint, "student": config_to_dict(plan.s_config), "batch_size": plan.batch}
+    steps, batch, micro = corpus.steps, plan.batch, plan.micro
+
+    step, trained_s = 0, 0.0
+    if ctx.resume_from:
+        state = load_train_state(Path(ctx.resume_from))
+        if state["extra"].get("fingerprint") != fingerprint:
+            raise UserError(f"checkpoint {ctx.resume_from} was written for other inputs or sizes; start a new run")
+        model.module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["extra"].get("scaler"):
+            scaler.load_state_dict(state["extra"]["scaler"])
+        step, trained_s = int(state["step"]), float(state["extra"].get("trained_s", 0.0))
+        restore_rng(state["rng"])  # last: building the student above drew from the generators
+        ctx.log(f"resumed at step {step} of {steps}")
+
+    def checkpoint() -> None:
+        path = ctx.checkpoints_dir / f"step-{step:07d}.pt"
+        save_train_state(path, model_state=model.module.state_dict(), optimizer=optimizer, step=step,
+                         scheduler=scheduler, data_state={"position": step * batch, "seed": options.seed},
+                         extra={"fingerprint": fingerprint, "trained_s": trained_s,
+                                "scaler": scaler.state_dict() if scaler is not None else None})
+        ctx.checkpoint(path, step)
+        for old in sorted(ctx.checkpoints_dir.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+
+    def validate() -> float | None:
+        if len(corpus.val_rows) == 0:
+            return None
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for chunk in corpus.val_rows.split(micro):
+                chunk = fabric.to_device(chunk)
+                logits = model(chunk[:, :-1])
+                total += float(torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1))) * len(chunk)
+        model.train()
+        return total / len(corpus.val_rows)
+
+    val_loss = validate() if step == 0 else None
+    if val_loss is not None:
+        ctx.metric(0, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
+    model.train()
+    loss_value = float("nan")
+    ctx.progress(step, steps, unit="step", desc="distilling")
+    while step < steps:
+        if ctx.cancel_requested:
+            checkpoint()
+            raise Cancelled()
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, device=fabric.device)
+        for j in range(plan.accumulation):
+            rows = order.rows(step * batch + j * micro, micro)
+            seqs = fabric.to_device(sequences(corpus.train, corpus.starts[rows], plan.seq_len))
+            values, indices = (fabric.to_device(t) for t in cache.rows(rows))
+            parts = distill_loss(model(seqs[:, :-1]), seqs[:, 1:], values, indices,
+                                 temperature=options.temperature, kd_weight=options.kd_weight)
+            fabric.backward(parts.loss / plan.accumulation)
+            sums += torch.stack([parts.loss, parts.kd, parts.ce]).detach()
+        if options.grad_clip is not None and options.grad_clip > 0:
+            fabric.clip_gradients(model, optimizer, max_norm=options.grad_clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        loss_value, kd, ce = (sums / plan.accumulation).tolist()  # also waits for the device: the timing is true
+        if not math.isfinite(loss_value):
+            raise RuntimeError(f"the loss became {loss_value} at step {step}; lower --lr or raise --temperature")
+        seconds = time.perf_counter() - t0
+        trained_s += seconds
+        ctx.metric(step, loss=loss_value, kd=kd, ce=ce, lr=lr, tokens_per_s=batch * plan.seq_len / seconds)
+        ctx.progress(step, steps, unit="step", desc="distilling")
+        if step % options.eval_every == 0 or step == steps:
+            val_loss = validate()
+            if val_loss is not None:
+                ctx.metric(step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
+        if step % options.checkpoint_every == 0 and step < steps:
+            checkpoint()
+    weights = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
+    return weights, {"loss": loss_value, "val_loss": val_loss, "trained_s": trained_s}
+
+
+def build_student(fabric: Any, config: Config, start_from: Artifact | None, seed: int) -> torch.nn.Module:
+    """A model's own weights, or fresh weights initialised as pretraining does, from `seed`."""
+    from litgpt import GPT
+    from litgpt.pretrain import initialize_weights
+
+    fabric.seed_everything(seed, verbose=False)
+    if start_from is not None:
+        with torch.device("meta"):
+            model = GPT(config)
+        model.load_state_dict(load_state_dict(start_from.path), strict=True, assign=True)
+        model.cos, model.sin = model.rope_cache(device=torch.device("cpu"))
+        return model
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
+    return model
+
+
+def _schedule(warmup: int, total: int) -> Any:
+    """Linear warmup, then cosine decay to a tenth of the peak learning rate."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_student(plan: Plan, options: Options, corpus: Corpus, cache: TeacherCache,
+                  state_dict: dict[str, torch.Tensor], figures: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """The student model (parents: teacher, data and its start model), measured on the held-out text."""
+    from workbench_evaluate.backends import TorchBackend
+
+    teacher, start_from = plan.teacher, plan.start_from
+    recipe = {"teacher": teacher.id, "dataset": plan.data.id, "student": options.student,
+              "temperature": options.temperature, "kd_weight": options.kd_weight, "top_k": options.top_k,
+              "steps": corpus.steps, "batch_size": plan.batch, "max_seq_length": plan.seq_len, "lr": plan.lr}
+    staged = ctx.staging_dir("model")
+    save_model_dir(staged, state_dict, plan.s_config, tokenizer_dir=teacher.path,
+                   meta=student_meta(teacher.path, start_from, recipe))
+    state_dict.clear()
+    backend = TorchBackend(staged, context=plan.seq_len, device=plan.device, precision=plan.eval_precision,
+                           batch_size=plan.micro, threads=None)
+    s_ppl = _perplexity(ctx, backend, staged, corpus.heldout, plan.seq_len, "the student")
+    backend.close()
+    metrics = {k: v for k, v in {"loss": figures["loss"], "val_loss": figures["val_loss"], "perplexity": s_ppl,
+                                 "teacher_perplexity": cache.perplexity}.items() if v is not None}
+    parents = [teacher.id, plan.data.id] + ([start_from.id] if start_from is not None else [])
+    family = read_meta(start_from.path if start_from is not None else teacher.path).get("family", "llama")
+    student = ctx.register("model", staged, name=options.name or f"{teacher.name}-distilled", parents=parents,
+                           metadata={"family": family, "params": plan.s_params, "distill": recipe}, metrics=metrics)
+    freed = cache.size_bytes()
+    shutil.rmtree(cache.path, ignore_errors=True)
+    ctx.log(f"removed the teacher's top-k logits ({fmt_bytes(freed)}); the student is model {student.id}")
+    return {
+        "model": student.id, "steps": corpus.steps, "loss": figures["loss"], "val_loss": figures["val_loss"],
+        "perplexity": s_ppl, "teacher_perplexity": cache.perplexity, "params": plan.s_params,
+        "teacher_params": plan.t_params, "train_seconds": round(figures["trained_s"], 2),
+        "teacher_seconds": round(cache.seconds, 2),
+        "tables": [result_table(plan, student, cache, s_ppl, corpus.steps, figures["trained_s"])],
+    }
+
+
+def _perplexity(ctx: Context, backend: Any, model_dir: Path, ids: np.ndarray, context: int, name: str) -> float | None:
+    from workbench_evaluate.tasks import windows
+
+    context = min(context, backend.context)
+    total, done = len(windows(len(ids), context, max(1, context // 2))), 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        ctx.progress(done, total, unit="window", desc=f"held-out perplexity of {name}")
+
+    return heldout_perplexity(backend, model_dir, ids, context, tick, name)
+
+
+def result_table(plan: Plan, student: Artifact, cache: TeacherCache, s_ppl: float | None, steps: int,
+                 trained_s: float) -> dict[str, Any]:
+    def ppl(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else "—"
+
+    teacher = plan.teacher
+    t_size = check_model_dir(teacher.path).stat().st_size
+    s_size = check_model_dir(student.path).stat().st_size
+    rows = [
+        ["parameters", f"{plan.t_params:,}", f"{plan.s_params:,} ({plan.s_params / plan.t_params:.0%})"],
+        ["weights file", fmt_bytes(t_size), fmt_bytes(s_size)],
+        ["held-out perplexity", ppl(cache.perplexity), ppl(s_ppl)],
+        ["time", f"{cache.seconds:.1f} s (top-k pass)",
+         f"{trained_s:.1f} s for {steps} steps ({steps / trained_s if trained_s else 0:.2f} steps/s)"],
+    ]
+    return {"title": "distillation", "columns": ["", f"teacher {teacher.name}", f"student {student.name}"], "rows": rows}
+
+
+def student_config(spec: str, t_config: Config, start_from: Artifact | None) -> Config:
+    """A fresh student's config gets the teacher's vocabulary; a model keeps its own."""
+    if start_from is not None:
+        return load_config(start_from.path)
+    from workbench_pretrain.train import model_config
+
+    return model_config(spec, t_config.vocab_size)
+
+
+def student_meta(teacher_dir: Path, start_from: Artifact | None, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The student speaks as its start model did, or as the teacher does when it is fresh."""
+    if start_from is not None:
+        meta = read_meta(start_from.path)
+    else:
+        teacher = read_meta(teacher_dir)
+        meta = {"family": "llama", **{k: teacher[k] for k in ("prompt_style", "eos_token") if k in teacher}}
+    meta["distill"] = recipe
+    return meta
+
+
+def preset_lr(spec: str) -> float:
+    from workbench_pretrain.presets import PRESETS
+
+    return PRESETS[spec].learning_rate if spec in PRESETS else 3e-4
+
+
+def count_parameters(config: Config) -> int:
+    from litgpt import GPT
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(config).parameters())
