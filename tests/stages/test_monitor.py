@@ -1,0 +1,252 @@
+"""`workbench serve` records every request, and `workbench monitor` reads the figures back.
+
+The tiny model is exported to GGUF and served by a real `workbench serve` subprocess; clients on
+threads talk to it over real sockets; the server is stopped with a real SIGTERM; the log is read
+with sqlite3 and through the real `workbench monitor` command.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_tiny_model
+
+MARKER = "zebracornish"  # a word no other text here contains: where it shows up, prompt text was kept
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workbench_export.gguf_writer import write_gguf
+
+    root = tmp_path_factory.mktemp("monitor-models")
+    out = root / "tiny-f16.gguf"
+    write_gguf(make_tiny_model(root / "tiny"), out, "f16")
+    return out
+
+
+class Served:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "serve", *args, "--port", "0",
+                                      "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=os.environ.copy())
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        found = re.search(r"at http://127\.0\.0\.1:(\d+)/v1$", line.strip())
+        assert found, f"no address in {line!r}; stderr: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        self.port = int(found.group(1))
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             content_type: str = "application/json") -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, "/v1" + path, body=body, headers={"Content-Type": content_type})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        return self.call("POST", path, json.dumps(body).encode())
+
+    def terminate(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, err
+        return err
+
+
+def log_rows() -> list[dict[str, Any]]:
+    from workbench import monitoring
+
+    db = sqlite3.connect(monitoring.db_path())
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY id")]
+    finally:
+        db.close()
+
+
+def log_bytes(workspace: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in workspace.glob("monitor.db*"))
+
+
+def monitor(cli: Any, *args: str) -> dict[str, Any]:
+    done = cli("monitor", *args, "--json", timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 4, **extra}
+
+
+def test_every_request_under_load_is_recorded_and_survives_sigterm(gguf_file, workspace, cli):
+    server = Served(str(gguf_file))
+    # (what to send, the status the client expects)
+    jobs: list[tuple[str, str, bytes | None, int]] = []
+    for i in range(12):
+        jobs.append(("POST", "/chat/completions", json.dumps(chat(f"{MARKER} hello number {i}")).encode(), 200))
+    for i in range(8):
+        jobs.append(("POST", "/chat/completions",
+                     json.dumps(chat(f"{MARKER} stream {i}", stream=True)).encode(), 200))
+    for i in range(6):
+        jobs.append(("POST", "/completions", json.dumps({"prompt": f"{MARKER} the quick {i}", "max_tokens": 3,
+                                                         "stream": i % 2 == 0}).encode(), 200))
+    jobs += [("POST", "/chat/completions", b"{not json", 400),
+             ("POST", "/chat/completions", json.dumps({"messages": []}).encode(), 400),
+             ("POST", "/chat/completions", json.dumps(chat(f"{MARKER} " * 400)).encode(), 400),
+             ("GET", "/nowhere", None, 404),
+             ("GET", "/models", None, 200)]
+    random.Random(0).shuffle(jobs)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda j: server.call(j[0], j[1], j[2]), jobs))
+    err = server.terminate()  # right after the last response
+    assert "stopped" in err
+
+    assert [status for status, _ in results] == [want for *_, want in jobs]
+    rows = log_rows()
+    assert len(rows) == len(jobs)
+    assert sorted(r["status"] for r in rows) == sorted(want for *_, want in jobs)
+    assert sorted(r["endpoint"] for r in rows) == sorted("/v1" + path for _, path, _, _ in jobs)
+    assert {r["model"] for r in rows} == {"tiny-f16.gguf"}
+    assert all(r["latency_s"] > 0 for r in rows)
+    generations = [r for r in rows if r["tokens_out"] is not None]
+    assert len(generations) == 26
+    assert sum(r["stream"] for r in generations) == 8 + 3
+    for r in generations:
+        assert r["status"] == 200 and r["error"] is None
+        assert 1 <= r["tokens_out"] <= 4 and r["tokens_in"] > 3
+        assert 0 < r["ttft_s"] <= r["latency_s"]
+        assert r["words"] >= 2 and r["ngrams"]
+    errors = {r["error"] for r in rows if r["status"] >= 400}
+    assert errors == {"invalid_request_error", "context_length_exceeded", "not_found"}
+    # Prompts were not asked for: no column and no byte of the log holds their text.
+    assert all(r["prompt"] is None for r in rows)
+    assert MARKER.encode() not in log_bytes(workspace)
+
+    rep = monitor(cli)
+    [m] = rep["models"]
+    assert m["requests"] == len(jobs) and m["errors"] == 4 and m["generations"] == 26
+    assert m["error_rate"] == pytest.approx(4 / len(jobs))
+    assert 0 < m["latency_p50_s"] <= m["latency_p95_s"] and 0 < m["ttft_p50_s"] <= m["ttft_p95_s"]
+    assert m["tokens_per_s"] > 0
+    assert m["drift"]["reference"] is None and "no reference data" in m["drift"]["reason"]
+    assert rep["servers"] == []  # it stopped
+    text = cli("monitor", timeout=60)
+    assert "no server is running" in text.stdout and "no reference data" in text.stdout
+
+
+TOPICS = ["soup", "bread", "rice", "salad", "pasta", "curry", "cake", "stew"]
+VERBS = ["cook", "bake", "season", "serve", "store", "prepare"]
+
+
+def kitchen_question(rng: random.Random) -> str:
+    return (f"How long should I {rng.choice(VERBS)} the {rng.choice(TOPICS)} for {rng.randint(2, 9)} people, "
+            f"and what goes well with {rng.choice(TOPICS)}?")
+
+
+def shifted_question(rng: random.Random) -> str:
+    return (f"SELECT id, total FROM orders_{rng.randint(1, 99)} WHERE region = 'north' "
+            f"AND amount > {rng.randint(10, 999)} ORDER BY total DESC;")
+
+
+def register_lineage(gguf_file: Path) -> str:
+    """instruction dataset → finetuned model → GGUF, as the stages register them; the GGUF's id."""
+    from workbench.context import Context
+    from workbench.store import Store
+
+    rng = random.Random(1)
+    ctx = Context(Store())
+    data = ctx.staging_dir("dataset")
+    (data / "card.json").write_text(json.dumps({"type": "instruction"}))
+    (data / "train.jsonl").write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": kitchen_question(rng)},
+        {"role": "assistant", "content": "About an hour, with bread."}]}) + "\n" for _ in range(300)))
+    dataset = ctx.register("dataset", data, name="kitchen-questions")
+    model = ctx.staging_dir("model")
+    (model / "model_config.yaml").write_text("name: tiny\n")
+    model_art = ctx.register("model", model, name="tiny-kitchen", parents=[dataset.id])
+    export = ctx.staging_dir("gguf")
+    shutil.copy(gguf_file, export / "tiny-kitchen-f16.gguf")
+    return ctx.register("gguf", export, name="tiny-kitchen-f16", parents=[model_art.id]).id
+
+
+def test_drift_rises_when_requests_move_away_from_the_training_data(gguf_file, cli):
+    gguf_id = register_lineage(gguf_file)
+    server = Served(gguf_id)
+    rng = random.Random(2)
+    try:
+        start = datetime.now().isoformat()
+        for _ in range(24):
+            assert server.post("/chat/completions", {**chat(kitchen_question(rng)), "max_tokens": 1})[0] == 200
+        alike = monitor(cli, gguf_id, "--since", start)
+        time.sleep(0.05)
+        shift = datetime.now().isoformat()
+        for _ in range(24):
+            assert server.post("/completions", {"prompt": shifted_question(rng), "max_tokens": 1})[0] == 200
+        shifted = monitor(cli, "tiny-kitchen-f16", "--since", shift)
+        live = monitor(cli)
+    finally:
+        server.terminate()
+
+    [a] = alike["models"]
+    assert a["model_ref"] == gguf_id and a["requests"] == 24
+    d = a["drift"]
+    assert [s["name"] for s in d["reference"]["datasets"]] == ["kitchen-questions"]
+    assert d["reference"]["datasets"][0]["rows"] == 300
+    assert d["ngram_psi"] < 0.1 and d["ngram_level"] == "stable"
+    assert d["length_level"] == "stable"
+
+    [s] = shifted["models"]
+    assert s["requests"] == 24
+    assert s["drift"]["ngram_psi"] > 1.0 and s["drift"]["ngram_level"] == "large shift"
+    assert s["drift"]["ngram_psi"] > 10 * d["ngram_psi"]
+    assert s["drift"]["length_level"] == "large shift"  # longer than any training question
+
+    assert [sv["model"] for sv in live["servers"]] == ["tiny-kitchen-f16"]  # still serving then
+
+
+def test_the_size_cap_drops_the_oldest_requests(gguf_file, workspace):
+    from workbench import monitoring
+
+    cap_mb = 0.02  # about 20 KiB: a few dozen of these requests
+    server = Served(str(gguf_file), "--log-prompts", "--monitor-max-mb", str(cap_mb))
+    try:
+        for i in range(60):
+            text = f"request {i:03d} " + "padding words " * 40
+            assert server.post("/completions", {"prompt": text, "max_tokens": 1})[0] in (200, 400)
+    finally:
+        server.terminate()
+    rows = log_rows()
+    db = sqlite3.connect(monitoring.db_path())
+    total = db.execute("SELECT v FROM totals").fetchone()[0]
+    db.close()
+    assert total == sum(r["size"] for r in rows) <= cap_mb * 2**20
+    assert 10 < len(rows) < 60
+    kept = [int(r["prompt"].split()[1]) for r in rows]  # prompts are stored with --log-prompts
+    assert kept == list(range(60 - len(rows), 60))  # the newest, in order
+
+
+def test_bad_monitor_options_are_one_line(cli, gguf_file, workspace):
+    done = cli("monitor", "--since", "last tuesday")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--since 'last tuesday'" in done.stderr
+    done = cli("serve", str(gguf_file), "--monitor-max-mb", "0", "--port", "0")
+    assert done.returncode == 2 and "--monitor-max-mb 0" in done.stderr
+    assert not (workspace / "monitor.db").exists()
