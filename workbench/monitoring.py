@@ -25,8 +25,8 @@ import re
 import sqlite3
 import time
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,11 @@ MIN_DRIFT_SAMPLES = 10
 DRIFT_WINDOW = 200
 #: Training rows profiled per dataset.
 MAX_REFERENCE_ROWS = 20_000
+#: N-grams one input weighs at most in a pooled distribution: a longer input is scaled down, so
+#: one long prompt cannot outweigh a few dozen short ones.
+MAX_GRAMS_WEIGHT = 64
+#: Minutes of the request-rate timeline.
+TIMELINE_MINUTES = 30
 #: PSI bins of the n-gram distribution: the reference's most frequent buckets, plus the rest.
 NGRAM_BINS = 16
 LENGTH_BINS = 5
@@ -210,14 +215,23 @@ def figures(rows: list[dict[str, Any]], now: float) -> dict[str, Any]:
 
 @dataclass
 class Profile:
-    """Lengths and pooled hashed n-gram counts of a set of inputs."""
+    """Lengths and pooled hashed n-gram counts of a set of inputs (each weighing at most
+    MAX_GRAMS_WEIGHT n-grams)."""
 
     lengths: list[int] = field(default_factory=list)
-    ngrams: Counter[int] = field(default_factory=Counter)
+    ngrams: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
 
     def add(self, length: int, counts: Iterable[tuple[int, int]]) -> None:
         self.lengths.append(length)
+        counts = list(counts)
+        total = sum(n for _, n in counts)
+        weight = min(1.0, MAX_GRAMS_WEIGHT / total) if total else 0.0
         for bucket, n in counts:
+            self.ngrams[bucket] += n * weight
+
+    def merge(self, other: Profile) -> None:
+        self.lengths += other.lengths
+        for bucket, n in other.ngrams.items():
             self.ngrams[bucket] += n
 
 
@@ -260,11 +274,11 @@ def length_psi(reference: list[int], recent: list[int]) -> tuple[float, float]:
     return psi(binned(reference), binned(recent)), chance_psi(len(edges) + 1, len(reference), len(recent))
 
 
-def ngram_psi(reference: Counter[int], recent: Counter[int]) -> tuple[float, float]:
+def ngram_psi(reference: Mapping[int, float], recent: Mapping[int, float]) -> tuple[float, float]:
     """PSI over the reference's NGRAM_BINS most frequent buckets plus one bin for all others."""
-    top = [b for b, _ in reference.most_common(NGRAM_BINS)]
+    top = sorted(reference, key=lambda b: -reference[b])[:NGRAM_BINS]
 
-    def binned(counts: Counter[int]) -> list[float]:
+    def binned(counts: Mapping[int, float]) -> list[float]:
         inside = [float(counts.get(b, 0)) for b in top]
         return [*inside, float(sum(counts.values())) - sum(inside)]
 
@@ -356,8 +370,7 @@ def drift(model_ref: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not train.exists():
             continue
         prof = dataset_profile(train)
-        reference.lengths += prof.lengths
-        reference.ngrams.update(prof.ngrams)
+        reference.merge(prof)
         sources.append({"id": art.id, "name": art.name, "rows": len(prof.lengths)})
     if not reference.lengths:
         out["reason"] = f"no reference data: {why or 'its datasets hold no text rows'}"
@@ -385,7 +398,8 @@ def report(model: str | None = None, since: float | None = None, now: float | No
     since = now - 3600 if since is None else since
     db = open_log(path)
     if db is None:
-        return {"since": since, "models": [], "servers": [], "bytes": 0, "recorded": False}
+        return {"since": since, "models": [], "servers": [], "bytes": 0, "recorded": False,
+                "per_minute": [0] * TIMELINE_MINUTES}
     try:
         rows = recent_requests(db, since)
         known = servers(db)
@@ -401,7 +415,18 @@ def report(model: str | None = None, since: float | None = None, now: float | No
         models.append({"model": group[-1]["model"], "model_ref": ref, **figures(group, now),
                        "drift": drift(ref, group)})
     live = [s for s in known if s["stopped_at"] is None]
-    return {"since": since, "models": models, "servers": live, "bytes": size, "recorded": True}
+    return {"since": since, "models": models, "servers": live, "bytes": size, "recorded": True,
+            "per_minute": timeline(rows, now)}
+
+
+def timeline(rows: list[dict[str, Any]], now: float) -> list[int]:
+    """Requests in each of the last TIMELINE_MINUTES minutes, oldest first."""
+    counts = [0] * TIMELINE_MINUTES
+    for r in rows:
+        back = int((now - r["t"]) // 60)
+        if 0 <= back < TIMELINE_MINUTES:
+            counts[TIMELINE_MINUTES - 1 - back] += 1
+    return counts
 
 
 def _by_model(rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:

@@ -1,7 +1,7 @@
 """The terminal workbench: `workbench` with no command, or `workbench tui`.
 
 Five views, each a Textual mode with its own screen stack: Pipeline (1), Runs (2), Models (3),
-Chat (4) and Doctor (5). Views are imported when first opened, so the first frame only pays
+Chat (4) and Doctor (5); and the Monitor of `workbench serve` (6, or the command palette). Views are imported when first opened, so the first frame only pays
 for Textual and the pipeline. Every action is in the command palette (Ctrl+P).
 """
 
@@ -39,6 +39,7 @@ SCREENS = {
     "models": "workbench.tui.screens.models:ModelsScreen",
     "chat": "workbench.tui.screens.chat:ChatScreen",
     "doctor": "workbench.tui.screens.doctor:DoctorScreen",
+    "monitor": "workbench.tui.screens.monitor:MonitorScreen",
 }
 
 
@@ -73,6 +74,7 @@ class WorkbenchApp(App[None]):
         # The navigation bar names these keys; the footer keeps its room for the view's own.
         *(Binding(str(n), f"switch_mode('{mode}')", label, tooltip=f"Open the {label} view", show=False)
           for n, (mode, label) in enumerate(VIEWS, start=1)),
+        Binding("6", "switch_mode('monitor')", "Monitor", tooltip="Open the Monitor of `workbench serve`", show=False),
         Binding("ctrl+t", "toggle_theme", "Theme", tooltip="Switch between the light and dark theme"),
         Binding("question_mark,f1", "help", "Help", tooltip="List every key of this view"),
     ]
@@ -256,6 +258,8 @@ class WorkbenchApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for n, (mode, label) in enumerate(VIEWS, start=1):
             yield SystemCommand(f"Go to {label}", f"Open the {label} view (key {n})", partial(self.switch_mode, mode))
+        yield SystemCommand("Go to Monitor", "What `workbench serve` answers: rate, latency, errors, drift (key 6)",
+                            partial(self.switch_mode, "monitor"))
         yield SystemCommand("Help: keys of this view", "Every key of the view you are in (? or F1)",
                             partial(self.action_help, screen))
         yield SystemCommand("Toggle light/dark theme", "Switch between textual-light and textual-dark (Ctrl+T)",
