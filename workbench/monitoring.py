@@ -208,8 +208,8 @@ def figures(rows: list[dict[str, Any]], now: float) -> dict[str, Any]:
         "tokens_in": sum(r["tokens_in"] or 0 for r in gen),
         "tokens_out": sum(r["tokens_out"] or 0 for r in gen),
         "tokens_per_s": sum(r["tokens_out"] or 0 for r in gen) / busy if busy > 0 else None,
-        "first_t": rows[0]["t"] if rows else None,
-        "last_t": rows[-1]["t"] if rows else None,
+        "first_t": min((r["t"] for r in rows), default=None),
+        "last_t": max((r["t"] for r in rows), default=None),
     }
 
 
@@ -339,8 +339,8 @@ def find_artifact(store: Any, model_ref: str) -> Any | None:
 
 
 def reference_datasets(model_ref: str) -> tuple[list[Any], str]:
-    """The dataset artifacts the served model was trained on (the nearest in its lineage), or
-    ([], why there are none)."""
+    """The dataset artifacts the served model was trained on: the nearest ones in its lineage
+    (a finetuned model's data, not its base model's pretraining data), or ([], why none)."""
     from workbench.store import Store
 
     if not locations.db_path().exists():
@@ -350,13 +350,25 @@ def reference_datasets(model_ref: str) -> tuple[list[Any], str]:
         art = find_artifact(store, model_ref)
         if art is None:
             return [], "the served model is not a workspace artifact, so its training data is unknown"
-        found = [(depth, a) for depth, a, _ in store.lineage(art.id) if a.kind == "dataset"]
+        # Breadth first: a parent reached by two paths counts at the shorter one.
+        seen, frontier = {art.id}, list(art.parents)
+        while frontier:
+            found, following = [], []
+            for parent_id in frontier:
+                try:
+                    parent = store.find_artifact(parent_id)
+                except UserError:  # removed since
+                    continue
+                if parent.kind == "dataset":
+                    found.append(parent)
+                following += [p for p in parent.parents if p not in seen]
+                seen.update(parent.parents)
+            if found:
+                return found, ""
+            frontier = following
     finally:
         store.close()
-    if not found:
-        return [], f"no dataset in the lineage of {art.id}"
-    nearest = min(depth for depth, _ in found)
-    return [a for depth, a in found if depth == nearest], ""
+    return [], f"no dataset in the lineage of {art.id}"
 
 
 def drift(model_ref: str, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -168,24 +168,35 @@ def shifted_question(rng: random.Random) -> str:
 
 
 def register_lineage(gguf_file: Path) -> str:
-    """instruction dataset → finetuned model → GGUF, as the stages register them; the GGUF's id."""
+    """web text → base model; LoRA on kitchen questions → merged model → GGUF, with the parents the
+    stages give them; the GGUF's id."""
     from workbench.context import Context
     from workbench.store import Store
 
+    def dataset(name: str, kind: str, rows: list[dict[str, Any]]) -> str:
+        staged = ctx.staging_dir("dataset")
+        (staged / "card.json").write_text(json.dumps({"type": kind}))
+        (staged / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return ctx.register("dataset", staged, name=name).id
+
+    def model(name: str, parents: list[str]) -> str:
+        staged = ctx.staging_dir("model")
+        (staged / "model_config.yaml").write_text("name: tiny\n")
+        return ctx.register("model", staged, name=name, parents=parents).id
+
     rng = random.Random(1)
     ctx = Context(Store())
-    data = ctx.staging_dir("dataset")
-    (data / "card.json").write_text(json.dumps({"type": "instruction"}))
-    (data / "train.jsonl").write_text("".join(json.dumps({"messages": [
+    web = dataset("web-text", "pretrain", [{"text": shifted_question(rng)} for _ in range(100)])
+    base = model("tiny-base", [web])
+    data = dataset("kitchen-questions", "instruction", [{"messages": [
         {"role": "user", "content": kitchen_question(rng)},
-        {"role": "assistant", "content": "About an hour, with bread."}]}) + "\n" for _ in range(300)))
-    dataset = ctx.register("dataset", data, name="kitchen-questions")
-    model = ctx.staging_dir("model")
-    (model / "model_config.yaml").write_text("name: tiny\n")
-    model_art = ctx.register("model", model, name="tiny-kitchen", parents=[dataset.id])
+        {"role": "assistant", "content": "About an hour, with bread."}]} for _ in range(300)])
+    adapter = ctx.register("adapter", ctx.staging_dir("adapter"), name="tiny-kitchen-adapter",
+                           parents=[base, data]).id
+    merged = model("tiny-kitchen", [base, adapter, data])
     export = ctx.staging_dir("gguf")
     shutil.copy(gguf_file, export / "tiny-kitchen-f16.gguf")
-    return ctx.register("gguf", export, name="tiny-kitchen-f16", parents=[model_art.id]).id
+    return ctx.register("gguf", export, name="tiny-kitchen-f16", parents=[merged]).id
 
 
 def test_drift_rises_when_requests_move_away_from_the_training_data(gguf_file, cli):
@@ -241,7 +252,8 @@ def test_the_size_cap_drops_the_oldest_requests(gguf_file, workspace):
     assert total == sum(r["size"] for r in rows) <= cap_mb * 2**20
     assert 10 < len(rows) < 60
     kept = [int(r["prompt"].split()[1]) for r in rows]  # prompts are stored with --log-prompts
-    assert kept == list(range(60 - len(rows), 60))  # the newest, in order
+    # The newest (a request is logged when its reply is sent, so neighbours may swap places).
+    assert sorted(kept) == list(range(60 - len(rows), 60))
 
 
 def test_bad_monitor_options_are_one_line(cli, gguf_file, workspace):
