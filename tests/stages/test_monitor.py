@@ -262,3 +262,36 @@ def test_bad_monitor_options_are_one_line(cli, gguf_file, workspace):
     done = cli("serve", str(gguf_file), "--monitor-max-mb", "0", "--port", "0")
     assert done.returncode == 2 and "--monitor-max-mb 0" in done.stderr
     assert not (workspace / "monitor.db").exists()
+
+
+def test_follow_reports_new_requests_as_they_are_recorded(workspace):
+    """`monitor --follow --json` prints a report per refresh; the server's own recorder writes
+    in between (no model needed: only the log is read)."""
+    from workbench_chat.monitor import Recorder
+
+    recorder = Recorder()
+    recorder.start("http://127.0.0.1:9/v1", "tiny", "/models/tiny.gguf")
+
+    def answered(n: int) -> None:
+        for _ in range(n):
+            rec = recorder.begin("POST", "/v1/completions")
+            rec.status, rec.text, rec.tokens_in, rec.tokens_out = 200, "once upon a time", 5, 3
+            recorder.finish(rec)
+
+    answered(3)
+    follow = subprocess.Popen([sys.executable, "-m", "workbench.cli", "monitor", "--follow", "--json",
+                               "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        seen = [json.loads(follow.stdout.readline())["models"][0]["requests"]]
+        assert seen[0] == 3
+        answered(4)
+        deadline = time.monotonic() + 30
+        while seen[-1] != 7 and time.monotonic() < deadline:
+            seen.append(json.loads(follow.stdout.readline())["models"][0]["requests"])
+        assert seen[-1] == 7
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=30) == 0
+    finally:
+        follow.kill()
+        recorder.close()
