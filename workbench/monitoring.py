@@ -351,7 +351,7 @@ def reference_datasets(model_ref: str) -> tuple[list[Any], str]:
         if art is None:
             return [], "the served model is not a workspace artifact, so its training data is unknown"
         # Breadth first: a parent reached by two paths counts at the shorter one.
-        seen, frontier = {art.id}, list(art.parents)
+        seen, frontier = {art.id, *art.parents}, list(dict.fromkeys(art.parents))
         while frontier:
             found, following = [], []
             for parent_id in frontier:
