@@ -295,3 +295,23 @@ def test_follow_reports_new_requests_as_they_are_recorded(workspace):
     finally:
         follow.kill()
         recorder.close()
+
+
+def test_a_request_still_coming_in_at_sigterm_is_recorded_as_stopped(gguf_file):
+    import socket
+
+    server = Served(str(gguf_file))
+    body = json.dumps(chat("hello")).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        # Half a body: the server is still reading this request when it is told to stop.
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (server.port, len(body))
+                     + body[:10])
+        assert server.post("/chat/completions", chat("a whole one"))[0] == 200
+        time.sleep(0.2)
+        err = server.terminate()
+    assert "stopped" in err
+    rows = log_rows()
+    assert [(r["endpoint"], r["status"], r["error"]) for r in rows] == [
+        ("/v1/chat/completions", 200, None), ("/v1/chat/completions", None, "server_stopped")]
+    assert rows[1]["latency_s"] > 2.0  # it was given the grace period to finish
