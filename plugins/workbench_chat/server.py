@@ -576,7 +576,8 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
     url = f"http://{shown}:{server.server_port}/v1"
     if server.recorder:
         server.recorder.start(url, server.model_name, engine.model.ref)
-    previous = signal.signal(signal.SIGTERM, _stop)
+    main = threading.current_thread() is threading.main_thread()  # only it can take signals
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None
     sys.stdout.write(f"serving {server.model_name} ({engine.backend}, context {engine.n_ctx} tokens) at {url}\n")
     sys.stdout.flush()
     try:
@@ -584,7 +585,8 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
     except (KeyboardInterrupt, Stopped):
         sys.stderr.write("stopped\n")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         server.server_close()
         if server.recorder:
             server.recorder.close()
