@@ -13,7 +13,7 @@ Two finer figures separate the recorder's own cost from the noise of a shared ma
 request handler spends handing a record over (`begin` + `finish`, the only work it adds to a
 request), and how many records per second the writer thread profiles and stores.
 
-    python benchmarks/bench_monitor.py [--requests 40 --tokens 32 --threads 1]
+    python benchmarks/bench_monitor.py [--requests 150 --tokens 32 --threads 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DEFAULTS = {"requests": 40, "tokens": 32, "threads": 1}
+DEFAULTS = {"requests": 150, "tokens": 32, "threads": 1}
 
 
 def serve(model: Path, home: Path, threads: int, *extra: str) -> tuple[subprocess.Popen[str], int]:

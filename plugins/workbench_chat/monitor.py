@@ -66,8 +66,7 @@ class Recorder:
         self.server_id = f"serve-{os.getpid()}-{secrets.token_hex(3)}"
         self.queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
-        self.open: set[int] = set()  # ids of Records being answered
-        self.pending: dict[int, Record] = {}
+        self.pending: dict[int, Record] = {}  # being answered, by id()
         self.closed = False
         self.failed: str | None = None
         # Opened here, so a workspace that cannot hold the log fails before the model loads.
@@ -80,9 +79,13 @@ class Recorder:
 
     def start(self, url: str, model: str, model_ref: str) -> None:
         self.model, self.model_ref = model, model_ref
-        self.db.execute("INSERT INTO servers VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-                        (self.server_id, model, model_ref, url, os.getpid(), time.time(),
-                         int(self.log_prompts), self.max_bytes))
+        try:
+            self.db.execute("INSERT INTO servers VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                            (self.server_id, model, model_ref, url, os.getpid(), time.time(),
+                             int(self.log_prompts), self.max_bytes))
+        except sqlite3.Error as exc:
+            raise UserError(f"cannot write the request log {self.path}: {exc}; "
+                            "--no-monitor serves without recording") from None
         self.thread.start()
 
     # the request side: no I/O -------------------------------------------------------------------
@@ -121,7 +124,7 @@ class Recorder:
         self.queue.put(None)
         if self.thread.is_alive():
             self.thread.join(timeout=30)
-        else:  # never started: nothing was queued but the stopped ones
+        else:  # never started (the model failed to load): write what was queued from here
             self._write_loop()
         try:
             self.db.execute("UPDATE servers SET stopped_at = ? WHERE id = ?", (time.time(), self.server_id))
