@@ -411,6 +411,7 @@ def report(model: str | None = None, since: float | None = None, now: float | No
     """Per served model: its figures over the window and its drift; the servers and the log's size."""
     now = time.time() if now is None else now
     since = now - 3600 if since is None else since
+    path = path or db_path()
     db = open_log(path)
     if db is None:
         return {"since": since, "models": [], "servers": [], "bytes": 0, "recorded": False,
@@ -419,6 +420,9 @@ def report(model: str | None = None, since: float | None = None, now: float | No
         rows = recent_requests(db, since)
         known = servers(db)
         size = payload_bytes(db)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"the request log {path} cannot be read ({exc}); move it away and "
+                        "`workbench serve` starts a new one") from None
     finally:
         db.close()
     if model is not None:

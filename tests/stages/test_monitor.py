@@ -263,6 +263,15 @@ def test_bad_monitor_options_are_one_line(cli, gguf_file, workspace):
     assert done.returncode == 2 and "--monitor-max-mb 0" in done.stderr
     assert not (workspace / "monitor.db").exists()
 
+    (workspace / "monitor.db").write_text("not a database")
+    done = cli("monitor")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"the request log {workspace / 'monitor.db'} cannot be read" in done.stderr
+    done = cli("serve", str(gguf_file), "--port", "0")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"cannot open the request log {workspace / 'monitor.db'}" in done.stderr
+    assert (workspace / "monitor.db").read_text() == "not a database"  # nothing overwritten
+
 
 def test_follow_reports_new_requests_as_they_are_recorded(workspace):
     """`monitor --follow --json` prints a report per refresh; the server's own recorder writes
