@@ -26,7 +26,7 @@ import sqlite3
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS requests (
     words INTEGER, ngrams TEXT, prompt TEXT, size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_t ON requests(t);
+CREATE INDEX IF NOT EXISTS requests_model_t ON requests(model_ref, t);
 CREATE TABLE IF NOT EXISTS totals (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 INSERT OR IGNORE INTO totals VALUES ('bytes', 0);
 CREATE TRIGGER IF NOT EXISTS requests_added AFTER INSERT ON requests
@@ -163,9 +164,11 @@ def parse_since(value: str, now: float | None = None) -> float:
                         "or a date such as 2026-01-31T09:00") from None
 
 
-def recent_requests(db: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
-    rows = db.execute("SELECT * FROM requests WHERE t >= ? ORDER BY id", (since,)).fetchall()
-    return [dict(r) for r in rows]
+def recent_profiles(db: sqlite3.Connection, model_ref: str, since: float) -> list[tuple[int, str]]:
+    """(length, hashed n-grams) of a model's last DRIFT_WINDOW requests with text, oldest first."""
+    rows = db.execute("SELECT words, ngrams FROM requests WHERE model_ref = ? AND t >= ? AND words IS NOT NULL"
+                      " ORDER BY id DESC LIMIT ?", (model_ref, since, DRIFT_WINDOW)).fetchall()
+    return [(r[0], r[1]) for r in reversed(rows)]
 
 
 def servers(db: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -185,32 +188,80 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def figures(rows: list[dict[str, Any]], now: float) -> dict[str, Any]:
-    """Rate, latency, time to first token, errors and tokens/s of a set of requests."""
-    gen = [r for r in rows if r["tokens_out"] is not None]
-    errors = [r for r in rows if r["error"] or (r["status"] or 0) >= 400]
-    busy = sum(r["latency_s"] or 0.0 for r in gen)
-    kinds = Counter(f"{r['status'] or '-'} {r['error'] or ''}".strip() for r in errors)
-    latency = [r["latency_s"] for r in rows if r["latency_s"] is not None]
-    ttft = [r["ttft_s"] for r in gen if r["ttft_s"] is not None]
-    return {
-        "requests": len(rows),
-        "per_min": sum(1 for r in rows if r["t"] >= now - 60),
-        "generations": len(gen),
-        "streamed": sum(1 for r in gen if r["stream"]),
-        "errors": len(errors),
-        "error_rate": len(errors) / len(rows) if rows else None,
-        "error_kinds": dict(kinds.most_common()),
-        "latency_p50_s": percentile(latency, 50),
-        "latency_p95_s": percentile(latency, 95),
-        "ttft_p50_s": percentile(ttft, 50),
-        "ttft_p95_s": percentile(ttft, 95),
-        "tokens_in": sum(r["tokens_in"] or 0 for r in gen),
-        "tokens_out": sum(r["tokens_out"] or 0 for r in gen),
-        "tokens_per_s": sum(r["tokens_out"] or 0 for r in gen) / busy if busy > 0 else None,
-        "first_t": min((r["t"] for r in rows), default=None),
-        "last_t": max((r["t"] for r in rows), default=None),
-    }
+#: Counts and sums per served model, in one pass over the window (SQLite does the work: a
+#: day of a busy server's log is tens of thousands of rows, and the TUI asks every two seconds).
+GROUP_SQL = """
+SELECT model_ref, COUNT(*) AS requests, TOTAL(t >= :minute) AS per_min,
+    TOTAL(tokens_out IS NOT NULL) AS generations, TOTAL(stream AND tokens_out IS NOT NULL) AS streamed,
+    TOTAL(error IS NOT NULL OR status >= 400) AS errors,
+    TOTAL(CASE WHEN tokens_out IS NOT NULL THEN tokens_in END) AS tokens_in, TOTAL(tokens_out) AS tokens_out,
+    TOTAL(CASE WHEN tokens_out IS NOT NULL THEN latency_s END) AS busy,
+    TOTAL(latency_s IS NOT NULL) AS n_latency, TOTAL(tokens_out IS NOT NULL AND ttft_s IS NOT NULL) AS n_ttft,
+    MIN(t) AS first_t, MAX(t) AS last_t, MAX(id) AS last_id
+FROM requests WHERE t >= :since AND {only} GROUP BY model_ref ORDER BY last_t DESC
+"""
+
+
+def model_figures(db: sqlite3.Connection, since: float, now: float, only: str = "1",
+                  args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rate, latency, time to first token, errors and tokens/s of each model's requests since
+    `since`; `only` is an SQL condition on the rows (with its `args`)."""
+    args = {**(args or {}), "since": since, "minute": now - 60}
+    out = []
+    for g in db.execute(GROUP_SQL.format(only=only), args).fetchall():
+        ref = g["model_ref"]
+        mine = {"ref": ref, "since": since}
+        kinds = db.execute("SELECT status, error, COUNT(*) FROM requests WHERE model_ref = :ref AND t >= :since"
+                           " AND (error IS NOT NULL OR status >= 400) GROUP BY status, error ORDER BY COUNT(*) DESC",
+                           mine).fetchall()
+        latency = {q: _nearest_rank(db, "latency_s", mine, g["n_latency"], q) for q in (50, 95)}
+        ttft = {q: _nearest_rank(db, "ttft_s", mine, g["n_ttft"], q, generations=True) for q in (50, 95)}
+        requests, errors = g["requests"], int(g["errors"])
+        out.append({
+            "model": db.execute("SELECT model FROM requests WHERE id = ?", (g["last_id"],)).fetchone()[0],
+            "model_ref": ref,
+            "requests": requests,
+            "per_min": int(g["per_min"]),
+            "generations": int(g["generations"]),
+            "streamed": int(g["streamed"]),
+            "errors": errors,
+            "error_rate": errors / requests,
+            "error_kinds": {f"{status or '-'} {error or ''}".strip(): n for status, error, n in kinds},
+            "latency_p50_s": latency[50],
+            "latency_p95_s": latency[95],
+            "ttft_p50_s": ttft[50],
+            "ttft_p95_s": ttft[95],
+            "tokens_in": int(g["tokens_in"]),
+            "tokens_out": int(g["tokens_out"]),
+            "tokens_per_s": g["tokens_out"] / g["busy"] if g["busy"] > 0 else None,
+            "first_t": g["first_t"],
+            "last_t": g["last_t"],
+        })
+    return out
+
+
+def _nearest_rank(db: sqlite3.Connection, column: str, mine: dict[str, Any], n: float, q: float, *,
+                  generations: bool = False) -> float | None:
+    """The nearest-rank q-th percentile of a column over one model's `n` non-null values."""
+    if not n:
+        return None
+    only = " AND tokens_out IS NOT NULL" if generations else ""
+    row = db.execute(f"SELECT {column} FROM requests WHERE model_ref = :ref AND t >= :since{only}"
+                     f" AND {column} IS NOT NULL ORDER BY {column} LIMIT 1 OFFSET :k",
+                     {**mine, "k": max(0, math.ceil(q / 100 * n) - 1)}).fetchone()
+    return row[0] if row else None
+
+
+def timeline(db: sqlite3.Connection, now: float, only: str = "1", args: dict[str, Any] | None = None) -> list[int]:
+    """Requests in each of the last TIMELINE_MINUTES minutes, oldest first."""
+    counts = [0] * TIMELINE_MINUTES
+    rows = db.execute(f"SELECT CAST((:now - t) / 60 AS INTEGER) AS back, COUNT(*) FROM requests "
+                      f"WHERE t > :start AND {only} GROUP BY back",
+                      {**(args or {}), "now": now, "start": now - 60 * TIMELINE_MINUTES})
+    for back, n in rows:
+        if 0 <= back < TIMELINE_MINUTES:
+            counts[TIMELINE_MINUTES - 1 - back] += n
+    return counts
 
 
 # drift -----------------------------------------------------------------------------------------
@@ -371,11 +422,11 @@ def reference_datasets(model_ref: str) -> tuple[list[Any], str]:
     return [], f"no dataset in the lineage of {art.id}"
 
 
-def drift(model_ref: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Recent requests of one model against its training data."""
+def drift(model_ref: str, samples: list[tuple[int, str]]) -> dict[str, Any]:
+    """Recent requests of one model (from `recent_profiles`) against its training data."""
     recent = Profile()
-    for r in [r for r in rows if r["words"] is not None and r["ngrams"]][-DRIFT_WINDOW:]:
-        recent.add(r["words"], json.loads(r["ngrams"]))
+    for length, ngrams in samples:
+        recent.add(length, json.loads(ngrams))
     out: dict[str, Any] = {"samples": len(recent.lengths), "reference": None, "reason": ""}
     datasets, why = reference_datasets(model_ref)
     reference = Profile()
@@ -416,8 +467,16 @@ def report(model: str | None = None, since: float | None = None, now: float | No
     if db is None:
         return {"since": since, "models": [], "servers": [], "bytes": 0, "recorded": False,
                 "per_minute": [0] * TIMELINE_MINUTES}
+    only, args = "1", {}
+    if model is not None:
+        refs = sorted({model, *(_artifact_id(model) or ())})
+        args = {f"r{i}": ref for i, ref in enumerate(refs)}
+        names = ", ".join(f":{k}" for k in args)
+        only = f"(model IN ({names}) OR model_ref IN ({names}))"
     try:
-        rows = recent_requests(db, since)
+        models = model_figures(db, since, now, only, args)
+        samples = {m["model_ref"]: recent_profiles(db, m["model_ref"], since) for m in models}
+        per_minute = timeline(db, now, only, args)
         known = servers(db)
         size = payload_bytes(db)
     except sqlite3.DatabaseError as exc:
@@ -426,33 +485,12 @@ def report(model: str | None = None, since: float | None = None, now: float | No
     finally:
         db.close()
     if model is not None:
-        refs = {model, *(_artifact_id(model) or ())}
-        rows = [r for r in rows if r["model"] in refs or r["model_ref"] in refs]
         known = [s for s in known if s["model"] in refs or s["model_ref"] in refs]
-    models = []
-    for ref, group in _by_model(rows):
-        models.append({"model": group[-1]["model"], "model_ref": ref, **figures(group, now),
-                       "drift": drift(ref, group)})
+    for m in models:
+        m["drift"] = drift(m["model_ref"], samples[m["model_ref"]])
     live = [s for s in known if s["stopped_at"] is None]
     return {"since": since, "models": models, "servers": live, "bytes": size, "recorded": True,
-            "per_minute": timeline(rows, now)}
-
-
-def timeline(rows: list[dict[str, Any]], now: float) -> list[int]:
-    """Requests in each of the last TIMELINE_MINUTES minutes, oldest first."""
-    counts = [0] * TIMELINE_MINUTES
-    for r in rows:
-        back = int((now - r["t"]) // 60)
-        if 0 <= back < TIMELINE_MINUTES:
-            counts[TIMELINE_MINUTES - 1 - back] += 1
-    return counts
-
-
-def _by_model(rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(r["model_ref"], []).append(r)
-    yield from sorted(groups.items(), key=lambda kv: -kv[1][-1]["t"])
+            "per_minute": per_minute}
 
 
 def _artifact_id(ref: str) -> tuple[str, ...] | None:

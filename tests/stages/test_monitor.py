@@ -66,7 +66,12 @@ class Served:
 
     def terminate(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=30)
+        try:
+            _, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            raise AssertionError(f"the server did not stop within 60 s of SIGTERM; stderr:\n{err[-3000:]}") from None
         assert self.proc.returncode == 0, err
         return err
 
