@@ -55,6 +55,12 @@ class Record:
         if self.ttft_s is None:
             self.ttft_s = time.perf_counter() - self.start
 
+    def answered(self) -> None:
+        """The reply's last byte is written: the latency ends here, whenever the handler hands
+        the record over."""
+        if self.latency_s is None:
+            self.latency_s = time.perf_counter() - self.start
+
 
 class Recorder:
     def __init__(self, *, model: str = "", model_ref: str = "", log_prompts: bool = False,
@@ -118,8 +124,9 @@ class Recorder:
             left = list(self.pending.values())
             self.pending.clear()
         for rec in left:
-            rec.error = rec.error or "server_stopped"
-            rec.latency_s = time.perf_counter() - rec.start
+            if rec.latency_s is None:  # still being answered; one that was answered is kept as it is
+                rec.error = rec.error or "server_stopped"
+                rec.latency_s = time.perf_counter() - rec.start
             self.queue.put(rec)
         self.queue.put(None)
         if self.thread.is_alive():

@@ -345,6 +345,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Access-Control-Allow-Private-Network", "true")
         self.send_header("Content-Length", "0")
         self.end_headers()
+        if self.rec:
+            self.rec.answered()
 
     def send_response(self, code: int, message: str | None = None) -> None:
         if self.rec and self.rec.status is None:
@@ -449,6 +451,8 @@ class Handler(BaseHTTPRequestHandler):
             if include_usage:
                 self._sse({**ident, "object": obj, "choices": [], "usage": usage}, gone)
             self._sse_raw(b"data: [DONE]\n\n", gone)
+            if rec:
+                rec.answered()
             if rec and gone.is_set():
                 rec.error = "client_gone"
             return
@@ -503,6 +507,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
+        if self.rec:
+            self.rec.answered()
 
     def _sse(self, data: dict[str, Any], gone: threading.Event) -> None:
         self._sse_raw(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode(), gone)
