@@ -45,6 +45,7 @@ class Record:
     stream: bool = False
     latency_s: float | None = None
     ttft_s: float | None = None
+    began_s: float | None = None  # when generation began, after any wait for the engine
     tokens_in: int | None = None
     tokens_out: int | None = None
     finish: str | None = None

@@ -441,6 +441,9 @@ class Handler(BaseHTTPRequestHandler):
         if rec:
             rec.tokens_in, rec.tokens_out = stats.prompt_tokens, stats.tokens
             rec.finish, rec.cached = stats.finish_reason, stats.from_cache
+            if hit is None and stats.tokens and rec.began_s is not None:
+                # From the first sampled token, which may show no text (an end token at once).
+                rec.ttft_s = rec.began_s + stats.ttft_s
         finish = "length" if stats.finish_reason == "length" else "stop"
         usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.tokens,
                  "total_tokens": stats.prompt_tokens + stats.tokens}
@@ -524,7 +527,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _timed(pieces: Iterator[str], rec: Record) -> Iterator[str]:
-    """The pieces, noting when the first one came (the time to first token, queueing included)."""
+    """The pieces, noting when generation began (the engine runs the prompt when the first is
+    asked for) and when the first one came."""
+    rec.began_s = time.perf_counter() - rec.start
     for piece in pieces:
         rec.first_token()
         yield piece

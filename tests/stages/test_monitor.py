@@ -329,3 +329,20 @@ def test_a_request_still_coming_in_at_sigterm_is_recorded_as_stopped(gguf_file):
     assert [(r["endpoint"], r["status"], r["error"]) for r in rows] == [
         ("/v1/chat/completions", 200, None), ("/v1/chat/completions", None, "server_stopped")]
     assert rows[1]["latency_s"] > 2.0  # it was given the grace period to finish
+
+
+def test_time_to_first_token_counts_a_token_that_shows_no_text(gguf_file):
+    server = Served(str(gguf_file))
+    ask = {"prompt": "The quick brown", "max_tokens": 1, "temperature": 0}
+    try:
+        status, raw = server.post("/completions", ask)
+        first = json.loads(raw)["choices"][0]["text"]
+        assert status == 200 and first
+        # The same greedy token again, cut by a stop string: the reply is empty.
+        status, raw = server.post("/completions", {**ask, "stop": [first]})
+        assert status == 200 and json.loads(raw)["choices"][0]["text"] == ""
+    finally:
+        server.terminate()
+    rows = log_rows()
+    assert [r["tokens_out"] for r in rows] == [1, 1]
+    assert all(0 < r["ttft_s"] <= r["latency_s"] for r in rows)
