@@ -1,4 +1,4 @@
-"""`workbench chat` and `workbench serve`.
+"""`workbench chat`, `workbench serve` and `workbench monitor`.
 
 Only argparse is imported here: building the parsers stays instant, and the engines (llama_cpp,
 torch) load inside `main` when a model is opened.
@@ -38,7 +38,9 @@ Serve a model over an OpenAI-compatible HTTP API: /v1/models, /v1/chat/completio
 /v1/completions (both streaming with "stream": true). Binds to 127.0.0.1 by default, so only
 programs on this machine can reach it. Requests must name this server in Host, send JSON
 bodies as application/json, and come from no web page unless its origin is allowed
-(--allow-origin). Another --host needs an API key. See docs/chat.md.
+(--allow-origin). Another --host needs an API key. Every request is recorded in the workspace
+(time, latency, tokens, status; prompt text only with --log-prompts): `workbench monitor` shows
+the figures. See docs/chat.md.
 
 examples:
   workbench serve my-model-q4 --port 8080
@@ -214,27 +216,117 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the API, with CORS; "
                    "repeatable or comma-separated; '*' allows any page")
     _add_model_options(p)
+    m = p.add_argument_group("monitoring (see `workbench monitor`)")
+    m.add_argument("--log-prompts", action="store_true",
+                   help="Store each request's prompt text too (default: only its length and hashed word counts)")
+    m.add_argument("--monitor-max-mb", type=finite_float, default=None, metavar="MB",
+                   help="Cap on the request log; the oldest requests are dropped past it (default 64)")
+    m.add_argument("--no-monitor", action="store_true", help="Record nothing")
 
 
 def main_serve(args: argparse.Namespace) -> int:
+    from workbench.monitoring import DEFAULT_MAX_MB
     from workbench_chat.engine import open_engine, resolve_model
+    from workbench_chat.monitor import Recorder
     from workbench_chat.respcache import ResponseCache
     from workbench_chat.server import bind, check_api_key, parse_origins, serve
 
     key = args.api_key if args.api_key is not None else os.environ.get("WORKBENCH_API_KEY") or None
     check_api_key(key, args.host)
     origins = parse_origins(args.allow_origin)
+    max_mb = args.monitor_max_mb if args.monitor_max_mb is not None else DEFAULT_MAX_MB
+    if max_mb <= 0:
+        raise UserError(f"--monitor-max-mb {max_mb:g} leaves no room for the request log; give a size > 0, "
+                        "or --no-monitor to record nothing")
     model = resolve_model(args.model)
+    recorder = None if args.no_monitor else Recorder(log_prompts=args.log_prompts, max_mb=max_mb)
     server = bind(args.host, args.port, api_key=key, allow_origins=origins,
-                  response_cache=ResponseCache() if args.response_cache else None)
-    engine = open_engine(model, n_ctx=args.n_ctx, threads=args.threads, device=args.device)
+                  response_cache=ResponseCache() if args.response_cache else None, recorder=recorder)
+    try:
+        engine = open_engine(model, n_ctx=args.n_ctx, threads=args.threads, device=args.device)
+    except BaseException:
+        if recorder:
+            recorder.close()
+        raise
     try:
         return serve(server, engine, model_name=args.model_name)
     finally:
         engine.close()
 
 
+# ----------------------------------------------------------------------------------------------
+# monitor
+
+MONITOR_DESCRIPTION = """\
+What `workbench serve` answered: request rate, latency and time to first token (p50, p95),
+error rate, tokens/s, and input drift of recent requests against the model's training data
+(the datasets in its lineage): the length distribution and an n-gram population stability
+index (PSI; under 0.1 stable, 0.1-0.25 moderate, over 0.25 a large shift). One block per
+served model. See docs/chat.md, "Monitoring what serve answers".
+
+examples:
+  workbench monitor
+  workbench monitor my-model-q4 --since 15m
+  workbench monitor --follow
+  workbench monitor --since 2026-01-31T09:00 --json
+"""
+
+
+def configure_monitor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="Only this model: the name it was served under, or its artifact id or name")
+    p.add_argument("--since", default="1h", metavar="WHEN",
+                   help="Requests since a duration ago (30s, 15m, 2h, 7d) or a date/time (default 1h)")
+    p.add_argument("--follow", action="store_true",
+                   help="Refresh every few seconds until Ctrl-C (with --json: one JSON line each time)")
+    p.add_argument("--interval", type=finite_float, default=2.0, metavar="S", help="Seconds between refreshes")
+
+
+def main_monitor(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from workbench import monitoring
+
+    as_json = getattr(args, "json", False)
+    monitoring.parse_since(args.since)  # a bad value is one line before anything is read
+    if args.interval <= 0:
+        raise UserError(f"--interval {args.interval:g}: give a number of seconds > 0")
+
+    def current() -> dict[str, Any]:
+        return monitoring.report(args.model, since=monitoring.parse_since(args.since))
+
+    if not args.follow:
+        rep = current()
+        if as_json:
+            sys.stdout.write(json.dumps(rep, indent=2) + "\n")
+        else:
+            sys.stdout.write("\n".join(monitoring.lines(rep)) + "\n")
+        return 0
+    try:
+        if as_json or not sys.stdout.isatty():
+            while True:
+                rep = current()
+                if as_json:
+                    sys.stdout.write(json.dumps(rep) + "\n")
+                else:
+                    sys.stdout.write("\n".join([time.strftime("-- %H:%M:%S"), *monitoring.lines(rep)]) + "\n\n")
+                sys.stdout.flush()
+                time.sleep(args.interval)
+        from rich.live import Live
+        from rich.text import Text
+
+        with Live(auto_refresh=False) as live:
+            while True:
+                live.update(Text("\n".join(monitoring.lines(current()))), refresh=True)
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
 chat = Command("chat", "Chat with a GGUF build or LitGPT checkpoint, offline; list, resume, export conversations",
                configure_chat, main_chat, description=CHAT_DESCRIPTION)
 serve = Command("serve", "Serve a model over an OpenAI-compatible HTTP API on 127.0.0.1",
                 configure_serve, main_serve, description=SERVE_DESCRIPTION)
+monitor = Command("monitor", "What serve answered: rate, latency, errors, tokens/s and input drift",
+                  configure_monitor, main_monitor, description=MONITOR_DESCRIPTION)

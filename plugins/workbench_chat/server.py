@@ -17,6 +17,9 @@ gate before it is routed: its body is read whole (or refused, and the connection
 cannot be), its Host must name this server (DNS rebinding), its Origin, if any, must be one the
 user allowed, its key must match, and a POST body must be declared JSON (a cross-site form or
 text/plain post cannot be).
+
+Every request is recorded (see `workbench_chat.monitor`): the handler fills a record as it goes
+and hands it over when the reply is sent; a writer thread stores it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import ipaddress
 import json
 import re
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -39,6 +43,7 @@ from urllib.parse import urlsplit
 from workbench.errors import UserError
 from workbench.prompts import TemplateFailed, TemplateRefused
 from workbench_chat.engine import Engine, Sampling, Stats
+from workbench_chat.monitor import Record, Recorder
 from workbench_chat.respcache import ResponseCache, cache_key
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -111,7 +116,7 @@ class ChatServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], engine: Engine | None, *, model_name: str,
                  api_key: str | None = None, allow_origins: frozenset[str] = frozenset(),
-                 response_cache: ResponseCache | None = None):
+                 response_cache: ResponseCache | None = None, recorder: Recorder | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
         self.engine: Engine = engine  # type: ignore[assignment] - set by serve() once loaded
@@ -121,6 +126,7 @@ class ChatServer(ThreadingHTTPServer):
         self.allow_origins = allow_origins
         self.bound_host = address[0].strip("[]").lower()
         self.cache = response_cache
+        self.recorder = recorder
         self.lock = threading.Lock()
         self.created = int(time.time())
 
@@ -188,6 +194,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "workbench-serve"
     cors_origin: str | None = None  # the allowed Origin of the current request, echoed back
     body = b""
+    rec: Record | None = None  # what the monitor learns about the current request
 
     # routing --------------------------------------------------------------------------------
 
@@ -208,6 +215,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, routes: dict[str, Any]) -> None:
         path = urlsplit(self.path).path.rstrip("/")
+        recorder = self.server.recorder
+        self.rec = rec = recorder.begin(self.command, path[:200]) if recorder else None
         try:
             self.body = self._read_body()
             self._check_host()
@@ -227,14 +236,23 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, f"no route {self.command} {path}", code="not_found")
             handler()
         except ApiError as exc:
+            if rec:
+                rec.error = exc.code or exc.body()["error"]["type"]
             self._send_json(exc.status, exc.body(), close=exc.close)
             if exc.close:
                 self._linger()
         except (BrokenPipeError, ConnectionResetError):
+            if rec:
+                rec.error = "client_gone"
             self.close_connection = True
         except Exception as exc:  # one failed request must not take the server down
+            if rec:
+                rec.error = type(exc).__name__
             self.log_error("failed: %s: %s", type(exc).__name__, exc)
             self._send_json(500, ApiError(500, f"{type(exc).__name__}: {exc}").body())
+        finally:
+            if rec and recorder:
+                recorder.finish(rec)
 
     # the gate -------------------------------------------------------------------------------
 
@@ -327,6 +345,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Access-Control-Allow-Private-Network", "true")
         self.send_header("Content-Length", "0")
         self.end_headers()
+        if self.rec:
+            self.rec.answered()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self.rec and self.rec.status is None:
+            self.rec.status = code
+        super().send_response(code, message)
 
     def parse_request(self) -> bool:
         self.cors_origin = None  # a kept-open connection must not carry one request's origin to the next
@@ -362,6 +387,8 @@ class Handler(BaseHTTPRequestHandler):
     def _chat(self) -> None:
         body = self._read_json()
         messages = parse_messages(body.get("messages"))
+        if self.rec:
+            self.rec.text = "\n".join(m["content"] for m in messages)
         engine = self.server.engine
         sampling = parse_sampling(body)
         try:
@@ -379,12 +406,16 @@ class Handler(BaseHTTPRequestHandler):
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string", param="prompt")
+        if self.rec:
+            self.rec.text = prompt
         sampling = parse_sampling(body)
         self._generate(body, prompt, sampling, sampling.stop, chat=False)
 
     def _generate(self, body: dict[str, Any], prompt: str, sampling: Sampling, stop: list[str], *, chat: bool) -> None:
-        server, engine = self.server, self.server.engine
+        server, engine, rec = self.server, self.server.engine, self.rec
         stream = bool(body.get("stream"))
+        if rec:
+            rec.stream = stream
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         ident = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}", "created": int(time.time()),
                  "model": server.model_name}
@@ -401,10 +432,18 @@ class Handler(BaseHTTPRequestHandler):
                 pieces: Iterator[str] = iter([hit[0]])
             else:
                 pieces = engine.stream_text(prompt, sampling, stop, should_stop=gone.is_set)
+            if rec:
+                pieces = _timed(pieces, rec)
             text = self._stream(ident, pieces, chat=chat, gone=gone) if stream else "".join(pieces)
             stats = Stats(**{**hit[1], "from_cache": True}) if hit is not None else engine.last_stats
             if key and hit is None and server.cache is not None and stats.finish_reason != "interrupted":
                 server.cache.put(key, text, stats.to_json())
+        if rec:
+            rec.tokens_in, rec.tokens_out = stats.prompt_tokens, stats.tokens
+            rec.finish, rec.cached = stats.finish_reason, stats.from_cache
+            if hit is None and stats.tokens and rec.began_s is not None:
+                # From the first sampled token, which may show no text (an end token at once).
+                rec.ttft_s = rec.began_s + stats.ttft_s
         finish = "length" if stats.finish_reason == "length" else "stop"
         usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.tokens,
                  "total_tokens": stats.prompt_tokens + stats.tokens}
@@ -415,6 +454,10 @@ class Handler(BaseHTTPRequestHandler):
             if include_usage:
                 self._sse({**ident, "object": obj, "choices": [], "usage": usage}, gone)
             self._sse_raw(b"data: [DONE]\n\n", gone)
+            if rec:
+                rec.answered()
+            if rec and gone.is_set():
+                rec.error = "client_gone"
             return
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -467,6 +510,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
+        if self.rec:
+            self.rec.answered()
 
     def _sse(self, data: dict[str, Any], gone: threading.Event) -> None:
         self._sse_raw(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode(), gone)
@@ -479,6 +524,15 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             gone.set()
+
+
+def _timed(pieces: Iterator[str], rec: Record) -> Iterator[str]:
+    """The pieces, noting when generation began (the engine runs the prompt when the first is
+    asked for) and when the first one came."""
+    rec.began_s = time.perf_counter() - rec.start
+    for piece in pieces:
+        rec.first_token()
+        yield piece
 
 
 def _is_ip(name: str) -> bool:
@@ -499,14 +553,22 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(host: str, port: int, *, api_key: str | None = None, allow_origins: frozenset[str] = frozenset(),
-         response_cache: ResponseCache | None = None) -> ChatServer:
+         response_cache: ResponseCache | None = None, recorder: Recorder | None = None) -> ChatServer:
     """Listen before the model loads, so a busy port fails fast."""
     check_api_key(api_key, host)
     try:
         return ChatServer((host, port), None, model_name="", api_key=api_key, allow_origins=allow_origins,
-                          response_cache=response_cache)
+                          response_cache=response_cache, recorder=recorder)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+
+
+class Stopped(Exception):
+    """SIGTERM: leave the serving loop the way Ctrl-C does, so the request log is flushed."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped
 
 
 def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> int:
@@ -522,13 +584,21 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
     if "*" in server.allow_origins:
         sys.stderr.write("note: --allow-origin '*': any web page may send requests"
                          f"{' that carry the API key' if server.key_digest else ''}\n")
-    sys.stdout.write(f"serving {server.model_name} ({engine.backend}, context {engine.n_ctx} tokens) "
-                     f"at http://{shown}:{server.server_port}/v1\n")
+    url = f"http://{shown}:{server.server_port}/v1"
+    if server.recorder:
+        server.recorder.start(url, server.model_name, engine.model.ref)
+    main = threading.current_thread() is threading.main_thread()  # only it can take signals
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None
+    sys.stdout.write(f"serving {server.model_name} ({engine.backend}, context {engine.n_ctx} tokens) at {url}\n")
     sys.stdout.flush()
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         sys.stderr.write("stopped\n")
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         server.server_close()
+        if server.recorder:
+            server.recorder.close()
     return 0

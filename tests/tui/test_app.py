@@ -26,7 +26,7 @@ VISIT_EVERY_VIEW = textwrap.dedent("""
     async def main():
         app = WorkbenchApp(doctor_command=[sys.executable, "-c", "print('{}')"])
         async with app.run_test(size=(80, 24)) as pilot:
-            for key in "12345":
+            for key in "1234567":
                 await pilot.press(key)
                 await pilot.pause(0.3)
             while not any(e.loaded for e in app.catalog if e.name == "counter"):

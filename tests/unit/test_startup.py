@@ -26,7 +26,7 @@ sys.stderr.write("HEAVY=" + json.dumps([m for m in {heavy!r} if m in sys.modules
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["plugins"], ["runs", "ls"], ["models", "ls"], ["pretrain", "--help"],
-     ["data", "prepare", "--help"], ["export", "--help"], ["chat", "--help"], ["tui", "--help"]],
+     ["data", "prepare", "--help"], ["export", "--help"], ["chat", "--help"], ["tui", "--help"], ["monitor"]],
 )
 def test_light_commands_import_no_heavy_module(args, workspace):
     out = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)],

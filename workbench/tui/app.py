@@ -1,7 +1,8 @@
 """The terminal workbench: `workbench` with no command, or `workbench tui`.
 
 Six views, each a Textual mode with its own screen stack: Pipeline (1), Runs (2), Models (3),
-Chat (4), Doctor (5) and Arena (6). Views are imported when first opened, so the first frame only pays
+Chat (4), Doctor (5) and Arena (6); and the Monitor of `workbench serve` (7, or the command
+palette). Views are imported when first opened, so the first frame only pays
 for Textual and the pipeline. Every action is in the command palette (Ctrl+P).
 """
 
@@ -40,6 +41,7 @@ SCREENS = {
     "chat": "workbench.tui.screens.chat:ChatScreen",
     "doctor": "workbench.tui.screens.doctor:DoctorScreen",
     "arena": "workbench.tui.screens.arena:ArenaScreen",
+    "monitor": "workbench.tui.screens.monitor:MonitorScreen",
 }
 
 
@@ -74,6 +76,7 @@ class WorkbenchApp(App[None]):
         # The navigation bar names these keys; the footer keeps its room for the view's own.
         *(Binding(str(n), f"switch_mode('{mode}')", label, tooltip=f"Open the {label} view", show=False)
           for n, (mode, label) in enumerate(VIEWS, start=1)),
+        Binding("7", "switch_mode('monitor')", "Monitor", tooltip="Open the Monitor of `workbench serve`", show=False),
         Binding("ctrl+t", "toggle_theme", "Theme", tooltip="Switch between the light and dark theme"),
         Binding("question_mark,f1", "help", "Help", tooltip="List every key of this view"),
     ]
@@ -257,6 +260,8 @@ class WorkbenchApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for n, (mode, label) in enumerate(VIEWS, start=1):
             yield SystemCommand(f"Go to {label}", f"Open the {label} view (key {n})", partial(self.switch_mode, mode))
+        yield SystemCommand("Go to Monitor", "What `workbench serve` answers: rate, latency, errors, drift (key 7)",
+                            partial(self.switch_mode, "monitor"))
         yield SystemCommand("Help: keys of this view", "Every key of the view you are in (? or F1)",
                             partial(self.action_help, screen))
         yield SystemCommand("Toggle light/dark theme", "Switch between textual-light and textual-dark (Ctrl+T)",
