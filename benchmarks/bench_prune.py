@@ -3,7 +3,8 @@
 - speed: a model of a pretraining preset's shape (random weights, a 384-token byte-level BPE so
   the blocks, not the output head, hold the parameters) is pruned to 75% with each method, the
   source and the pruned model are written as F32 GGUF, quantized to Q4_K_M, and timed decoding
-  single tokens in llama.cpp (best of three runs, both on the same thread count);
+  single tokens in llama.cpp (best of three runs, both on the same thread count: one by
+  default, because on a shared machine a second thread waits for a busy core after every op);
 - cost: a micro model (4 blocks of width 64) is pretrained on the demo corpus by
   `workbench pretrain`, pruned to 75% by `workbench prune` without and with healing, and the
   held-out perplexity of each is set against the source's.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS: dict[str, Any] = {"preset": "small", "threads": 2, "heal_steps": 100, "decode_tokens": 128}
+DEFAULTS: dict[str, Any] = {"preset": "small", "threads": 1, "heal_steps": 100, "decode_tokens": 128}
 MICRO = """\
 n_layer: 4
 n_embd: 64
@@ -47,10 +48,10 @@ def _paths() -> None:
 def _random_model(out: Path, preset: str) -> Path:
     import torch
     from litgpt import GPT, Config
+    from workbench_pretrain.presets import PRESETS
 
     from tests.conftest import make_tokenizer
     from workbench.ml.checkpoint import save_model_dir
-    from workbench_pretrain.presets import PRESETS
 
     tok = make_tokenizer(out.parent / "tokenizer", vocab_size=384)
     vocab = len(json.loads((tok / "tokenizer.json").read_text())["model"]["vocab"]) + 4
@@ -67,11 +68,11 @@ def _random_model(out: Path, preset: str) -> Path:
 
 def _cut(src: Path, out: Path, method: list[str], target: float = 0.75) -> dict[str, Any]:
     import torch
-
-    from workbench.ml.checkpoint import load_model, save_model_dir
     from workbench_export.families import read_config
     from workbench_prune.plan import make_plan
     from workbench_prune.prune import choose, measure_importance, prune_state_dict
+
+    from workbench.ml.checkpoint import load_model, save_model_dir
 
     plan = make_plan(read_config(src), target, method)
     model = load_model(src)
@@ -100,13 +101,14 @@ def speed(preset: str, threads: int, decode_tokens: int) -> dict[str, Any]:
 
 
 def cost(heal_steps: int) -> dict[str, Any]:
+    from workbench_data.demo import pretrain_records
+
     from tests.conftest import make_tokenizer
     from workbench.context import Context
     from workbench.options import fields
     from workbench.stages import get_stage
     from workbench.store import Store
     from workbench.testing import run_inline
-    from workbench_data.demo import pretrain_records
 
     docs = [r.value for r in pretrain_records(seed=0, n_chars=160_000)]
     cut = len(docs) * 9 // 10

@@ -130,7 +130,10 @@ def prune(options: Options, ctx: Context) -> dict[str, Any]:
     }
     staged = ctx.staging_dir("model")
     try:
-        weights = state if state is not None else load_state_dict(pruned_dir)
+        weights = load_state_dict(pruned_dir)
+        if state is not None:  # healed in F32: stored in the dtype the source was stored in
+            dtype = next(iter(weights.values())).dtype
+            weights = {k: v.to(dtype) for k, v in state.items()}
         save_model_dir(staged, weights, config, tokenizer_dir=source.path,
                        meta={**read_meta(source.path), "base_model": source.id, "prune": prune_meta})
         ctx.log("measuring the source and the pruned model on held-out text"

@@ -63,12 +63,12 @@ def register_text(train: list[str], val: list[str], name: str = "corpus") -> str
     return ctx.register("dataset", staged, name=name).id
 
 
-def register_model(model_dir: Path, name: str = "trained") -> str:
+def register_model(model_dir: Path, name: str = "trained", parents: tuple[str, ...] = ()) -> str:
     ctx = Context(Store())
     staged = ctx.staging_dir("model")
     shutil.rmtree(staged)
     shutil.copytree(model_dir, staged)
-    return ctx.register("model", staged, name=name, metadata={"family": "llama"}).id
+    return ctx.register("model", staged, name=name, parents=parents, metadata={"family": "llama"}).id
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +253,14 @@ def test_cancel_and_resume_of_healing_ends_where_an_uninterrupted_run_ends(input
     assert [losses[s] for s in range(1, 41)] == pytest.approx(whole_losses, abs=1e-4)
     result = json.loads(resumed.stdout)["result"]
     assert result["perplexity"] == pytest.approx(whole.result["perplexity"], rel=1e-4)
+
+
+def test_calibration_defaults_to_the_text_the_model_was_trained_on(trained: Path, inputs: dict[str, str]) -> None:
+    model = register_model(trained, "with-lineage", parents=(inputs["calibration"],))
+    run = run_inline("prune", {"model": model, "target": 0.9, "heal": "none"})
+    pruned = Store().find_artifact(run.result["model"])
+    assert pruned.metadata["prune"]["calibration"] == inputs["calibration"]
+    assert set(pruned.parents) == {model, inputs["calibration"]}
 
 
 @pytest.mark.parametrize("target", ["0", "1.5", "nan", "-0.2"])
