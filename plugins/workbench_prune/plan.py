@@ -116,7 +116,7 @@ def channel_step(size: int) -> int:
 def make_plan(cfg: dict[str, Any], target: float, methods: list[str] | tuple[str, ...]) -> Plan:
     """The counts that bring the model closest to keeping `target` of its parameters.
 
-    Blocks alone remove as many blocks as it takes to reach the target. Mixed with width
+    Blocks alone remove the number of blocks closest to the target (at least one). Mixed with width
     methods, blocks take at most half of the parameters to remove (whole blocks only) and the
     width methods the rest. Heads go in whole KV groups, rounded down (attention is the more
     sensitive part and groups are coarse); channels fill the remainder in `channel_step` steps.
@@ -133,7 +133,8 @@ def make_plan(cfg: dict[str, Any], target: float, methods: list[str] | tuple[str
     blocks, capped = 0, False
     if "blocks" in methods:
         per_block = shape.block_params()
-        blocks = math.ceil(remove / per_block - 1e-9) if not width else math.floor(remove / 2 / per_block)
+        alone = max(1, round(remove / per_block)) if remove > 0 else 0
+        blocks = alone if not width else math.floor(remove / 2 / per_block)
         capped = blocks > shape.n_layer - 1
         blocks = min(blocks, shape.n_layer - 1)
     layers = shape.n_layer - blocks
