@@ -3,13 +3,14 @@
 - speed: a model of a pretraining preset's shape (random weights, a 384-token byte-level BPE so
   the blocks, not the output head, hold the parameters) is pruned to 75% with each method, the
   source and the pruned model are written as F32 GGUF, quantized to Q4_K_M, and timed decoding
-  single tokens in llama.cpp (best of three runs, both on the same thread count: one by
-  default, because on a shared machine a second thread waits for a busy core after every op);
+  single tokens in llama.cpp (the models in turns, best of five rounds, all on the same thread
+  count: one by default, because on a shared machine a second thread waits for a busy core
+  after every op);
 - cost: a micro model (4 blocks of width 64) is pretrained on the demo corpus by
   `workbench pretrain`, pruned to 75% by `workbench prune` without and with healing, and the
   held-out perplexity of each is set against the source's.
 
-    python benchmarks/bench_prune.py [--preset small] [--threads N] [--heal-steps 100]
+    python benchmarks/bench_prune.py [--preset 125M] [--threads N] [--heal-steps 100]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS: dict[str, Any] = {"preset": "small", "threads": 1, "heal_steps": 100, "decode_tokens": 128}
+DEFAULTS: dict[str, Any] = {"preset": "125M", "threads": 1, "heal_steps": 100, "decode_tokens": 128}
 #: (method, healing) pairs whose perplexity cost is measured on the micro model.
 CASES = (("channels,heads", "none"), ("channels,heads", "lora"), ("channels,heads", "full"),
          ("blocks", "none"), ("blocks", "full"))
@@ -90,16 +91,17 @@ def _cut(src: Path, out: Path, method: list[str], target: float = 0.75) -> dict[
 def speed(preset: str, threads: int, decode_tokens: int) -> dict[str, Any]:
     from workbench_prune.tradeoff import decode_speed
 
+    methods = {"channels,heads": ["channels", "heads"], "blocks": ["blocks"]}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src = _random_model(work / "source", preset)
+        plans = {label: _cut(src, work / label, method) for label, method in methods.items()}
         tokens = list(range(10, 10 + decode_tokens))
-        size, base = decode_speed(src, tokens, threads=threads, work_dir=work)
-        out: dict[str, Any] = {"preset": preset, "source": {"tokens_per_s": base, "q4_bytes": size}}
-        for label, method in (("channels,heads", ["channels", "heads"]), ("blocks", ["blocks"])):
-            plan = _cut(src, work / label, method)
-            size, tps = decode_speed(work / label, tokens, threads=threads, work_dir=work)
-            out[label] = {"tokens_per_s": tps, "q4_bytes": size, "plan": plan}
+        measured = decode_speed([src, *(work / label for label in methods)], tokens, threads=threads,
+                                rounds=5, work_dir=work)
+    out: dict[str, Any] = {"preset": preset, "source": {"q4_bytes": measured[0][0], "tokens_per_s": measured[0][1]}}
+    for (label, plan), (size, tps) in zip(plans.items(), measured[1:], strict=True):
+        out[label] = {"tokens_per_s": tps, "q4_bytes": size, "plan": plan}
     return out
 
 

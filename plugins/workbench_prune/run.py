@@ -33,7 +33,7 @@ from workbench_prune.heal import HealSettings, heal
 from workbench_prune.plan import Plan, make_plan
 from workbench_prune.prune import Removal, choose, measure_importance, prune_state_dict
 from workbench_prune.stage import Options, calibration_dataset, pretrain_dataset
-from workbench_prune.tradeoff import heldout_windows, measure, tradeoff_table
+from workbench_prune.tradeoff import heldout_windows, measure, measure_speed, tradeoff_table
 
 RECORD = "prune.json"
 
@@ -136,19 +136,15 @@ def prune(options: Options, ctx: Context) -> dict[str, Any]:
             weights = {k: v.to(dtype) for k, v in state.items()}
         save_model_dir(staged, weights, config, tokenizer_dir=source.path,
                        meta={**read_meta(source.path), "base_model": source.id, "prune": prune_meta})
-        ctx.log("measuring the source and the pruned model on held-out text"
-                + (" and in llama.cpp" if options.speed else ""))
-        kw = {"speed": options.speed, "work_dir": ctx.checkpoints_dir,
-              "progress": lambda what: ctx.log(f"measuring: {what}")}
-        if options.speed:
-            from workbench.hardware import free_cores
-
-            kw["threads"] = free_cores()
-        rows = [measure(f"source {source.name}", source.path, heldout, **kw)]
+        ctx.log("measuring the source and the pruned model on held-out text")
+        rows = [measure(f"source {source.name}", source.path, heldout)]
         if state is not None:
-            rows.append(measure("pruned, not healed", pruned_dir, heldout, **{**kw, "speed": False}))
+            rows.append(measure("pruned, not healed", pruned_dir, heldout))
         rows.append(measure(f"pruned{', healed (' + options.heal + ')' if state is not None else ''}",
-                            staged, heldout, **kw))
+                            staged, heldout))
+        if options.speed:  # the unhealed cut has the final model's shape: its speed adds nothing
+            ctx.log("exporting both models to Q4_K_M and timing llama.cpp decoding")
+            measure_speed([(rows[0], source.path), (rows[-1], staged)], heldout, work_dir=ctx.checkpoints_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

@@ -4,15 +4,17 @@ versions, as one result table.
 
 Any stage that shrinks a model (pruning, distillation) can call it:
 
-    from workbench_prune.tradeoff import heldout_windows, measure, tradeoff_table
+    from workbench_prune.tradeoff import heldout_windows, measure, measure_speed, tradeoff_table
     windows = heldout_windows(dataset_dir, tokenizer_dir, seq_len=256, max_tokens=4096)
     rows = [measure("source", src_dir, windows), measure("pruned", out_dir, windows)]
+    measure_speed([(rows[0], src_dir), (rows[1], out_dir)], windows)  # optional: exports both
     result["tables"].append(tradeoff_table(rows, "Pruning"))
 
 Perplexity is LitGPT's, in F32, on the same token windows for every model (so models must share
 a tokenizer). Decode speed writes an F32 GGUF with the export stage's writer, quantizes it to
 Q4_K_M with llama.cpp, and times single-token decoding of held-out tokens (teacher-forced, so
-every model does the same work), best of a few repeats, all models on the same thread count.
+every model does the same work), the models in turns, best of a few rounds, all on the same
+thread count.
 
 Heavy module (torch, llama.cpp): import it inside a stage's `run()`.
 """
@@ -23,7 +25,6 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,47 +73,51 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
     return math.exp(nll / count)
 
 
-def decode_speed(model_dir: Path, tokens: list[int], *, threads: int, repeats: int = 3,
-                 work_dir: Path | None = None) -> tuple[int, float]:
-    """(Q4_K_M file size, decode tokens/s) of the model in `model_dir` under llama.cpp."""
+def decode_speed(model_dirs: list[Path], tokens: list[int], *, threads: int, rounds: int = 3,
+                 work_dir: Path | None = None) -> list[tuple[int, float]]:
+    """(Q4_K_M file size, decode tokens/s) of each model directory under llama.cpp.
+
+    All files are made first, then timed in turns, round after round, keeping each model's best
+    round: a neighbour's burst of load then slows every model alike instead of one of them.
+    """
     from llama_cpp import Llama
     from workbench_export.gguf_writer import write_gguf
     from workbench_export.quantize import quantize
 
     scratch = Path(tempfile.mkdtemp(prefix="tradeoff-", dir=work_dir))
+    llms: list[Any] = []
     try:
-        f32 = scratch / "model-f32.gguf"
-        write_gguf(model_dir, f32, "f32")
-        q4 = scratch / "model-q4_k_m.gguf"
-        quantize(f32, q4, "q4_k_m", nthread=threads)
-        f32.unlink()
-        llm = Llama(model_path=str(q4), n_ctx=len(tokens) + 8, n_batch=64, n_gpu_layers=0,
-                    n_threads=threads, n_threads_batch=threads, verbose=False)
-        try:
-            best = math.inf
-            for _ in range(repeats):
+        sizes = []
+        for i, model_dir in enumerate(model_dirs):
+            f32, q4 = scratch / f"{i}-f32.gguf", scratch / f"{i}-q4_k_m.gguf"
+            write_gguf(model_dir, f32, "f32")
+            quantize(f32, q4, "q4_k_m", nthread=threads)
+            f32.unlink()
+            sizes.append(q4.stat().st_size)
+            llms.append(Llama(model_path=str(q4), n_ctx=len(tokens) + 8, n_batch=64, n_gpu_layers=0,
+                              n_threads=threads, n_threads_batch=threads, verbose=False))
+        best = [math.inf] * len(llms)
+        for _ in range(rounds):
+            for i, llm in enumerate(llms):
                 llm.reset()
                 llm.eval(tokens[:1])
                 t0 = time.perf_counter()
                 for tok in tokens[1:]:
                     llm.eval([tok])
-                best = min(best, time.perf_counter() - t0)
-        finally:
-            llm.close()
-        return q4.stat().st_size, (len(tokens) - 1) / best
+                best[i] = min(best[i], time.perf_counter() - t0)
+        return [(size, (len(tokens) - 1) / t) for size, t in zip(sizes, best, strict=True)]
     finally:
+        for llm in llms:
+            llm.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def measure(label: str, model_dir: Path, windows: torch.Tensor, *, speed: bool = False,
-            decode_tokens: int = 128, threads: int | None = None, work_dir: Path | None = None,
-            state_dict: dict[str, torch.Tensor] | None = None,
-            progress: Callable[[str], None] | None = None) -> Measured:
-    """The figures of one model directory (`state_dict` overrides its weights for perplexity)."""
+def measure(label: str, model_dir: Path, windows: torch.Tensor, *,
+            state_dict: dict[str, torch.Tensor] | None = None) -> Measured:
+    """Parameters, weights file size and held-out perplexity of one model directory
+    (`state_dict` overrides its weights)."""
     from workbench.ml.checkpoint import load_config, load_model
 
-    if progress:
-        progress(f"perplexity of {label}")
     if state_dict is None:
         model = load_model(model_dir, dtype=torch.float32)
     else:
@@ -122,16 +127,20 @@ def measure(label: str, model_dir: Path, windows: torch.Tensor, *, speed: bool =
         model.load_state_dict(state_dict)
     params = sum(p.numel() for p in model.parameters())
     ppl = perplexity(model, windows)
-    del model
-    out = Measured(label, params, (model_dir / "model.safetensors").stat().st_size, ppl)
-    if speed:
-        if progress:
-            progress(f"Q4_K_M decode speed of {label}")
-        n = min(decode_tokens, load_config(model_dir).block_size)
-        ids = windows.reshape(-1)[:n].tolist() if len(windows) else list(range(n))
-        out.q4_size_bytes, out.q4_tokens_per_s = decode_speed(
-            model_dir, ids, threads=threads or free_cores(), work_dir=work_dir)
-    return out
+    return Measured(label, params, (model_dir / "model.safetensors").stat().st_size, ppl)
+
+
+def measure_speed(models: list[tuple[Measured, Path]], windows: torch.Tensor, *, decode_tokens: int = 128,
+                  threads: int | None = None, work_dir: Path | None = None) -> None:
+    """Fill in the Q4_K_M size and decode speed of each (figures, model directory), decoding
+    held-out tokens (at most the smallest context)."""
+    from workbench.ml.checkpoint import load_config
+
+    n = min(decode_tokens, *(load_config(d).block_size for _, d in models))
+    ids = windows.reshape(-1)[:n].tolist() if len(windows) else list(range(n))
+    results = decode_speed([d for _, d in models], ids, threads=threads or free_cores() or 1, work_dir=work_dir)
+    for (m, _), (size, rate) in zip(models, results, strict=True):
+        m.q4_size_bytes, m.q4_tokens_per_s = size, rate
 
 
 def _ratio(value: float | None, base: float | None, fmt: str) -> str:
