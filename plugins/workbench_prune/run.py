@@ -29,6 +29,7 @@ from workbench.ml.checkpoint import (
     save_model_dir,
 )
 from workbench.ml.lora import LoRASettings
+from workbench.weightfiles import model_weights
 from workbench_prune.heal import HealSettings, heal
 from workbench_prune.plan import Plan, make_plan
 from workbench_prune.prune import Removal, choose, measure_importance, prune_state_dict
@@ -130,9 +131,10 @@ def prune(options: Options, ctx: Context) -> dict[str, Any]:
     }
     staged = ctx.staging_dir("model")
     try:
-        weights = load_state_dict(pruned_dir)
-        if state is not None:  # healed in F32: stored in the dtype the source was stored in
-            dtype = next(iter(weights.values())).dtype
+        if state is None:
+            weights = load_state_dict(pruned_dir)
+        else:  # healed in F32: stored in the dtype the source was stored in
+            dtype = stored_dtype(source.path)
             weights = {k: v.to(dtype) for k, v in state.items()}
         save_model_dir(staged, weights, config, tokenizer_dir=source.path,
                        meta={**read_meta(source.path), "base_model": source.id, "prune": prune_meta})
@@ -173,6 +175,20 @@ def prune(options: Options, ctx: Context) -> dict[str, Any]:
         "removed": record["removed"], "config": _shape(config), "measured": [m.to_json() for m in rows],
         "tables": [table, {"title": "Removed units", "columns": ["", "value"], "rows": units}],
     }
+
+
+def stored_dtype(model_dir: Path) -> torch.dtype:
+    """The dtype of the weights in `model_dir`, read from the safetensors header alone (F32 for a
+    directory with `lit_model.pth` only)."""
+    from safetensors import safe_open
+
+    path = model_weights(model_dir)
+    if path.suffix != ".safetensors":
+        return torch.float32
+    with safe_open(str(path), "pt") as fh:
+        first = next(iter(fh.keys()), None)
+        name = fh.get_slice(first).get_dtype() if first is not None else "F32"
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(name, torch.float32)
 
 
 def _shape(config: Any) -> dict[str, int]:

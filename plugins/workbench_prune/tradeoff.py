@@ -32,13 +32,14 @@ from typing import Any
 import torch
 
 from workbench.hardware import fmt_bytes, free_cores, torch_threads
+from workbench.weightfiles import model_weights
 
 
 @dataclass
 class Measured:
     label: str
     params: int
-    size_bytes: int  # the weights file (model.safetensors)
+    size_bytes: int  # the weights file the model loads from (model.safetensors, else lit_model.pth)
     ppl: float | None = None
     q4_size_bytes: int | None = None
     q4_tokens_per_s: float | None = None
@@ -127,7 +128,7 @@ def measure(label: str, model_dir: Path, windows: torch.Tensor, *,
         model.load_state_dict(state_dict)
     params = sum(p.numel() for p in model.parameters())
     ppl = perplexity(model, windows)
-    return Measured(label, params, (model_dir / "model.safetensors").stat().st_size, ppl)
+    return Measured(label, params, model_weights(model_dir).stat().st_size, ppl)
 
 
 def measure_speed(models: list[tuple[Measured, Path]], windows: torch.Tensor, *, decode_tokens: int = 128,
