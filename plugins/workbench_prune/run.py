@@ -146,7 +146,13 @@ def prune(options: Options, ctx: Context) -> dict[str, Any]:
                             staged, heldout))
         if options.speed:  # the unhealed cut has the final model's shape: its speed adds nothing
             ctx.log("exporting both models to Q4_K_M and timing llama.cpp decoding")
-            measure_speed([(rows[0], source.path), (rows[-1], staged)], heldout, work_dir=ctx.checkpoints_dir)
+
+            def progress(desc: str, done: int, total: int) -> None:
+                ctx.check_cancelled()
+                ctx.progress(done, total, unit="step", desc=desc)
+
+            measure_speed([(rows[0], source.path), (rows[-1], staged)], heldout, work_dir=ctx.checkpoints_dir,
+                          progress=progress)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

@@ -25,6 +25,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ import torch
 
 from workbench.hardware import fmt_bytes, free_cores, torch_threads
 from workbench.weightfiles import model_weights
+
+#: progress(desc, done, total) of a phase of work
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -75,15 +79,22 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
 
 
 def decode_speed(model_dirs: list[Path], tokens: list[int], *, threads: int, rounds: int = 3,
-                 work_dir: Path | None = None) -> list[tuple[int, float]]:
+                 work_dir: Path | None = None, progress: Progress | None = None) -> list[tuple[int, float]]:
     """(Q4_K_M file size, decode tokens/s) of each model directory under llama.cpp.
 
     All files are made first, then timed in turns, round after round, keeping each model's best
     round: a neighbour's burst of load then slows every model alike instead of one of them.
+    `progress(desc, done, total)` follows each phase.
     """
     from llama_cpp import Llama
     from workbench_export.gguf_writer import write_gguf
     from workbench_export.quantize import quantize
+
+    def report(desc: str) -> Callable[[int, int], None]:
+        def on_progress(done: int, total: int) -> None:
+            if progress:
+                progress(desc, done, total)
+        return on_progress
 
     scratch = Path(tempfile.mkdtemp(prefix="tradeoff-", dir=work_dir))
     llms: list[Any] = []
@@ -91,14 +102,16 @@ def decode_speed(model_dirs: list[Path], tokens: list[int], *, threads: int, rou
         sizes = []
         for i, model_dir in enumerate(model_dirs):
             f32, q4 = scratch / f"{i}-f32.gguf", scratch / f"{i}-q4_k_m.gguf"
-            write_gguf(model_dir, f32, "f32")
+            write_gguf(model_dir, f32, "f32", report(f"writing GGUF {i + 1} of {len(model_dirs)}"))
             quantize(f32, q4, "q4_k_m", nthread=threads)
             f32.unlink()
             sizes.append(q4.stat().st_size)
             llms.append(Llama(model_path=str(q4), n_ctx=len(tokens) + 8, n_batch=64, n_gpu_layers=0,
                               n_threads=threads, n_threads_batch=threads, verbose=False))
         best = [math.inf] * len(llms)
-        for _ in range(rounds):
+        timing = report("timing llama.cpp decoding")
+        for r in range(rounds):
+            timing(r, rounds)
             for i, llm in enumerate(llms):
                 llm.reset()
                 llm.eval(tokens[:1])
@@ -106,6 +119,7 @@ def decode_speed(model_dirs: list[Path], tokens: list[int], *, threads: int, rou
                 for tok in tokens[1:]:
                     llm.eval([tok])
                 best[i] = min(best[i], time.perf_counter() - t0)
+        timing(rounds, rounds)
         return [(size, (len(tokens) - 1) / t) for size, t in zip(sizes, best, strict=True)]
     finally:
         for llm in llms:
@@ -132,14 +146,16 @@ def measure(label: str, model_dir: Path, windows: torch.Tensor, *,
 
 
 def measure_speed(models: list[tuple[Measured, Path]], windows: torch.Tensor, *, decode_tokens: int = 128,
-                  threads: int | None = None, work_dir: Path | None = None) -> None:
+                  threads: int | None = None, work_dir: Path | None = None,
+                  progress: Progress | None = None) -> None:
     """Fill in the Q4_K_M size and decode speed of each (figures, model directory), decoding
     held-out tokens (at most the smallest context)."""
     from workbench.ml.checkpoint import load_config
 
     n = min(decode_tokens, *(load_config(d).block_size for _, d in models))
     ids = windows.reshape(-1)[:n].tolist() if len(windows) else list(range(n))
-    results = decode_speed([d for _, d in models], ids, threads=threads or free_cores() or 1, work_dir=work_dir)
+    results = decode_speed([d for _, d in models], ids, threads=threads or free_cores() or 1, work_dir=work_dir,
+                           progress=progress)
     for (m, _), (size, rate) in zip(models, results, strict=True):
         m.q4_size_bytes, m.q4_tokens_per_s = size, rate
 

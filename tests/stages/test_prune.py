@@ -197,6 +197,8 @@ def test_healing_keeps_perplexity_near_the_original_and_beats_the_unhealed_cut(i
     assert labels[:3] == ["parameters", "weights file", "held-out perplexity"]
     assert "Q4_K_M decode tokens/s" in labels
     assert all(m["q4_tokens_per_s"] for i, m in enumerate(run.result["measured"]) if i != 1)
+    descs = {e["desc"] for e in run.events if e["type"] == "progress"}
+    assert {"measuring importance", "healing (full)", "timing llama.cpp decoding"} <= descs
 
 
 def test_pruned_model_exports_to_gguf_that_passes_verification(inputs: dict[str, str]) -> None:
