@@ -18,6 +18,7 @@ from typing import Any
 
 from workbench import __version__
 from workbench.errors import UserError, disk_full, is_database_error
+from workbench.output import console, print_json
 
 CORE_COMMANDS = {
     "plugins": "List installed stage plugins and commands, with their status",
@@ -150,16 +151,6 @@ def _add_stage_parser(sub: Any, info: Any, cli_name: str, common: argparse.Argum
 
 # ----------------------------------------------------------------------------------------------
 # output helpers
-
-
-def console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def print_result(result: dict[str, Any] | None) -> None:
