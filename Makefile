@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint wheelcheck bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check workbench plugins tests benchmarks
+
+# A non-editable install (wheel into a fresh venv) runs the demo data outside the repository.
+wheelcheck: setup
+	.ci/wheel-check $(PY)
 
 bench: setup
 	$(PY) benchmarks/run_all.py
