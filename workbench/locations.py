@@ -51,12 +51,6 @@ def cache_dir() -> Path:
     return home() / "cache"
 
 
-def ensure_home() -> Path:
-    root = home()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def assets_dir() -> Path:
     """The data that ships with workbench (demo datasets, the multiple-choice suite, bias pairs).
 

@@ -317,7 +317,3 @@ def get_stage(name: str) -> type[Stage]:
     if not info.ok:
         raise UserError(f"stage '{name}' from {info.package} cannot be loaded: {info.error}")
     return info.obj
-
-
-def stage_names() -> list[str]:
-    return [i.name for i in discover(STAGE_GROUP)]
