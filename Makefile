@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   the whole lifecycle on the embedded data (offline)
-#   make test   the whole test suite (lint included)
+#   make test   the whole test suite (lint, import rules and type check included)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint importlint typecheck wheelcheck bench clean
 
 setup: $(STAMP)
 
@@ -25,15 +25,26 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/workbench demo
 
-test: setup
-	$(VENV)/bin/ruff check workbench plugins tests benchmarks
+test: lint importlint typecheck
 	$(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check workbench plugins tests benchmarks
 
+# The layering of docs/architecture.md, as contracts in .importlinter (every plugin included).
+importlint: setup
+	$(PY) .ci/lint-imports
+
+# mypy over workbench/ and plugins/ (configured in pyproject.toml; cache in .mypy_cache).
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# A non-editable install (wheel into a fresh venv) runs the demo data outside the repository.
+wheelcheck: setup
+	.ci/wheel-check $(PY)
+
 bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -14,10 +14,11 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from workbench import __version__
 from workbench.errors import UserError, disk_full, is_database_error
+from workbench.output import console, print_json
 
 CORE_COMMANDS = {
     "plugins": "List installed stage plugins and commands, with their status",
@@ -33,12 +34,12 @@ EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 130}
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line and exit 2, like every other bad input."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {message}")
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common() -> Parser:
+    common = Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="Print machine-readable JSON")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -150,16 +151,6 @@ def _add_stage_parser(sub: Any, info: Any, cli_name: str, common: argparse.Argum
 
 # ----------------------------------------------------------------------------------------------
 # output helpers
-
-
-def console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def print_result(result: dict[str, Any] | None) -> None:
@@ -350,7 +341,8 @@ def _clean_workspace(as_json: bool) -> dict[str, Any]:
     from workbench.hardware import fmt_bytes
 
     if not locations.db_path().exists():
-        found, freed = [], 0
+        found: list[Any] = []
+        freed = 0
     else:
         found, freed = scratch.clean(_open_store())
     home = locations.home()
@@ -675,9 +667,10 @@ def _disk_full_line(exc: BaseException) -> str:
     from workbench import locations
 
     full = disk_full(exc)
-    if getattr(full, "filename", None):
-        return f"disk full while writing {full.filename}"  # type: ignore[union-attr]
-    if is_database_error(full):
+    filename = getattr(full, "filename", None)
+    if filename:
+        return f"disk full while writing {filename}"
+    if full is not None and is_database_error(full):
         return f"disk full while writing the workspace database {locations.db_path()}"
     return f"disk full: {full}"
 

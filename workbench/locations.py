@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -50,7 +51,22 @@ def cache_dir() -> Path:
     return home() / "cache"
 
 
-def ensure_home() -> Path:
-    root = home()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+def assets_dir() -> Path:
+    """The data that ships with workbench (demo datasets, the multiple-choice suite, bias pairs).
+
+    In a source checkout it is the repository's `assets/`, so code run from a checkout reads that
+    checkout's files even when another copy is installed; an installed workbench has it as the
+    package `workbench_assets` (setup.py maps assets/ to it).
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "assets").is_dir():
+        return checkout / "assets"
+    spec = importlib.util.find_spec("workbench_assets")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout / "assets"  # missing: readers name this path in their own error
+
+
+def asset(*parts: str) -> Path:
+    """A file shipped with workbench, e.g. `asset("mc", "workbench-mc.jsonl")`."""
+    return assets_dir().joinpath(*parts)

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -391,10 +392,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {p} is not UTF-8 text") from None
     try:
         if p.suffix.lower() == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
+            else:
+                import tomli as tomllib
             data = tomllib.loads(text)
         elif p.suffix.lower() == ".json":
             data = json.loads(text)

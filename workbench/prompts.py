@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from workbench.errors import UserError
 
@@ -67,7 +67,7 @@ def _environment() -> Any:
         """`{% generation %}…{% endgeneration %}` marks assistant text for training masks in
         transformers; rendering keeps its body unchanged."""
 
-        tags: ClassVar[set[str]] = {"generation"}
+        tags: set[str] = {"generation"}  # noqa: RUF012 - jinja2 declares it per instance
 
         def parse(self, parser: Any) -> Any:
             parser.stream.skip(1)

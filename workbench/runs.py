@@ -58,7 +58,7 @@ def create_run(stage_name: str, values: Mapping[str, Any], store: Store) -> Run:
     run_id = new_id("run")
     run_dir = locations.run_dir(run_id)
     run_dir.mkdir(parents=True)
-    spec = {
+    spec: dict[str, Any] = {
         "id": run_id, "stage": stage_name, "plugin": info.package, "plugin_version": info.version,
         "entry_point": info.value, "options": to_dict(options), "created_at": time.time(),
     }

@@ -222,7 +222,7 @@ def _plugin_index() -> list[dict[str, Any]]:
         cached = json.loads(path.read_text(encoding="utf-8"))
         if (cached["key"] == key and cached["installed"] == _installed()
                 and all(_mtime(f) == m for entry in cached["plugins"] for f, m in entry["files"].items())):
-            return cached["plugins"]  # type: ignore[no-any-return]
+            return cached["plugins"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     installed = _installed()  # before the scan: a change during it makes the next look scan again
@@ -316,8 +316,4 @@ def get_stage(name: str) -> type[Stage]:
     info = load(infos[name])
     if not info.ok:
         raise UserError(f"stage '{name}' from {info.package} cannot be loaded: {info.error}")
-    return info.obj  # type: ignore[no-any-return]
-
-
-def stage_names() -> list[str]:
-    return [i.name for i in discover(STAGE_GROUP)]
+    return info.obj

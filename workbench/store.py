@@ -230,7 +230,7 @@ class Store:
         return self._run(row)
 
     def list_runs(self, limit: int = 50, stage: str | None = None, status: str | None = None) -> list[Run]:
-        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        sql, args = "SELECT * FROM runs WHERE 1=1", list[str]()
         if stage:
             sql, args = sql + " AND stage = ?", [*args, stage]
         if status:
@@ -407,7 +407,7 @@ class Store:
 
     def list_votes(self, voter: str | None = None) -> list[dict[str, Any]]:
         """Votes oldest first, each a dict of its columns (details decoded)."""
-        sql, args = "SELECT * FROM arena_votes", ()
+        sql, args = "SELECT * FROM arena_votes", tuple[str, ...]()
         if voter:
             sql, args = sql + " WHERE voter = ?", (voter,)
         rows = self.db.execute(sql + " ORDER BY created_at, rowid", args).fetchall()

@@ -34,9 +34,6 @@ examples:
   workbench arena judge judge-q8 --json
 """
 
-SUBCOMMANDS = ("ratings", "votes", "judge")
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="two or more gguf or model artifacts, .gguf files or checkpoint directories; "

@@ -188,7 +188,7 @@ def _counts(votes: list[str]) -> dict[str, int]:
 
 
 def show(report: dict[str, Any], args: argparse.Namespace) -> None:
-    from workbench.cli import console, print_json
+    from workbench.output import console, print_json
 
     if getattr(args, "json", False):
         print_json(report)

@@ -18,8 +18,6 @@ VOTE_WORDS: dict[str, tuple[str, ...]] = {
     "both_bad": ("b", "both bad", "bad", "both_bad", "both", "0"),
 }
 VOTE_HELP = "1 or left (A is better), 2 or right (B is better), t or tie, b or both bad"
-#: The votes a judge leaves; a judge never says "both bad".
-JUDGE_VOTES = ("left", "right", "tie")
 
 
 def parse_vote(text: str) -> str | None:

@@ -42,8 +42,8 @@ def ratings_json(votes: list[dict[str, Any]], bootstrap: int) -> list[dict[str, 
 
 
 def show_ratings(args: argparse.Namespace) -> int:
-    from workbench.cli import console, print_json
     from workbench.errors import UserError
+    from workbench.output import console, print_json
 
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap {args.bootstrap} is not a number of resamples; use 0 or more")
@@ -72,7 +72,7 @@ def show_ratings(args: argparse.Namespace) -> int:
 
 
 def show_votes(args: argparse.Namespace) -> int:
-    from workbench.cli import console, print_json
+    from workbench.output import console, print_json
 
     votes = stored_votes(args.voter or "all")
     if getattr(args, "json", False):

@@ -155,7 +155,7 @@ def _conversations(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from workbench import locations
-    from workbench.cli import console, print_json
+    from workbench.output import console, print_json
     from workbench.store import Store
     from workbench_chat import history
 

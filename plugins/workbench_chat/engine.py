@@ -14,7 +14,7 @@ import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ class Stats:
         return (tokens - 1) / (t_end - t_first)
 
 
-def stream_tokens(tokens: Iterator[int], *, stats: Stats, max_new: int, is_stop: Callable[[int], bool],
+def stream_tokens(tokens: Generator[int, None, None], *, stats: Stats, max_new: int, is_stop: Callable[[int], bool],
                   decode: Callable[[int], str], flush: Callable[[], str], stop: list[str],
                   should_stop: ShouldStop | None = None) -> Iterator[str]:
     """The decode loop both engines share. `tokens` yields sampled ids lazily (the prompt runs
@@ -116,7 +116,7 @@ def stream_tokens(tokens: Iterator[int], *, stats: Stats, max_new: int, is_stop:
     t0 = time.perf_counter()
     t_first: float | None = None
     finish, hit = "length", False
-    with contextlib.closing(tokens):  # type: ignore[type-var]
+    with contextlib.closing(tokens):
         for token in tokens:
             t_first = t_first or time.perf_counter()
             stats.tokens += 1

@@ -62,7 +62,7 @@ class Interrupt:
 def snapshot(session: ChatSession) -> dict[str, Any]:
     """The conversation in the store's shape, also when it is not being saved."""
     if session.store is not None and session.conversation_id:
-        return session.store.get_conversation(session.conversation_id)  # type: ignore[no-any-return]
+        return session.store.get_conversation(session.conversation_id)
     now = time.time()
     first = next((m["content"] for m in session.messages if m["role"] == "user"), "untitled")
     return {"id": session.conversation_id or "unsaved", "title": " ".join(first.split())[:60],

@@ -119,7 +119,7 @@ class ChatServer(ThreadingHTTPServer):
                  response_cache: ResponseCache | None = None, recorder: Recorder | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
-        self.engine: Engine = engine  # type: ignore[assignment] - set by serve() once loaded
+        self.engine: Engine = engine  # type: ignore[assignment]  # set by serve() once loaded
         self.model_name = model_name
         # Only a digest is compared, so the comparison time says nothing about the key's length.
         self.key_digest = hashlib.sha256(f"Bearer {api_key}".encode()).digest() if api_key else None
@@ -159,7 +159,7 @@ def parse_messages(raw: Any) -> list[dict[str, str]]:
         raise ApiError(400, "'messages' must be a non-empty array", param="messages")
     out = []
     for i, m in enumerate(raw):
-        role = ROLES.get(m.get("role")) if isinstance(m, dict) else None
+        role = ROLES.get(str(m.get("role"))) if isinstance(m, dict) else None
         if role is None:
             raise ApiError(400, f"messages[{i}].role must be system, user or assistant", param="messages")
         content = m.get("content")
@@ -449,7 +449,7 @@ class Handler(BaseHTTPRequestHandler):
                  "total_tokens": stats.prompt_tokens + stats.tokens}
         if stream:
             obj = "chat.completion.chunk" if chat else "text_completion"
-            last = {"index": 0, "finish_reason": finish, **({"delta": {}} if chat else {"text": "", "logprobs": None})}
+            last: dict[str, Any] = {"index": 0, "finish_reason": finish, **({"delta": {}} if chat else {"text": "", "logprobs": None})}
             self._sse({**ident, "object": obj, "choices": [last]}, gone)
             if include_usage:
                 self._sse({**ident, "object": obj, "choices": [], "usage": usage}, gone)
@@ -575,7 +575,7 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
     """Answer requests until Ctrl-C or SIGTERM."""
     server.engine = engine
     server.model_name = model_name or engine.model.name.split(" (")[0]
-    host = server.server_address[0]
+    host = str(server.server_address[0])
     shown = f"[{host}]" if ":" in host else host
     for note in engine.notes:
         sys.stderr.write(f"note: {note}\n")

@@ -10,7 +10,7 @@ beyond the shared prefix are harmless and only the new suffix is fed.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import torch
 from litgpt.generate.base import sample_top_p
@@ -106,7 +106,7 @@ class TorchEngine(Engine):
         max_new = min(sampling.max_tokens or budget, budget)
         decoder = _Decoder(self.tokenizer, ids[-1])
 
-        def sampled() -> Iterator[int]:
+        def sampled() -> Generator[int, None, None]:
             self._cached = self._cached[:reuse]
             logits = self._feed(ids[reuse:])
             history = list(ids)
@@ -160,7 +160,7 @@ class _Decoder:
         self.pending: list[int] = []
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(torch.tensor(ids))  # type: ignore[attr-defined,no-any-return]
+        return self.tokenizer.decode(torch.tensor(ids))  # type: ignore[attr-defined]
 
     def push(self, token: int) -> str:
         self.pending.append(token)

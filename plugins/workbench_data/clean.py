@@ -16,6 +16,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, cast
 
 # Cc (control) except tab/newline, plus invisible Cf characters that only ever get in the way.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2060\ufeff\ufffe]")
@@ -34,7 +35,7 @@ class Cleaner:
 
     def __call__(self, text: str) -> str:
         if self.unicode_form != "none":
-            text = unicodedata.normalize(self.unicode_form, text)
+            text = unicodedata.normalize(cast("Literal['NFC', 'NFKC']", self.unicode_form), text)
         if self.control:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
             text = _CONTROL.sub("", text)

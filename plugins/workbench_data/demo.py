@@ -34,11 +34,10 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "t
 
 
 def assets_dir() -> Path:
-    path = Path(__file__).resolve().parents[2] / "assets"
+    path = locations.assets_dir()
     if not (path / "generate.py").exists():
         raise UserError(
-            f"the demo data is missing ({path / 'generate.py'} not found); demo data ships with "
-            "a source checkout of workbench"
+            f"the demo data is missing ({path / 'generate.py'} not found); reinstall workbench"
         )
     return path
 

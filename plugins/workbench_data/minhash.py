@@ -75,11 +75,11 @@ def _shingles(texts: Sequence[str], k: int, word_ids: dict[str, int]) -> tuple[n
     doc_of = np.repeat(np.arange(len(texts)), n_sh)
     first = np.repeat(starts, n_sh) + (np.arange(int(n_sh.sum())) - np.repeat(np.cumsum(n_sh) - n_sh, n_sh))
     last = np.repeat(ends - 1, n_sh)
-    h = words_arr[first] if first.size else np.zeros(0, dtype=np.uint64)
+    shingle = words_arr[first] if first.size else np.zeros(0, dtype=np.uint64)
     for j in range(1, k):
-        nxt = words_arr[np.minimum(first + j, last)] if first.size else h
-        h = ((h * np.uint64(0x01000193)) ^ nxt) & _MASK32
-    return _fmix32(h), doc_of
+        nxt = words_arr[np.minimum(first + j, last)] if first.size else shingle
+        shingle = ((shingle * np.uint64(0x01000193)) ^ nxt) & _MASK32
+    return _fmix32(shingle), doc_of
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -123,7 +123,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
             p = 1.0 - (1.0 - s**rows) ** bands
             fp = np.trapezoid(np.where(s < threshold, p, 0.0), s)
             fn = np.trapezoid(np.where(s >= threshold, 1.0 - p, 0.0), s)
-            err = 0.2 * fp + 0.8 * fn
+            err = float(0.2 * fp + 0.8 * fn)
             if err < best_err:
                 best, best_err = (bands, rows), err
     return best

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -384,8 +385,7 @@ def _token_counts(kind: str, staged: Path, tok_dir: Path, train: list[Row], val:
     counts: dict[str, Any] = {}
     chars = 0
     for split, rows in (("train", train), ("val", val)):
-        progress: Callable[[int, int], None] = lambda i, n, s=split: _tick(ctx,   # noqa: E731
-            i, n, unit="doc", desc=f"tokenizing {s}")
+        progress: Callable[[int, int], None] = partial(_tick, ctx, unit="doc", desc=f"tokenizing {split}")
         if kind == "pretrain":
             counts[split] = tokencache.count_tokens(staged, tok_dir, split, progress=progress)
         else:

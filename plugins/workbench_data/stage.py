@@ -7,7 +7,7 @@ This module is what the entry point names, so it stays light: the pipeline lives
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from workbench.context import Context
 from workbench.errors import UserError
@@ -91,7 +91,7 @@ class PrepareStage(Stage):
     )
     consumes = ("tokenizer", "model")
     produces = ("dataset",)
-    Options = Options
+    Options: TypeAlias = Options
 
     def validate(self, options: Options, ctx: Context) -> None:
         from workbench_data.readers import RecordError, check_file, expand, require_parquet_support

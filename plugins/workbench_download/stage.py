@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from workbench_data.columns import column_option
 
@@ -92,7 +92,7 @@ examples:
   workbench download --dataset tatsu-lab/alpaca
   workbench download --dataset HuggingFaceH4/ultrafeedback_binarized --split train_prefs"""
     produces = ("model", "gguf", "dataset")
-    Options = Options
+    Options: TypeAlias = Options
     supports_resume = True
     supports_cancel = True
     finders = (Finder("repo_id", "Search the Hugging Face Hub", hub.search, hub.COLUMNS),)

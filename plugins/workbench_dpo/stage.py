@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from workbench.errors import UserError
 from workbench.options import artifact, option
@@ -82,7 +82,7 @@ class DPOStage(Stage):
     )
     consumes = ("model", "dataset")
     produces = ("adapter", "model")
-    Options = Options
+    Options: TypeAlias = Options
     supports_resume = True
     supports_cancel = True
 

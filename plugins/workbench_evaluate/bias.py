@@ -248,8 +248,8 @@ def tables(models: list[tuple[str, str]], names: list[str], summaries: dict[str,
     out = []
     rows = []
     for attribute, s in first.items():
-        groups = " vs ".join(s["groups"]) if len(s["groups"]) == 2 else f"{len(s['groups'])} groups"
-        label = f"{attribute} ({groups}, {s['n']} pairs)"
+        compared = " vs ".join(s["groups"]) if len(s["groups"]) == 2 else f"{len(s['groups'])} groups"
+        label = f"{attribute} ({compared}, {s['n']} pairs)"
         rows.append([label, "gap a−b, nats", *[_ci(summaries[m][attribute]["gap"]) for m, _ in models]])
         rows.append(["", "gap per token", *[_ci(summaries[m][attribute]["gap_per_token"]) for m, _ in models]])
         rows.append(["", "gap on the shared ending", *[_ci(summaries[m][attribute]["gap_ending"]) for m, _ in models]])

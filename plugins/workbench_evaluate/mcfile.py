@@ -107,7 +107,7 @@ def _read_jsonl(path: Path) -> list[Question]:
 
 
 def _read_csv(path: Path) -> list[Question]:
-    out = []
+    out: list[Question] = []
     with open(path, encoding="utf-8", newline="") as fh:
         rows = list(csv.reader(fh))
     if not rows:

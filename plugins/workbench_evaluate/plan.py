@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench import locations
 from workbench.errors import UserError
 from workbench.store import Artifact, Store
 
@@ -31,8 +32,8 @@ def task_limits(options: Any) -> dict[str, int | None]:
     return out
 #: The task each dataset type feeds.
 DATA_TASK = {"pretrain": "perplexity", "instruction": "generation", "preference": "preference"}
-MC_SUITE = Path(__file__).resolve().parents[2] / "assets" / "mc" / "workbench-mc.jsonl"
-BIAS_PAIRS = Path(__file__).resolve().parents[2] / "assets" / "bias" / "pairs.jsonl"
+MC_SUITE = locations.asset("mc", "workbench-mc.jsonl")
+BIAS_PAIRS = locations.asset("bias", "pairs.jsonl")
 
 
 @dataclass

@@ -7,7 +7,7 @@ imported inside `run()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from workbench.errors import UserError
 from workbench.options import artifact, option
@@ -118,7 +118,7 @@ class EvalStage(Stage):
     )
     consumes = ("model", "gguf", "dataset")
     produces = ("eval-report",)
-    Options = Options
+    Options: TypeAlias = Options
     supports_cancel = True
 
     def validate(self, options: Options, ctx: Context) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from workbench.context import Context
 from workbench.errors import UserError
@@ -77,7 +77,7 @@ class ExportStage(Stage):
     )
     consumes = ("model", "adapter", "dataset")
     produces = ("gguf",)
-    Options = Options
+    Options: TypeAlias = Options
     supports_cancel = True
 
     def validate(self, options: Options, ctx: Context) -> None:

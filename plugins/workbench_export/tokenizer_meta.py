@@ -362,9 +362,9 @@ def _read_spm(model_dir: Path, n_vocab: int) -> TokenizerMeta:
     meta = TokenizerMeta(model="llama", pre="default", tokens=tokens, types=types, scores=scores,
                          add_space_prefix=add_space_prefix, add_bos=True,
                          name_tag=strip_name_tag(tj, tj_path) if tj else None)
-    for kind, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
+    for role, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
         if token_id >= 0:
-            meta.special_ids[kind] = token_id
+            meta.special_ids[role] = token_id
     return meta
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 
@@ -114,7 +114,7 @@ class ClassifyStage(Stage):
     )
     consumes = ("model", "dataset")
     produces = ("classifier",)
-    Options = Options
+    Options: TypeAlias = Options
     supports_resume = True
 
     def validate(self, options: Options, ctx: Context) -> None:

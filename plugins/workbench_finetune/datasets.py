@@ -130,7 +130,7 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
         except csv.Error as exc:
             raise UserError(f"{path}: not valid CSV ({exc})") from None
     else:
-        rows: Iterator[tuple[int, Any]]
+        rows: Iterator[tuple[str, Any]]
         if suffix == ".json":
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -138,7 +138,7 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
                 raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(data, list):
                 raise UserError(f"{path} must hold a JSON list of objects")
-            rows: Iterator[tuple[str, Any]] = ((f"{path} item {i}", row) for i, row in enumerate(data, 1))
+            rows = ((f"{path} item {i}", row) for i, row in enumerate(data, 1))
         else:
             rows = iter_jsonl(path)
         for where, row in rows:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 
@@ -93,7 +93,7 @@ class LoraStage(Stage):
     )
     consumes = ("model", "dataset")
     produces = ("adapter", "model")
-    Options = Options
+    Options: TypeAlias = Options
     supports_resume = True
 
     def validate(self, options: Options, ctx: Context) -> None:

@@ -11,6 +11,7 @@ import pickletools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from workbench.errors import UserError
 
@@ -99,7 +100,9 @@ def pickled_callables(path: Path) -> list[str]:
 
 def _globals(stream: io.BytesIO) -> list[str]:
     """GLOBAL and STACK_GLOBAL references of one pickle; the memo is followed for the latter."""
-    out, pushed, memo = [], [], {}
+    out: list[str] = []
+    pushed: list[Any] = []
+    memo: dict[int, Any] = {}
     for op, arg, _ in pickletools.genops(stream):
         if op.name == "GLOBAL":
             out.append(str(arg).replace(" ", ".", 1))
@@ -111,11 +114,11 @@ def _globals(stream: io.BytesIO) -> list[str]:
         elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
             pushed.append(arg)
         elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[int(arg)] = pushed[-1] if pushed else None
+            memo[int(cast(int, arg))] = pushed[-1] if pushed else None
         elif op.name == "MEMOIZE":
             memo[len(memo)] = pushed[-1] if pushed else None
         elif op.name in ("BINGET", "LONG_BINGET", "GET"):
-            pushed.append(memo.get(int(arg)))
+            pushed.append(memo.get(int(cast(int, arg))))
         else:
             pushed.append(None)
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from workbench.errors import UserError
 from workbench.options import artifact, option
@@ -80,7 +80,7 @@ examples:
   workbench models import ~/Downloads/qwen2.5-0.5b-instruct-q4_k_m.gguf"""
     consumes = ("model",)
     produces = ("model", "gguf")
-    Options = Options
+    Options: TypeAlias = Options
     supports_cancel = True
 
     def validate(self, options: Options, ctx: Context) -> None:

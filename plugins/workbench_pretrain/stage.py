@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from workbench.context import Context
 from workbench.errors import UserError
@@ -89,7 +89,7 @@ class PretrainStage(Stage):
     )
     consumes = ("dataset", "tokenizer", "model")
     produces = ("model",)
-    Options = Options
+    Options: TypeAlias = Options
     supports_resume = True
     supports_cancel = True
 

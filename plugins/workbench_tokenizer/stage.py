@@ -7,7 +7,7 @@ Light module (the entry point names it): `tokenizers` is imported inside `run()`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from workbench.context import Context
 from workbench.errors import UserError
@@ -51,7 +51,7 @@ class TrainTokenizerStage(Stage):
     )
     consumes = ("dataset", "model")
     produces = ("tokenizer",)
-    Options = Options
+    Options: TypeAlias = Options
 
     def validate(self, options: Options, ctx: Context) -> None:
         if not options.dataset and not options.from_model:

@@ -93,7 +93,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def pad_id(tokenizer: Any) -> int:
     """The tokenizer's pad token if it has one, else EOS (padding is masked out anyway)."""
-    processor = getattr(tokenizer, "processor", None)
+    processor: Any = getattr(tokenizer, "processor", None)
     for name in ("<|pad|>", "<pad>", "[PAD]"):
         tid = processor.token_to_id(name) if hasattr(processor, "token_to_id") else None
         if tid is not None:

@@ -68,7 +68,7 @@ class WorkbenchApp(App[None]):
     TITLE = "workbench"
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     ENABLE_COMMAND_PALETTE = True
-    MODES: ClassVar[dict[str, str | Callable[[], Screen[None]]]] = {  # type: ignore[misc]
+    MODES: ClassVar[dict[str, str | Callable[[], Screen[None]]]] = {
         mode: _lazy(target) for mode, target in SCREENS.items()
     }
     DEFAULT_MODE = "pipeline"
@@ -96,7 +96,8 @@ class WorkbenchApp(App[None]):
         job: BackgroundJob | None = None,
     ) -> None:
         if follow_runs:
-            self.DEFAULT_MODE = "runs"  # read by App.__init__: the first frame is the Runs view
+            # Textual types DEFAULT_MODE as a ClassVar but App.__init__ reads it from the instance.
+            self.DEFAULT_MODE = "runs"  # type: ignore[misc]  # the first frame is the Runs view
         super().__init__()
         #: Open each new run's monitor as it starts (while the Runs view is showing).
         self.follow_runs = follow_runs

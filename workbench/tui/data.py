@@ -103,7 +103,7 @@ class Entry:
 
     @property
     def stage_cls(self) -> Any:
-        return self.info.obj if self.loaded and self.kind == "stage" else None  # type: ignore[union-attr]
+        return self.info.obj if self.info is not None and self.loaded and self.kind == "stage" else None
 
 
 def catalog() -> list[Entry]:

@@ -170,7 +170,7 @@ def describe(entry: Entry, state: StageState | None) -> Content:
     if stage is not None:
         caps = [c for c, on_ in (("resume", stage.supports_resume), ("cancel", stage.supports_cancel),
                                  ("GPU", stage.needs_gpu)) if on_]
-        origin = "" if entry.lifecycle else f"plugin {entry.info.package} {entry.info.version} · "  # type: ignore[union-attr]
+        origin = "" if entry.lifecycle or entry.info is None else f"plugin {entry.info.package} {entry.info.version} · "
         lines.append(Content.assemble(
             Content.styled(entry.name, "bold"), f"  {origin}takes {', '.join(stage.consumes) or 'nothing'}",
             f" → makes {', '.join(stage.produces) or 'nothing'}",
