@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from workbench.errors import UserError
+from workbench.families.common import is_longrope
 from workbench.ml.checkpoint import read_meta
 from workbench.prompts import style_for_model
 from workbench_export.families import TENSOR_NAMES, Family, Shape, family_for, read_config, shape_of
@@ -195,6 +196,12 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
     direct("transformer.wte.weight", TENSOR_NAMES["transformer.wte.weight"])
     if shape.rope_adjustments and "low_freq_factor" in shape.rope_adjustments:
         add("rope_freqs.weight", (shape.head_size // 2,), lambda: _llama3_rope_factors(shape))
+    if is_longrope(shape.rope_adjustments):
+        # LongRoPE's divisors; llama.cpp picks the long ones when its context exceeds the original.
+        for which in ("long", "short"):
+            values = shape.rope_adjustments[f"{which}_factor"]  # type: ignore[index]
+            add(f"rope_factors_{which}.weight", (len(values),),
+                lambda values=values: torch.tensor(values, dtype=torch.float32))
     rows = {"q": shape.n_head * shape.head_size, "k": shape.n_query_groups * shape.head_size,
             "v": shape.n_query_groups * shape.head_size}
     for i in range(shape.n_layer):
@@ -336,7 +343,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
                     progress(done, len(plan))
         finally:
             writer.close()
-    n_params = sum(math.prod(p.shape) for p in plan if p.name != "rope_freqs.weight")
+    n_params = sum(math.prod(p.shape) for p in plan if not p.name.startswith(("rope_freqs.", "rope_factors_")))
     return {
         "path": str(out_path), "out_type": out_type, "arch": family.gguf_arch, "family": family.name,
         "n_tensors": len(plan), "n_params": n_params, "tied_embeddings": tied,

@@ -72,3 +72,12 @@ def no_sliding_window(cfg: HFConfig) -> None:
     types = cfg.get("layer_types") or []
     if (use and window) or any(t != "full_attention" for t in types):
         raise cfg.refuse("sliding-window attention on some layers (use_sliding_window/layer_types)")
+
+
+# LitGPT `rope_adjustments` of a LongRoPE model (Phi-3-*-128k, Phi-3.5, Phi-4-mini). LitGPT has no
+# LongRoPE: `workbench.ml.rope` computes it, and plain LitGPT would ignore these keys.
+LONGROPE_KEYS = frozenset({"long_factor", "short_factor", "original_max_seq_len", "attention_factor"})
+
+
+def is_longrope(adjustments: Any) -> bool:
+    return isinstance(adjustments, dict) and set(adjustments) == LONGROPE_KEYS
