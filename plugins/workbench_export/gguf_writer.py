@@ -309,7 +309,8 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
     plan, tied = _plan(weights, family, shape, qtype, unit_offset="Gemma" in str(config.get("name", "")))
     if not tied and not family.untied_output:
         raise UserError(f"{model_dir}: the output layer is not the embedding, and llama.cpp's {family.gguf_arch} "
-                        "architecture always uses the embedding as its output layer")
+                        "architecture always uses the embedding as its output layer (a LoRA adapter on 'head' "
+                        "unties them: finetune without that target to export)")
     embd_rows = next(p.shape[0] for p in plan if p.name == "token_embd.weight")
     if embd_rows != shape.padded_vocab_size:
         raise UserError(f"{model_dir}: the embedding has {embd_rows} rows but model_config.yaml says "

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 
 from tests.families_support import (
+    LORA_TARGETS,
     assert_quants_run,
     build_reference,
     check_download,
     compare_with_litgpt,
     download,
     export_gguf,
+    finetune_merge_and_export,
     hub_env,
     llama_cpp_run,
     reference_greedy,
@@ -124,6 +126,18 @@ def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
     assert greedy == reference_greedy(models[family], ids, N_GREEDY)
 
     assert_quants_run(files, ids, n_ctx=N_IDS + 8)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_lora_and_dpo_train_merge_and_the_merged_model_exports(family, hub_families, env):
+    """LoRA on every projection and DPO, a few steps each; the merged model runs in llama.cpp as in LitGPT."""
+    _, _, probe = hub_families
+    # Within Phi-3's window, its GGUF's context; past Gemma's.
+    n = PHI_WINDOW if family == "phi3" else N_IDS
+    tol = GELU_TABLE_TOL if family.startswith("gemma") else TOL
+    # llama.cpp's gemma2 has no output layer of its own, and an adapter on the head would untie it.
+    targets = LORA_TARGETS.replace(",head", "") if family == "gemma2" else LORA_TARGETS
+    finetune_merge_and_export(download(f"fam/{family}", env), probe[:n], tol, targets)
 
 
 GEMMA_2_2B = {

@@ -29,6 +29,7 @@ from tests.families_support import (
     check_download,
     download,
     export_gguf,
+    finetune_merge_and_export,
     hub_env,
     litgpt_logits,
     llama_cpp_run,
@@ -151,6 +152,30 @@ def test_llama_cpp_picks_the_long_factors_by_its_context(hub, exported, probes):
     got, _ = llama_cpp_run(Path(exported["f32"]["path"]), short, n_ctx=2 * ORIGINAL, n_greedy=0)
     assert np.abs(got - reference_logits(model, probes[1])[:len(short)]).max() <= TOL
     assert np.abs(got - reference_logits(model, short)).max() > 1e-2
+
+
+def test_generation_with_a_kv_cache_picks_the_factors_by_its_context(hub, env, probes):
+    """LitGPT with a KV cache (the torch chat engine) picks as llama.cpp does: by the context it holds."""
+    import numpy as np
+
+    from workbench.ml.checkpoint import load_model
+
+    model = hub[1]["phi3-longrope"]
+    lit = load_model(Path(download("fam/phi3-longrope", env)["path"]))
+    short = probes[0]
+    for context, expected in ((ORIGINAL, reference_logits(model, short)),
+                              (2 * ORIGINAL, reference_logits(model, probes[1])[:len(short)])):
+        lit.max_seq_length = context
+        lit.set_kv_cache(batch_size=1)
+        with torch.no_grad():
+            got = lit(torch.tensor([short]), input_pos=torch.arange(len(short)))[0].numpy()
+        assert np.abs(got - expected).max() <= TOL
+
+
+def test_lora_and_dpo_train_merge_and_the_merged_model_exports(hub, env, probes):
+    """LoRA and DPO train the LongRoPE model (it computes LongRoPE while training), the merged model
+    keeps the factors and runs in llama.cpp as in LitGPT."""
+    finetune_merge_and_export(download("fam/phi3-longrope", env), probes[0], TOL)
 
 
 # The shape of Phi-3.5-mini-instruct's config.json (its factor values aside).

@@ -72,10 +72,12 @@ def longrope(rope: Rope, cfg: HFConfig, rotary: int, block_size: int, original: 
                 and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values)):
             raise cfg.refuse(f"LongRoPE {name} is not {rotary // 2} positive numbers (one per rotated pair)")
         factors[name] = [float(v) for v in values]
-    factor = s.get("factor")
+    factor, attention = s.get("factor"), s.get("attention_factor")
+    for name, value in (("factor", factor), ("attention_factor", attention)):
+        if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
+            raise cfg.refuse(f"LongRoPE {name} {value!r}")
     if factor is None:  # Phi-3 states the stretch as the ratio of the two lengths
         factor = block_size / original
-    attention = s.get("attention_factor")
     if attention is None:
         attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
     return {**factors, "original_max_seq_len": original, "attention_factor": float(attention)}
