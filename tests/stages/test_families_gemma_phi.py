@@ -140,6 +140,30 @@ def test_lora_and_dpo_train_merge_and_the_merged_model_exports(family, hub_famil
     finetune_merge_and_export(download(f"fam/{family}", env), probe[:n], tol, targets)
 
 
+def test_a_gemma_2_with_an_output_layer_of_its_own_is_refused_at_export(hub_families, env):
+    """What a LoRA adapter on `head` leaves: llama.cpp's gemma2 always reads the embedding, so no file is written."""
+    import json
+
+    from tests.conftest import run_cli
+    from workbench.context import Context
+    from workbench.locations import home
+    from workbench.ml.checkpoint import load_config, load_state_dict, read_meta, save_model_dir
+    from workbench.store import Store
+
+    base = Path(download("fam/gemma2", env)["path"])
+    sd = load_state_dict(base)
+    sd["lm_head.weight"] = sd["lm_head.weight"] + 0.01
+    ctx = Context(Store())
+    staged = save_model_dir(ctx.staging_dir("model"), sd, load_config(base), tokenizer_dir=base, meta=read_meta(base))
+    model = ctx.register("model", staged, name="gemma2-untied").id
+    proc = run_cli("export", model, "--gguf", "--quant", "f32", "--json")
+    assert proc.returncode == 2
+    error = json.loads(proc.stdout)["error"]
+    assert "\n" not in error and "always uses the embedding as its output layer" in error
+    assert "finetune without that target" in error
+    assert not list((home() / "exports").glob("**/*.gguf*"))
+
+
 GEMMA_2_2B = {
     "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": 50.0,
     "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
