@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from workbench.errors import UserError
-from workbench.families.common import is_longrope
+from workbench.families.common import is_longrope, is_yarn
 from workbench.ml.checkpoint import read_meta
 from workbench.prompts import style_for_model
 from workbench_export.families import TENSOR_NAMES, Family, Shape, family_for, read_config, shape_of
@@ -260,6 +260,16 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: Shape, tok: TokenizerMeta, fty
     writer.add_layer_norm_rms_eps(shape.norm_eps)
     writer.add_rope_dimension_count(shape.rope_dims)
     writer.add_rope_freq_base(shape.rope_base)
+    adj = shape.rope_adjustments
+    if is_yarn(adj):
+        # llama.cpp scales cos and sin by 1 + 0.1 ln(factor) itself, times the attention factor written.
+        factor = float(adj["yarn_factor"])  # type: ignore[index]
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(factor)
+        writer.add_rope_scaling_orig_ctx_len(int(adj["yarn_original_max_seq_len"]))  # type: ignore[index]
+        own = 1.0 + 0.1 * math.log(factor) if factor > 1 else 1.0
+        if not math.isclose(adj["attention_factor"] / own, 1.0, rel_tol=1e-7):  # type: ignore[index]
+            writer.add_rope_scaling_attn_factors(adj["attention_factor"] / own)  # type: ignore[index]
     if shape.rope_condense_ratio != 1:
         # LitGPT divides positions by the ratio: llama.cpp's linear scaling does the same.
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
