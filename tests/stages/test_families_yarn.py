@@ -21,6 +21,7 @@ from tests.families_support import (
     check_download,
     download,
     export_gguf,
+    finetune_merge_and_export,
     hub_env,
     llama_cpp_run,
     reference_greedy,
@@ -83,6 +84,11 @@ def test_export_runs_in_llama_cpp_as_in_transformers(family, hub, env):
     assert np.abs(got - reference_logits(models[family], ids)).max() <= TOL
     assert greedy == reference_greedy(models[family], ids, N_GREEDY)
     assert_quants_run(files, ids, n_ctx=N_IDS + 8)
+
+
+def test_lora_and_dpo_train_merge_and_the_merged_model_exports(hub, env):
+    """LoRA and DPO train with YaRN, the merged model keeps it and runs in llama.cpp as in LitGPT."""
+    finetune_merge_and_export(download("fam/qwen2", env), hub[2], TOL)
 
 
 QWEN = {"architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 896, "intermediate_size": 4864,
