@@ -102,10 +102,11 @@ def is_yarn(adjustments: Any) -> bool:
 
 def yarn_adjustments(s: dict[str, Any], cfg: HFConfig) -> dict[str, Any]:
     """YaRN's parameters with transformers' defaults (`_compute_yarn_parameters`)."""
-    original = s.get("original_max_position_embeddings") or cfg.get("max_position_embeddings")
+    longest = cfg.get("max_position_embeddings")
+    original = s.get("original_max_position_embeddings") or longest
     factor = s.get("factor")
-    if factor is None and original:
-        factor = cfg.get("max_position_embeddings") / original
+    if factor is None and original and longest:
+        factor = longest / original
     numbers = {"factor": factor, "original_max_position_embeddings": original}
     for key in ("attention_factor", "mscale", "mscale_all_dim", "beta_fast", "beta_slow"):
         numbers[key] = s.get(key)
@@ -124,7 +125,7 @@ def yarn_adjustments(s: dict[str, Any], cfg: HFConfig) -> dict[str, Any]:
         attention = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
     return {"yarn_factor": float(factor), "yarn_original_max_seq_len": int(original),
             "yarn_beta_fast": float(s.get("beta_fast") or 32), "yarn_beta_slow": float(s.get("beta_slow") or 1),
-            "yarn_truncate": bool(s.get("truncate", True)), "attention_factor": float(attention)}
+            "yarn_truncate": s.get("truncate", True) is not False, "attention_factor": float(attention)}
 
 
 def llama_cpp_yarn(adjustments: Any) -> bool:
