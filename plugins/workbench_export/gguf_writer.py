@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from workbench.errors import UserError
+from workbench.families.common import is_longrope, is_yarn
 from workbench.ml.checkpoint import read_meta
 from workbench.prompts import style_for_model
 from workbench_export.families import TENSOR_NAMES, Family, Shape, family_for, read_config, shape_of
@@ -195,6 +196,12 @@ def _plan(weights: _Weights, family: Family, shape: Shape, qtype: gguf.GGMLQuant
     direct("transformer.wte.weight", TENSOR_NAMES["transformer.wte.weight"])
     if shape.rope_adjustments and "low_freq_factor" in shape.rope_adjustments:
         add("rope_freqs.weight", (shape.head_size // 2,), lambda: _llama3_rope_factors(shape))
+    if is_longrope(shape.rope_adjustments):
+        # LongRoPE's divisors; llama.cpp picks the long ones when its context exceeds the original.
+        for which in ("long", "short"):
+            values = shape.rope_adjustments[f"{which}_factor"]  # type: ignore[index]
+            add(f"rope_factors_{which}.weight", (len(values),),
+                lambda values=values: torch.tensor(values, dtype=torch.float32))
     rows = {"q": shape.n_head * shape.head_size, "k": shape.n_query_groups * shape.head_size,
             "v": shape.n_query_groups * shape.head_size}
     for i in range(shape.n_layer):
@@ -253,6 +260,16 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: Shape, tok: TokenizerMeta, fty
     writer.add_layer_norm_rms_eps(shape.norm_eps)
     writer.add_rope_dimension_count(shape.rope_dims)
     writer.add_rope_freq_base(shape.rope_base)
+    adj = shape.rope_adjustments
+    if is_yarn(adj):
+        # llama.cpp scales cos and sin by 1 + 0.1 ln(factor) itself, times the attention factor written.
+        factor = float(adj["yarn_factor"])  # type: ignore[index]
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(factor)
+        writer.add_rope_scaling_orig_ctx_len(int(adj["yarn_original_max_seq_len"]))  # type: ignore[index]
+        own = 1.0 + 0.1 * math.log(factor) if factor > 1 else 1.0
+        if not math.isclose(adj["attention_factor"] / own, 1.0, rel_tol=1e-7):  # type: ignore[index]
+            writer.add_rope_scaling_attn_factors(adj["attention_factor"] / own)  # type: ignore[index]
     if shape.rope_condense_ratio != 1:
         # LitGPT divides positions by the ratio: llama.cpp's linear scaling does the same.
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -302,7 +319,8 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
     plan, tied = _plan(weights, family, shape, qtype, unit_offset="Gemma" in str(config.get("name", "")))
     if not tied and not family.untied_output:
         raise UserError(f"{model_dir}: the output layer is not the embedding, and llama.cpp's {family.gguf_arch} "
-                        "architecture always uses the embedding as its output layer")
+                        "architecture always uses the embedding as its output layer (a LoRA adapter on 'head' "
+                        "unties them: finetune without that target to export)")
     embd_rows = next(p.shape[0] for p in plan if p.name == "token_embd.weight")
     if embd_rows != shape.padded_vocab_size:
         raise UserError(f"{model_dir}: the embedding has {embd_rows} rows but model_config.yaml says "
@@ -336,7 +354,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", progress:
                     progress(done, len(plan))
         finally:
             writer.close()
-    n_params = sum(math.prod(p.shape) for p in plan if p.name != "rope_freqs.weight")
+    n_params = sum(math.prod(p.shape) for p in plan if not p.name.startswith(("rope_freqs.", "rope_factors_")))
     return {
         "path": str(out_path), "out_type": out_type, "arch": family.gguf_arch, "family": family.name,
         "n_tensors": len(plan), "n_params": n_params, "tied_embeddings": tied,

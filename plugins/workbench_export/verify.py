@@ -95,14 +95,14 @@ def _nll(logits: np.ndarray, targets: Sequence[int], rows: int = 32) -> float:
 
 def _load_reference_model(model_dir: Path, state_dict: Mapping[str, torch.Tensor] | None) -> Any:
     """The LitGPT model in F32; a given state dict is used in place (no second copy)."""
-    from litgpt import GPT
-
     from workbench.ml.checkpoint import load_config, load_model
+    from workbench.ml.rope import model_class
 
     if state_dict is None:
         return load_model(model_dir, dtype=torch.float32)
+    config = load_config(model_dir)
     with torch.device("meta"):
-        model = GPT(load_config(model_dir))
+        model = model_class(config)(config)
     model.load_state_dict({k: v.to(torch.float32) for k, v in state_dict.items()}, strict=True, assign=True)
     # Rotary caches are non-persistent buffers made on the meta device; rebuild them for real.
     model.cos, model.sin = model.rope_cache(device=torch.device("cpu"))

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 
 from tests.families_support import (
+    LORA_TARGETS,
     assert_quants_run,
     build_reference,
     check_download,
     compare_with_litgpt,
     download,
     export_gguf,
+    finetune_merge_and_export,
     hub_env,
     llama_cpp_run,
     reference_greedy,
@@ -126,6 +128,42 @@ def test_export_runs_in_llama_cpp_as_in_transformers(family, hub_families, env):
     assert_quants_run(files, ids, n_ctx=N_IDS + 8)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_lora_and_dpo_train_merge_and_the_merged_model_exports(family, hub_families, env):
+    """LoRA on every projection and DPO, a few steps each; the merged model runs in llama.cpp as in LitGPT."""
+    _, _, probe = hub_families
+    # Within Phi-3's window, its GGUF's context; past Gemma's.
+    n = PHI_WINDOW if family == "phi3" else N_IDS
+    tol = GELU_TABLE_TOL if family.startswith("gemma") else TOL
+    # llama.cpp's gemma2 has no output layer of its own, and an adapter on the head would untie it.
+    targets = LORA_TARGETS.replace(",head", "") if family == "gemma2" else LORA_TARGETS
+    finetune_merge_and_export(download(f"fam/{family}", env), probe[:n], tol, targets)
+
+
+def test_a_gemma_2_with_an_output_layer_of_its_own_is_refused_at_export(hub_families, env):
+    """What a LoRA adapter on `head` leaves: llama.cpp's gemma2 always reads the embedding, so no file is written."""
+    import json
+
+    from tests.conftest import run_cli
+    from workbench.context import Context
+    from workbench.locations import home
+    from workbench.ml.checkpoint import load_config, load_state_dict, read_meta, save_model_dir
+    from workbench.store import Store
+
+    base = Path(download("fam/gemma2", env)["path"])
+    sd = load_state_dict(base)
+    sd["lm_head.weight"] = sd["lm_head.weight"] + 0.01
+    ctx = Context(Store())
+    staged = save_model_dir(ctx.staging_dir("model"), sd, load_config(base), tokenizer_dir=base, meta=read_meta(base))
+    model = ctx.register("model", staged, name="gemma2-untied").id
+    proc = run_cli("export", model, "--gguf", "--quant", "f32", "--json")
+    assert proc.returncode == 2
+    error = json.loads(proc.stdout)["error"]
+    assert "\n" not in error and "always uses the embedding as its output layer" in error
+    assert "finetune without that target" in error
+    assert not list((home() / "exports").glob("**/*.gguf*"))
+
+
 GEMMA_2_2B = {
     "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": 50.0,
     "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
@@ -158,7 +196,9 @@ REAL_CONFIGS = {
         "sliding_window": 2047, "tie_word_embeddings": False, "vocab_size": 32064,
     }),
 }
-LONGROPE = {"type": "longrope", "long_factor": [1.0] * 48, "short_factor": [1.0] * 48}
+LONGROPE = {"type": "longrope", "long_factor": [1.0] * 47, "short_factor": [1.0] * 47}  # 48 pairs rotate
+
+
 @pytest.mark.parametrize("repo_id", sorted(REAL_CONFIGS))
 def test_config_from_config_json_matches_litgpts_own(repo_id):
     lit_name, hf = REAL_CONFIGS[repo_id]
@@ -188,7 +228,7 @@ def test_config_from_config_json_matches_litgpts_own(repo_id):
                                                   "sliding_attention": {"rope_type": "linear", "factor": 2.0,
                                                                         "rope_theta": 1e4}},
                               "rope_theta": None, "rope_local_base_freq": None}, "on sliding-window layers"),
-    ("microsoft/Phi-3-mini-4k-instruct", {"rope_scaling": LONGROPE}, "rope scaling 'longrope'"),
+    ("microsoft/Phi-3-mini-4k-instruct", {"rope_scaling": LONGROPE}, "LongRoPE long_factor is not 48"),
     ("microsoft/Phi-3-mini-4k-instruct", {"hidden_act": "gelu"}, "hidden_act 'gelu'"),
 ])
 def test_fields_that_change_the_math_are_refused_by_name(repo_id, change, message):

@@ -28,7 +28,8 @@ MATH_KEYS = frozenset({
 # Keys of a rope_parameters / rope_scaling mapping that `rope()` understands.
 _ROPE_KEYS = frozenset({
     "rope_type", "type", "rope_theta", "factor", "low_freq_factor", "high_freq_factor",
-    "original_max_position_embeddings", "partial_rotary_factor",
+    "original_max_position_embeddings", "partial_rotary_factor", "long_factor", "short_factor", "attention_factor",
+    "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate",
 })
 
 

@@ -31,6 +31,7 @@ import yaml
 from litgpt import GPT, Config
 
 from workbench.errors import UserError, writing
+from workbench.ml.rope import model_class
 from workbench.weightfiles import check_model_dir, check_safetensors, where
 
 TOKENIZER_FILES = (
@@ -93,7 +94,7 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu", dtype: torch
     """The GPT with its weights, in eval mode."""
     config = load_config(model_dir)
     with torch.device("meta"):
-        model = GPT(config)
+        model = model_class(config)(config)  # GPT, or ours where LitGPT lacks the model's RoPE
     sd = load_state_dict(model_dir)
     try:
         model.load_state_dict(sd, strict=True, assign=True)

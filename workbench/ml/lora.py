@@ -20,6 +20,7 @@ from litgpt.lora import LoRALayer, lora_filter, mark_only_lora_as_trainable, mer
 
 from workbench.errors import UserError
 from workbench.ml.checkpoint import config_to_dict, load_config, load_state_dict
+from workbench.ml.rope import model_class
 
 TARGETS = ("query", "key", "value", "projection", "mlp", "head")
 
@@ -52,7 +53,7 @@ def load_lora_model(model_dir: Path, settings: LoRASettings, device: str | torch
     """Base weights from `model_dir`, fresh adapter (seeded), only adapter parameters trainable."""
     config = lora_config(model_dir, settings)
     torch.manual_seed(seed)
-    model = LoRAGPT(config)
+    model = model_class(config, LoRAGPT)(config)
     missing, unexpected = model.load_state_dict(load_state_dict(model_dir), strict=False)
     bad = [k for k in missing if "lora_" not in k]
     if bad or unexpected:
