@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 from workbench_pretrain.presets import PRESETS, describe
@@ -86,7 +86,7 @@ class DistillStage(Stage):
     )
     consumes = ("model", "dataset")
     produces = ("model",)
-    Options = Options
+    Options: TypeAlias = Options
     supports_resume = True
     supports_cancel = True
 

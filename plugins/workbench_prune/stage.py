@@ -7,7 +7,7 @@ the measurements (torch, litgpt, llama.cpp) are imported inside `run()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from workbench.datasets import read_card, require_type
 from workbench.errors import UserError
@@ -110,7 +110,7 @@ class PruneStage(Stage):
     )
     consumes = ("model", "dataset")
     produces = ("model",)
-    Options = Options
+    Options: TypeAlias = Options
     supports_resume = True
 
     def validate(self, options: Options, ctx: Context) -> None:

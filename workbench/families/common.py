@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 from workbench.families.hfconfig import HFConfig, Rope
 
@@ -85,7 +85,7 @@ def no_sliding_window(cfg: HFConfig) -> None:
 LONGROPE_KEYS = frozenset({"long_factor", "short_factor", "original_max_seq_len", "attention_factor"})
 
 
-def is_longrope(adjustments: Any) -> bool:
+def is_longrope(adjustments: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(adjustments, dict) and set(adjustments) == LONGROPE_KEYS
 
 
