@@ -252,6 +252,7 @@ class TrainLoop:
         self.scaler = grad_scaler(fabric)
         self.step, self.tokens = 0, 0
         self.extra: dict[str, Any] = {}
+        self.last: dict[str, float] = {}  # the last step's metrics
 
     @property
     def total(self) -> int:
@@ -273,7 +274,7 @@ class TrainLoop:
         self.step = int(state["step"])
         extra = state.get("extra", {})
         self.tokens = int(extra.get("tokens", 0))
-        self.extra = dict(extra.get("stage", {}))
+        self.extra = dict(extra.get("stage", extra))  # older checkpoints kept a stage's values at the top
         restore_rng(state["rng"])  # last: loading the model may have drawn from the generators
         epoch = self.order.epoch(self.step * self.batches.batch_size) + 1
         self.ctx.log(f"resumed at step {self.step} of {self.total} (epoch {epoch})")
@@ -333,6 +334,7 @@ class TrainLoop:
             if tokens:
                 metrics["tokens_per_s"] = tokens / seconds
             ctx.metric(self.step, **metrics)
+            self.last = metrics
             ctx.progress(self.step, self.total, unit="step", desc=self.desc)
             if evaluate is not None and (self.step % self.eval_every == 0 or self.step == self.total):
                 evaluated = evaluate()
