@@ -350,13 +350,14 @@ def parse_options(options_cls: type, values: Mapping[str, Any], *, stage: str = 
             continue
         if name not in by_name and name in renamed:
             name = renamed[name]
-            warn(f"{_flag(key)} is now {_flag(name)}; the old name will be refused in the next release")
         if name not in by_name:
             valid = ", ".join(sorted(f.replace("_", "-") for f in by_name))
             label = f" for stage '{stage}'" if stage else ""
             raise UserError(f"unknown option '{key}'{label}; valid options: {valid}")
         # A bad value is reported under the name it was given as.
         parsed = parse_value(dataclasses.replace(by_name[name], name=_key(key)), value)
+        if _key(key) != name:
+            warn(f"{_flag(key)} is now {_flag(name)}; the old name will be refused in the next release")
         # An old and a new name that disagree are an error; otherwise the later value wins
         # (a flag over the same option in a --config file).
         renaming = _key(key) != name or _key(spelled.get(name, name)) != name
@@ -551,3 +552,11 @@ class EpochOptions(TrainingOptions):
 
     epochs: int = option(1, help="Passes over the training split (unless --max-steps is set)", min=1,
                          group="training")
+
+
+def check_batches(options: TrainingOptions) -> None:
+    """A micro-batch is part of an optimizer step's batch, so it cannot be larger."""
+    if (options.batch_size is not None and options.micro_batch_size is not None
+            and options.micro_batch_size > options.batch_size):
+        raise UserError(f"--micro-batch-size {options.micro_batch_size} is larger than --batch-size "
+                        f"{options.batch_size}; a micro-batch is part of an optimizer step's batch")
