@@ -178,7 +178,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         estimate = replace(estimate, weights=estimate.weights + ref_params * _weight_bytes(precision))
     figures = preflight(estimate, device, force=options.force, what="this DPO run")
     ctx.log(
-        f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out; {total} steps of {batch_size} pairs; "
+        f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out; {batches.describe('pairs')}; "
         f"{device}, {precision}; memory estimate {fmt_bytes(figures['estimate_bytes'])} of "
         f"{fmt_bytes(figures['available_bytes'])} available"
     )

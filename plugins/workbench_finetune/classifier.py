@@ -143,7 +143,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     ctx.log(f"{len(data.labels)} labels ({', '.join(data.labels)}); {len(train_ids)} train / {len(val_ids)} held-out "
             f"texts; training {n_trainable:,} of {n_params:,} parameters (head"
             f"{f' + last {options.train_blocks} block(s)' if options.train_blocks else ''}); {device}, {precision}; "
-            f"memory estimate {fmt_bytes(estimate.total)}")
+            f"memory estimate {fmt_bytes(estimate.total)}; {batches.describe('texts')}")
 
     fabric = make_fabric(device, precision)
     wrapped = fabric.setup_module(model)

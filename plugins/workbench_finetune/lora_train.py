@@ -155,7 +155,8 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     ctx.log(f"LoRA r={settings.r} alpha={settings.alpha} on {', '.join(settings.targets)}: "
             f"{n_trainable:,} trainable of {n_params:,} parameters; {device}, {precision}"
             f"{', nf4 base' if options.quantize else ''}; memory estimate {fmt_bytes(estimate.total)}; "
-            f"prompt style {style.name}; {len(train_set)} train / {len(val_set)} validation examples, longest {longest} tokens")
+            f"prompt style {style.name}; {len(train_set)} train / {len(val_set)} validation examples, longest {longest} tokens; "
+            f"{batches.describe('examples')}")
 
     fabric = make_fabric(device, precision, options.quantize)
     model = fabric.setup_module(raw)

@@ -59,7 +59,8 @@ def test_batches_are_at_most_the_data_and_epochs_round_up() -> None:
     assert Batches.plan(10, 4, 2, epochs=3, max_steps=None) == Batches(4, 2, 8)
     assert Batches.plan(3, 8, None, epochs=1, max_steps=None) == Batches(3, 3, 1)
     assert Batches.plan(10, 4, 3, epochs=3, max_steps=5) == Batches(4, 3, 5)
-    assert Batches(4, 3, 5).accumulation == 2
+    assert Batches(4, 3, 5).describe("pairs") == "5 steps of 4 pairs (2 micro-batches of 3)"
+    assert Batches(4, 4, 1).describe("texts") == "1 step of 4 texts (1 micro-batch of 4)"
 
 
 class Recorder:

@@ -132,6 +132,11 @@ class Batches:
     def accumulation(self) -> int:
         return math.ceil(self.batch_size / self.micro_batch_size)
 
+    def describe(self, noun: str) -> str:
+        """For the run's log: "40 steps of 8 examples (2 micro-batches of 4)"."""
+        return (f"{self.steps} step{'s' if self.steps != 1 else ''} of {self.batch_size} {noun} "
+                f"({self.accumulation} micro-batch{'es' if self.accumulation > 1 else ''} of {self.micro_batch_size})")
+
 
 # ---------------------------------------------------------------------------------------------
 # device and precision
