@@ -105,3 +105,14 @@ def test_older_checkpoints_go_by_step_whatever_their_digits(tmp_path: Path) -> N
         (tmp_path / name).write_bytes(b"")
     prune_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000100.pt", "step-000110.pt"]
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path: Path) -> None:
+    from workbench.errors import UserError
+    from workbench.ml.training import check_fingerprint
+
+    mine = {"batch_size": 8, "seed": 1, "steps": 10, "examples": 64}
+    check_fingerprint({"extra": {"fingerprint": mine}}, mine, tmp_path / "step-000002.pt")
+    check_fingerprint({"extra": {}}, mine, tmp_path / "step-000002.pt")  # written before fingerprints
+    with pytest.raises(UserError, match=r"checkpoint .*step-000002.pt was written by a run with another"):
+        check_fingerprint({"extra": {"fingerprint": {**mine, "seed": 2}}}, mine, tmp_path / "step-000002.pt")

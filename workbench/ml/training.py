@@ -208,8 +208,8 @@ def check_fingerprint(state: dict[str, Any], expected: dict[str, Any], path: Pat
     found = state.get("extra", {}).get("fingerprint")
     if found is not None and found != expected:
         raise UserError(
-            f"checkpoint {path} was written by a run with another model, batch, seed or length; "
-            "start a new run instead of resuming"
+            f"checkpoint {path} was written by a run with another model, sequence length, batch, seed, "
+            "length or data; start a new run instead of resuming"
         )
 
 
