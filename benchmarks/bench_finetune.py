@@ -178,8 +178,8 @@ def ours_step_times(model_dir: Path, work: Path, n_train: int, steps: int, batch
     cmd = [sys.executable, "-m", "workbench.cli", "finetune", "lora", model, data, "--json",
            "--rank", str(LORA["r"]), "--alpha", str(LORA["alpha"]), "--dropout", str(LORA["dropout"]),
            "--targets", ",".join(LORA["targets"]), "--prompt-style", "alpaca", "--batch-size", str(batch),
-           "--max-steps", str(steps), "--warmup-steps", "2", "--eval-interval", str(steps * 10),
-           "--checkpoint-interval", str(steps * 10), "--precision", "32-true", "--max-seq-length", "256"]
+           "--max-steps", str(steps), "--warmup-steps", "2", "--eval-every", str(steps * 10),
+           "--checkpoint-every", str(steps * 10), "--precision", "32-true", "--max-seq-length", "256"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"workbench finetune lora failed: {out.stderr[-2000:]}")

@@ -46,7 +46,7 @@ def run_ours(inputs: dict[str, Any], args: argparse.Namespace, compile_mode: str
     cmd = [sys.executable, "-m", "workbench.cli", "pretrain", inputs["dataset"].id, "--tokenizer", inputs["tokenizer"].id,
            "--model", args.model, "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--micro-batch-size", str(args.micro_batch_size), "--max-seq-length", str(args.seq_len),
-           "--eval-interval", str(args.steps + 1), "--checkpoint-every", str(args.steps + 1),
+           "--eval-every", str(args.steps + 1), "--checkpoint-every", str(args.steps + 1),
            "--compile", compile_mode, "--json"]
     if args.precision:
         cmd += ["--precision", args.precision]

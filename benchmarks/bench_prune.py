@@ -111,8 +111,6 @@ def cost(heal_steps: int) -> dict[str, Any]:
 
     from tests.conftest import make_tokenizer
     from workbench.context import Context
-    from workbench.options import fields
-    from workbench.stages import get_stage
     from workbench.store import Store
     from workbench.testing import run_inline
 
@@ -131,10 +129,9 @@ def cost(heal_steps: int) -> dict[str, Any]:
             (staged / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
         dataset = ctx.register("dataset", staged, name="demo-corpus").id
         (Path(tmp) / "micro.yaml").write_text(MICRO)
-        lr = "lr" if "lr" in {f.name for f in fields(get_stage("pretrain").Options)} else "learning_rate"
         model = run_inline("pretrain", {"dataset": dataset, "tokenizer": tokenizer, "model": str(Path(tmp) / "micro.yaml"),
                                         "max_steps": 300, "max_seq_length": 64, "batch_size": 16,
-                                        "micro_batch_size": 16, lr: 3e-3, "compile": "off"}).result["model"]
+                                        "micro_batch_size": 16, "lr": 3e-3, "compile": "off"}).result["model"]
         common = {"model": model, "calibration": dataset, "target": 0.75, "max_seq_length": 64}
         out: dict[str, Any] = {}
         for method, heal in CASES:

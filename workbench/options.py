@@ -11,6 +11,12 @@ and `parse_options` turns a mapping (CLI, config file, TUI form, JSON) into a va
 instance: an unknown key is an error listing the valid ones, a wrong type names the option and
 the expected type, and a number outside the declared `min`/`max`, or not finite (NaN, ±inf), is
 refused naming the option.
+
+An option that was renamed keeps its old spelling for one release (`option(..., aliases=...)`):
+flags, config files and the options of runs recorded before the rename still read, with one
+warning line on stderr naming old → new. An option that is gone with no plain new name is
+declared `Retired` on the Options class, which says how its value maps onto the new options.
+The training stages share their common options through `TrainingOptions` below.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -43,8 +49,10 @@ def option(
     max: float | None = None,
     group: str | None = None,
     advanced: bool = False,
+    aliases: Iterable[str] = (),
 ) -> Any:
-    """A stage option. `help` is shown in CLI help, the JSON schema and the TUI form."""
+    """A stage option. `help` is shown in CLI help, the JSON schema and the TUI form; `aliases` are
+    its old names, still accepted with a warning."""
     meta = {
         "help": help,
         "choices": list(choices) if choices is not None else None,
@@ -56,6 +64,7 @@ def option(
         "artifact": None,
         "group": group,
         "advanced": advanced,
+        "aliases": tuple(aliases),
     }
     if isinstance(default, (list, dict, set)):
         value = default
@@ -95,6 +104,7 @@ class Field:
     artifact: tuple[str, ...] | None
     group: str | None
     advanced: bool
+    aliases: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -140,9 +150,14 @@ def _type_name(tp: Any) -> str:
 
 
 def fields(options_cls: type) -> list[Field]:
+    """The options in the stage's order: its own first, then those it shares with other stages
+    (a dataclass puts inherited fields first)."""
     hints = typing.get_type_hints(options_cls)
+    shared = {f.name for base in options_cls.__mro__[1:] if dataclasses.is_dataclass(base)
+              for f in dataclasses.fields(base)}
+    ordered = sorted(dataclasses.fields(options_cls), key=lambda f: f.name in shared)
     out = []
-    for f in dataclasses.fields(options_cls):
+    for f in ordered:
         meta = f.metadata.get(_META, {})
         if f.default is not MISSING:
             default = f.default
@@ -169,9 +184,53 @@ def fields(options_cls: type) -> list[Field]:
                 artifact=meta.get("artifact"),
                 group=meta.get("group"),
                 advanced=bool(meta.get("advanced")),
+                aliases=tuple(meta.get("aliases", ())),
             )
         )
     return out
+
+
+def redefault(options_cls: type, name: str, default: Any, *, help: str | None = None) -> Any:
+    """Option `name` of a shared options class with this stage's default (and, where the stage
+    must say more, its own help); type bounds, group and aliases stay declared once."""
+    base = next(f for f in dataclasses.fields(options_cls) if f.name == name)
+    meta = dict(base.metadata[_META])
+    if help is not None:
+        meta["help"] = help
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={_META: meta})
+    return dataclasses.field(default=default, metadata={_META: meta})
+
+
+@dataclass(frozen=True)
+class Retired:
+    """An option that is gone, accepted for one release. `upgrade(value, options)` gets its parsed
+    value and the other options given (parsed, by name), sets what it now means, and returns the
+    warning shown to the user."""
+
+    type: Any
+    help: str
+    upgrade: Callable[[Any, dict[str, Any]], str]
+    min: float | None = None
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One line on stderr, once per process (the CLI validates a run's options more than once)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _key(name: str) -> str:
+    return name.replace("-", "_")
 
 
 def _strip_optional(tp: Any) -> Any:
@@ -279,15 +338,41 @@ def _scalar(tp: Any, value: Any) -> Any:
 def parse_options(options_cls: type, values: Mapping[str, Any], *, stage: str = "") -> Any:
     """Validate `values` against `options_cls` and return an instance."""
     by_name = {f.name: f for f in fields(options_cls)}
-    aliases = {name.replace("_", "-"): name for name in by_name}
+    renamed = {old: f.name for f in by_name.values() for old in f.aliases}
+    retired: Mapping[str, Retired] = getattr(options_cls, "retired", {})
     clean: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # option name -> the key it was given as
+    gone: dict[str, Any] = {}
     for key, value in values.items():
-        name = aliases.get(key, key)
+        name = _key(key)
+        if name in retired:
+            gone[name] = value
+            continue
+        if name not in by_name and name in renamed:
+            name = renamed[name]
         if name not in by_name:
             valid = ", ".join(sorted(f.replace("_", "-") for f in by_name))
             label = f" for stage '{stage}'" if stage else ""
             raise UserError(f"unknown option '{key}'{label}; valid options: {valid}")
-        clean[name] = parse_value(by_name[name], value)
+        # A bad value is reported under the name it was given as.
+        parsed = parse_value(dataclasses.replace(by_name[name], name=_key(key)), value)
+        if _key(key) != name:
+            warn(f"{_flag(key)} is now {_flag(name)}; the old name will be refused in the next release")
+        # An old and a new name that disagree are an error; otherwise the later value wins
+        # (a flag over the same option in a --config file).
+        renaming = _key(key) != name or _key(spelled.get(name, name)) != name
+        if name in clean and clean[name] != parsed and renaming:
+            raise UserError(f"{_flag(spelled[name])} and {_flag(key)} name the same option with different "
+                            f"values; give only {by_name[name].flag}")
+        clean[name], spelled[name] = parsed, key
+    for name, value in gone.items():
+        old = retired[name]
+        field = Field(name=name, type=old.type, type_name=_type_name(old.type), default=None, help=old.help,
+                      choices=None, required=False, positional=False, min=old.min, max=None, artifact=None,
+                      group=None, advanced=False)
+        parsed = parse_value(field, value)
+        if parsed is not None:
+            warn(old.upgrade(parsed, clean))
     for f in by_name.values():
         if f.required and clean.get(f.name, f.default) is None:
             label = f.name.upper() if f.positional else f.flag
@@ -379,6 +464,13 @@ def add_arguments(parser: argparse.ArgumentParser, options_cls: type) -> None:
             parser.add_argument(
                 f.flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text
             )
+        # Old spellings stay out of the help; `parse_options` maps them (with a warning).
+        for old in f.aliases:
+            action = argparse.BooleanOptionalAction if f.is_bool else "store"
+            parser.add_argument(_flag(old), dest=old, action=action, default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
+    for name in getattr(options_cls, "retired", {}):
+        parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -410,3 +502,61 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {p} must hold a mapping of option names to values")
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# options every training stage shares: one name, one help text, one set of bounds
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
+@dataclass
+class TrainingOptions:
+    """What every training stage takes. A stage inherits it and changes a default with
+    `redefault(TrainingOptions, name, value)`."""
+
+    lr: float | None = option(None, help="Peak learning rate (AdamW)", min=0, group="training",
+                              aliases=("learning_rate",))
+    batch_size: int | None = option(
+        None, help="Samples per optimizer step (gradients accumulate over micro-batches)", min=1, group="training",
+    )
+    micro_batch_size: int | None = option(
+        None, help="Samples per forward pass; default: --batch-size (all at once)", min=1, group="training",
+    )
+    max_steps: int | None = option(None, help="Stop after this many optimizer steps", min=1, group="training")
+    warmup_steps: int | None = option(
+        None, help="Linear warmup steps before the cosine decay", min=0, group="training", advanced=True,
+    )
+    weight_decay: float = option(0.0, help="AdamW weight decay", min=0, group="training", advanced=True)
+    grad_clip: float | None = option(
+        None, help="Clip the gradient norm to this (0 or empty: no clipping)", min=0, group="training",
+        aliases=("max_norm",),
+    )
+    eval_every: int = option(50, help="Optimizer steps between validation passes (also before the first and "
+                             "after the last)", min=1, group="training", aliases=("eval_interval",))
+    checkpoint_every: int = option(100, help="Optimizer steps between resumable checkpoints (a cancel also "
+                                   "writes one)", min=1, group="training", aliases=("checkpoint_interval",))
+    seed: int = option(42, help="Seed for the initial weights, the data order and dropout", group="training")
+    device: str = option("auto", help="Where to train", choices=["auto", "cpu", "cuda", "mps"], group="hardware")
+    precision: str | None = option(
+        None, help="Lightning precision; default: what `workbench doctor` picks", choices=PRECISIONS,
+        group="hardware",
+    )
+    force: bool = option(False, help="Start even if the memory estimate says the run will not fit",
+                         group="hardware", advanced=True)
+
+
+@dataclass
+class EpochOptions(TrainingOptions):
+    """Training stages that pass over a dataset a number of times (finetuning, DPO)."""
+
+    epochs: int = option(1, help="Passes over the training split (unless --max-steps is set)", min=1,
+                         group="training")
+
+
+def check_batches(options: TrainingOptions) -> None:
+    """A micro-batch is part of an optimizer step's batch, so it cannot be larger."""
+    if (options.batch_size is not None and options.micro_batch_size is not None
+            and options.micro_batch_size > options.batch_size):
+        raise UserError(f"--micro-batch-size {options.micro_batch_size} is larger than --batch-size "
+                        f"{options.batch_size}; a micro-batch is part of an optimizer step's batch")

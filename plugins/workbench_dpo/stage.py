@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from workbench.errors import UserError
-from workbench.options import artifact, option
+from workbench.options import (
+    EpochOptions,
+    TrainingOptions,
+    artifact,
+    check_batches,
+    option,
+    redefault,
+)
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir
 from workbench_dpo.rows import check_preference_dataset, read_rows
@@ -19,12 +26,11 @@ from workbench_dpo.rows import check_preference_dataset, read_rows
 if TYPE_CHECKING:
     from workbench.context import Context
 
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 LORA_TARGETS = ("query", "key", "value", "projection", "mlp", "head")
 
 
 @dataclass
-class Options:
+class Options(EpochOptions):
     model: str = artifact("model", help="Model to align, typically an instruction-tuned one", positional=True)
     dataset: str = artifact("dataset", positional=True, help="Preference dataset (rows with messages, chosen and rejected)")
     reference: str | None = artifact(
@@ -45,31 +51,15 @@ class Options:
     dropout: float = option(0.05, help="Dropout on the adapter's input", min=0.0, max=0.9, group="lora")
     targets: list[str] = option(["query", "value"], help="Layers that get an adapter",
                                      choices=list(LORA_TARGETS), group="lora")
-    epochs: int = option(1, help="Passes over the training pairs", min=1, group="training")
-    max_steps: int | None = option(None, help="Stop after this many optimizer steps (overrides --epochs)",
-                                   min=1, group="training")
-    batch_size: int = option(8, help="Preference pairs per optimizer step", min=1, group="training")
-    micro_batch_size: int | None = option(
-        None, help="Pairs per forward pass (gradients accumulate up to --batch-size); default: --batch-size",
-        min=1, group="training",
-    )
-    lr: float = option(5e-5, help="Peak learning rate", min=0.0, group="training")
-    warmup_steps: int = option(0, help="Steps of linear warmup before the cosine decay", min=0, group="training")
-    weight_decay: float = option(0.0, help="AdamW weight decay on the adapter", min=0.0, group="training")
-    grad_clip: float | None = option(1.0, help="Clip the gradient norm to this (0 or empty: no clipping)", min=0.0,
-                                     group="training")
     max_seq_length: int | None = option(None, help="Longest prompt + answer in tokens; default: the model's context",
                                         min=8, group="training")
-    eval_every: int = option(50, help="Steps between evaluations on the held-out split", min=1, group="training")
-    eval_pairs: int = option(256, help="Held-out pairs used per evaluation", min=1, group="training")
-    checkpoint_every: int = option(100, help="Steps between checkpoints (a cancel also checkpoints)", min=1,
-                                   group="training")
-    seed: int = option(42, help="Seed for the adapter's initialisation, data order and dropout")
-    device: str = option("auto", help="Where to train", choices=["auto", "cpu", "cuda", "mps"])
-    precision: str | None = option(None, help="Lightning precision; default: what `workbench doctor` picks",
-                                   choices=list(PRECISIONS))
-    force: bool = option(False, help="Start even if the memory estimate says the run will not fit", advanced=True)
+    eval_pairs: int = option(256, help="Held-out pairs scored per evaluation (the first N of the split)", min=1,
+                             group="training")
     name: str | None = option(None, help="Name of the aligned model; default: <model>-dpo")
+    lr: float = redefault(TrainingOptions, "lr", 5e-5)
+    batch_size: int = redefault(TrainingOptions, "batch_size", 8)
+    warmup_steps: int = redefault(TrainingOptions, "warmup_steps", 0)
+    grad_clip: float | None = redefault(TrainingOptions, "grad_clip", 1.0)
 
 
 class DPOStage(Stage):
@@ -89,8 +79,7 @@ class DPOStage(Stage):
     def validate(self, options: Options, ctx: Context) -> None:
         if options.label_smoothing is not None and options.loss != "cdpo":
             raise UserError("--label-smoothing applies to --loss cdpo only; drop it or pass --loss cdpo")
-        if options.micro_batch_size is not None and options.micro_batch_size > options.batch_size:
-            raise UserError("--micro-batch-size must not be larger than --batch-size")
+        check_batches(options)
         if not options.targets:
             raise UserError("--targets must name at least one layer")
         model_dir = ctx.artifact(options.model, "model").path

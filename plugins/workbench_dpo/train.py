@@ -13,8 +13,6 @@ same loop runs on every device.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workbench.errors import Cancelled, UserError
+from workbench.errors import UserError
 from workbench.hardware import (
     choose_device,
-    choose_precision,
     estimate_training_memory,
     fmt_bytes,
     preflight,
@@ -49,7 +46,15 @@ from workbench.ml.lora import (
     merged_state_dict,
     save_adapter,
 )
-from workbench.ml.trainstate import load_train_state, restore_rng, save_train_state
+from workbench.ml.training import (
+    Batches,
+    Micro,
+    SeededOrder,
+    TrainLoop,
+    make_fabric,
+    training_precision,
+    warmup_cosine,
+)
 from workbench.prompts import PromptStyle, get_style, style_for_model
 from workbench_dpo.loss import PairStats, preference_loss, sequence_logps
 from workbench_dpo.pairs import Pair, collate_pairs, encode_rows
@@ -58,9 +63,6 @@ from workbench_dpo.rows import check_preference_dataset, read_rows
 if TYPE_CHECKING:
     from workbench.context import Context
     from workbench_dpo.stage import Options
-
-KEEP_CHECKPOINTS = 2
-
 
 def pair_forward(
     policy: torch.nn.Module,
@@ -89,26 +91,31 @@ def pair_forward(
                            label_smoothing=label_smoothing)
 
 
-def summarize(stats: Sequence[PairStats], *, reference: bool = False) -> dict[str, float]:
-    """Means over every pair in `stats`: loss, rewards, margin, accuracy, log-probabilities."""
+def summarize_tensors(stats: Sequence[PairStats], *, reference: bool = False) -> dict[str, torch.Tensor]:
+    """Means over every pair in `stats`: loss, rewards, margin, accuracy, log-probabilities; still
+    on the device, so a training step reads them all at once."""
 
     def cat(name: str) -> torch.Tensor:
-        return torch.cat([getattr(s, name).detach().float().cpu() for s in stats])
+        return torch.cat([getattr(s, name).detach().float() for s in stats])
 
     chosen, rejected = cat("chosen_rewards"), cat("rejected_rewards")
     out = {
-        "loss": cat("losses").mean().item(),
-        "reward_chosen": chosen.mean().item(),
-        "reward_rejected": rejected.mean().item(),
-        "reward_margin": (chosen - rejected).mean().item(),
-        "reward_accuracy": (chosen > rejected).float().mean().item(),
-        "logps_chosen": cat("policy_chosen").mean().item(),
-        "logps_rejected": cat("policy_rejected").mean().item(),
+        "loss": cat("losses").mean(),
+        "reward_chosen": chosen.mean(),
+        "reward_rejected": rejected.mean(),
+        "reward_margin": (chosen - rejected).mean(),
+        "reward_accuracy": (chosen > rejected).float().mean(),
+        "logps_chosen": cat("policy_chosen").mean(),
+        "logps_rejected": cat("policy_rejected").mean(),
     }
     if reference:
-        out["ref_logps_chosen"] = cat("reference_chosen").mean().item()
-        out["ref_logps_rejected"] = cat("reference_rejected").mean().item()
+        out["ref_logps_chosen"] = cat("reference_chosen").mean()
+        out["ref_logps_rejected"] = cat("reference_rejected").mean()
     return out
+
+
+def summarize(stats: Sequence[PairStats], *, reference: bool = False) -> dict[str, float]:
+    return {k: v.item() for k, v in summarize_tensors(stats, reference=reference).items()}
 
 
 def chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -117,8 +124,6 @@ def chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
 
 
 def train(options: Options, ctx: Context) -> dict[str, Any]:
-    from lightning.fabric import Fabric
-
     # --- inputs ------------------------------------------------------------------------------
     model_art = ctx.artifact(options.model, "model")
     data_art = ctx.artifact(options.dataset, "dataset")
@@ -126,7 +131,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     model_dir = model_art.path
     check_preference_dataset(data_art.path, options.dataset)
     device = choose_device(options.device)
-    precision = options.precision or choose_precision(device, training=True)
+    precision = training_precision(device, options.precision)
     label_smoothing = options.label_smoothing if options.label_smoothing is not None else 0.1
     if options.loss != "cdpo":
         label_smoothing = 0.0
@@ -148,10 +153,9 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     if not train_pairs:
         raise UserError(f"dataset '{options.dataset}' has no training pairs")
     pad = pad_id(tokenizer)
-    batch_size = min(options.batch_size, len(train_pairs))
-    micro = min(options.micro_batch_size if options.micro_batch_size is not None else batch_size, batch_size)
-    steps_per_epoch = len(train_pairs) // batch_size
-    total = options.max_steps if options.max_steps is not None else options.epochs * steps_per_epoch
+    batches = Batches.plan(len(train_pairs), options.batch_size, options.micro_batch_size, epochs=options.epochs,
+                           max_steps=options.max_steps)
+    batch_size, micro, total = batches.batch_size, batches.micro_batch_size, batches.steps
     longest = max(p.longest for p in train_pairs + val_pairs)
 
     # --- memory preflight, on the meta device: nothing is allocated yet -------------------------
@@ -174,13 +178,13 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         estimate = replace(estimate, weights=estimate.weights + ref_params * _weight_bytes(precision))
     figures = preflight(estimate, device, force=options.force, what="this DPO run")
     ctx.log(
-        f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out; {total} steps of {batch_size} pairs; "
+        f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out; {batches.describe('pairs')}; "
         f"{device}, {precision}; memory estimate {fmt_bytes(figures['estimate_bytes'])} of "
         f"{fmt_bytes(figures['available_bytes'])} available"
     )
 
     # --- policy and reference ----------------------------------------------------------------
-    fabric = Fabric(accelerator=device, devices=1, precision=precision)  # type: ignore[arg-type]
+    fabric = make_fabric(device, precision)
     raw = load_lora_model(model_dir, settings, seed=options.seed)
     raw.max_seq_length = longest
     stored_dtype = _stored_dtype(model_dir)
@@ -188,7 +192,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=options.lr, weight_decay=options.weight_decay,
     ))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(options.warmup_steps, total))
+    scheduler = warmup_cosine(optimizer, warmup=options.warmup_steps, total=total)
     reference = None
     if ref_art is not None:
         ref_model = load_model(ref_art.path)
@@ -199,48 +203,26 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         reference = fabric.setup_module(ref_model)
     ctx.log(f"policy: {n_params:,} parameters, {n_trainable:,} in the adapter; reference: "
             + (f"model {ref_art.id}" if ref_art is not None else "the same weights with the adapter off"))
-    scaler = getattr(fabric.strategy.precision, "scaler", None)
-
-    def save_checkpoint(step: int) -> Path:
-        epoch, position = divmod(step, steps_per_epoch)
-        path = ctx.checkpoints_dir / f"step-{step:06d}.pt"
-        save_train_state(
-            path, model_state=adapter_state_dict(raw), optimizer=optimizer, step=step, scheduler=scheduler,
-            data_state={"epoch": epoch, "batch_in_epoch": position, "seed": options.seed},
-            extra={"scaler": scaler.state_dict() if scaler is not None else None},
-        )
-        ctx.checkpoint(path, step)
-        for old in sorted(ctx.checkpoints_dir.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
-        return path
-
-    # --- resume: adapter, optimizer, scheduler, data position and RNG ---------------------------
-    step = 0
-    if ctx.resume_from:
-        state = load_train_state(Path(ctx.resume_from))
-        load_adapter(raw, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["extra"].get("scaler"):
-            scaler.load_state_dict(state["extra"]["scaler"])
-        step = int(state["step"])
-        restore_rng(state["rng"])  # last: loading the model above reseeded torch
-        ctx.log(f"resumed at step {step} of {total}")
-
-    # The data order of an epoch is a function of (seed, epoch), so a step number is a data position.
-    orders: dict[int, list[int]] = {}
-
-    def batch_at(step: int) -> list[int]:
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch not in orders:
-            gen = torch.Generator().manual_seed(options.seed + epoch)
-            orders.clear()
-            orders[epoch] = torch.randperm(len(train_pairs), generator=gen).tolist()
-        return orders[epoch][position * batch_size : (position + 1) * batch_size]
+    loop = TrainLoop(
+        ctx, fabric, model, optimizer, scheduler, order=SeededOrder(len(train_pairs), options.seed), batches=batches,
+        grad_clip=options.grad_clip, eval_every=options.eval_every, checkpoint_every=options.checkpoint_every,
+        seed=options.seed, state=lambda: adapter_state_dict(raw), load=lambda weights: load_adapter(raw, weights),
+        desc="dpo",
+    )
+    loop.resume()
 
     def to_device(pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, labels = collate_pairs(pairs, pad)
         return fabric.to_device(ids), fabric.to_device(labels)
+
+    def micro_step(idx: list[int]) -> Micro:
+        pairs = [train_pairs[i] for i in idx]
+        ids, labels = to_device(pairs)
+        out = pair_forward(model, reference, ids, labels, beta=options.beta, kind=options.loss,
+                           label_smoothing=label_smoothing)
+        stats = {k: v for k, v in summarize_tensors([out]).items() if k != "loss"}
+        return Micro(out.losses.mean(), stats,
+                     tokens=sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs))
 
     def evaluate() -> dict[str, float]:
         model.eval()
@@ -253,48 +235,9 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         model.train()
         return {f"val_{k}": v for k, v in summarize(stats, reference=True).items()}
 
-    val_metrics: dict[str, float] = {}
     if not val_pairs:
         ctx.log("the dataset has no held-out pairs (val.jsonl); no held-out metrics", level="warning")
-    elif step == 0:
-        val_metrics = evaluate()
-        ctx.metric(0, **val_metrics)
-
-    # --- train --------------------------------------------------------------------------------
-    model.train()
-    ctx.progress(step, total, unit="step", desc="dpo")
-    while step < total:
-        if ctx.cancel_requested:
-            save_checkpoint(step)
-            raise Cancelled()
-        t0 = time.perf_counter()
-        batch = batch_at(step)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.zero_grad(set_to_none=True)
-        stats, tokens = [], 0
-        for idx in chunks(batch, micro):
-            pairs = [train_pairs[i] for i in idx]
-            ids, labels = to_device(pairs)
-            out = pair_forward(model, reference, ids, labels, beta=options.beta, kind=options.loss,
-                               label_smoothing=label_smoothing)
-            fabric.backward(out.losses.sum() / len(batch))
-            stats.append(out)
-            tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-        if options.grad_clip is not None and options.grad_clip > 0:
-            fabric.clip_gradients(model, optimizer, max_norm=options.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        metrics = summarize(stats)
-        if not math.isfinite(metrics["loss"]):
-            raise RuntimeError(f"the loss became {metrics['loss']} at step {step}; lower --lr or --beta")
-        ctx.metric(step, **metrics, lr=lr, tokens_per_s=tokens / (time.perf_counter() - t0))
-        ctx.progress(step, total, unit="step", desc="dpo")
-        if val_pairs and (step % options.eval_every == 0 or step == total):
-            val_metrics = evaluate()
-            ctx.metric(step, **val_metrics)
-        if step % options.checkpoint_every == 0 and step < total:
-            save_checkpoint(step)
+    val_metrics = loop.run(micro_step, evaluate if val_pairs else None)
 
     # --- outputs: the adapter, then the merged model with the prompt style carried over ---------
     name = options.name or f"{model_art.name}-dpo"
@@ -322,18 +265,6 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         rows = [[k.removeprefix("val_"), round(v, 4)] for k, v in val_metrics.items()]
         result["tables"] = [{"title": "held-out pairs", "columns": ["metric", "value"], "rows": rows}]
     return result
-
-
-def _schedule(warmup: int, total: int) -> Any:
-    """Linear warmup, then cosine decay to a tenth of the peak learning rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
 
 
 def _weight_bytes(precision: str) -> int:

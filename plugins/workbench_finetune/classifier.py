@@ -12,7 +12,6 @@ Heavy module: imported inside `run()` and `predict`.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,20 @@ import torch.nn.functional as F
 from litgpt import GPT
 
 from workbench.context import Context
-from workbench.errors import Cancelled, UserError
+from workbench.errors import UserError
 from workbench.hardware import choose_device, estimate_training_memory, fmt_bytes, preflight
 from workbench.ml.checkpoint import load_model, load_tokenizer
 from workbench.ml.examples import pad_id
-from workbench.ml.trainstate import load_train_state, restore_rng
-from workbench_finetune.classify_stage import Options, resolve_data
-from workbench_finetune.loop import (
-    BatchOrder,
+from workbench.ml.training import (
+    Batches,
+    Micro,
+    SeededOrder,
+    TrainLoop,
     make_fabric,
-    total_steps,
     training_precision,
     warmup_cosine,
-    write_checkpoint,
 )
+from workbench_finetune.classify_stage import Options, resolve_data
 from workbench_finetune.scores import Scores, score
 
 WEIGHTS = "classifier.safetensors"
@@ -119,7 +118,8 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     tokenizer = load_tokenizer(base.path)
     model = build(base.path, len(data.labels), options.train_blocks, options.seed)
     config = model.config
-    max_length = min(options.max_length if options.max_length is not None else config.block_size, config.block_size)
+    max_length = min(options.max_seq_length if options.max_seq_length is not None else config.block_size,
+                     config.block_size)
     index = {label: i for i, label in enumerate(data.labels)}
     train_ids, cut_train = encode_texts(tokenizer, data.train.texts, max_length)
     val_ids, cut_val = encode_texts(tokenizer, data.val.texts, max_length)
@@ -132,8 +132,10 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
 
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    batches = Batches.plan(len(train_ids), options.batch_size, options.micro_batch_size, epochs=options.epochs,
+                           max_steps=options.max_steps)
     estimate = estimate_training_memory(
-        n_params=n_params, trainable_params=n_trainable, batch_size=options.batch_size, seq_len=longest,
+        n_params=n_params, trainable_params=n_trainable, batch_size=batches.micro_batch_size, seq_len=longest,
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head, vocab_size=len(data.labels),
         precision=precision,
     )
@@ -141,63 +143,41 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     ctx.log(f"{len(data.labels)} labels ({', '.join(data.labels)}); {len(train_ids)} train / {len(val_ids)} held-out "
             f"texts; training {n_trainable:,} of {n_params:,} parameters (head"
             f"{f' + last {options.train_blocks} block(s)' if options.train_blocks else ''}); {device}, {precision}; "
-            f"memory estimate {fmt_bytes(estimate.total)}")
+            f"memory estimate {fmt_bytes(estimate.total)}; {batches.describe('texts')}")
 
     fabric = make_fabric(device, precision)
     wrapped = fabric.setup_module(model)
     inner = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.lr,
                               weight_decay=options.weight_decay)
-    steps = total_steps(len(train_ids), options.batch_size, 1, options.epochs, options.max_steps)
-    scheduler = warmup_cosine(inner, options.warmup_steps, steps)
+    scheduler = warmup_cosine(inner, warmup=options.warmup_steps, total=batches.steps)
     optimizer = fabric.setup_optimizers(inner)
-    order = BatchOrder(len(train_ids), options.batch_size, options.seed)
     run_device = fabric.device
+    loop = TrainLoop(
+        ctx, fabric, wrapped, optimizer, scheduler, order=SeededOrder(len(train_ids), options.seed), batches=batches,
+        grad_clip=options.grad_clip, eval_every=options.eval_every, checkpoint_every=options.checkpoint_every,
+        seed=options.seed, state=lambda: trained_state(model),
+        load=lambda weights: model.load_state_dict(weights, strict=False), desc="classification finetune",
+    )
+    loop.resume()
 
-    step = 0
-    if ctx.resume_from:
-        state = load_train_state(Path(ctx.resume_from))
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        restore_rng(state["rng"])
-        ctx.log(f"resumed at step {step} of {steps}")
-
-    def checkpoint() -> None:
-        write_checkpoint(ctx, step, model_state=trained_state(model), optimizer=optimizer, scheduler=scheduler,
-                         micro_batch=step)
-
-    wrapped.train()
-    while step < steps:
-        if ctx.cancel_requested:
-            checkpoint()
-            raise Cancelled()
-        t0 = time.perf_counter()
-        idx = order.batch(step)
+    def micro_step(idx: list[int]) -> Micro:
         ids, last = collate_texts([train_ids[i] for i in idx], pad)
         y = torch.tensor([train_y[i] for i in idx], device=run_device)
         logits = class_logits(wrapped, ids.to(run_device), last.to(run_device))
-        loss = F.cross_entropy(logits, y)
-        fabric.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        ctx.metric(step, loss=float(loss.detach()), lr=lr, train_accuracy=float((logits.argmax(-1) == y).float().mean()),
-                   step_time=time.perf_counter() - t0)
-        ctx.progress(step, steps, unit="step", desc="classification finetune")
-        if step % options.eval_interval == 0 and step < steps:
-            val_loss, predicted, _ = evaluate(wrapped, val_ids, val_y, batch_size=options.batch_size, pad=pad,
-                                              device=run_device)
-            ctx.metric(step, val_loss=val_loss, accuracy=score(data.labels, val_y, predicted).accuracy)
-        if step % options.checkpoint_interval == 0 and step < steps:
-            checkpoint()
+        return Micro(F.cross_entropy(logits, y), {"train_accuracy": (logits.argmax(-1) == y).float().mean()})
 
-    val_loss, predicted, _ = evaluate(wrapped, val_ids, val_y, batch_size=options.batch_size, pad=pad, device=run_device)
+    predicted: list[int] = []
+
+    def held_out() -> dict[str, float]:
+        nonlocal predicted
+        val_loss, predicted, _ = evaluate(wrapped, val_ids, val_y, batch_size=batches.micro_batch_size, pad=pad,
+                                          device=run_device)
+        return {"val_loss": val_loss, "accuracy": score(data.labels, val_y, predicted).accuracy}
+
+    val_loss = loop.run(micro_step, held_out)["val_loss"]
     scores = score(data.labels, val_y, predicted)
-    ctx.metric(step, val_loss=val_loss, accuracy=scores.accuracy, f1=scores.macro_f1)
-    return _write_classifier(ctx, options, base, data, model, scores, val_loss, max_length, step)
+    ctx.metric(loop.step, f1=scores.macro_f1)
+    return _write_classifier(ctx, options, base, data, model, scores, val_loss, max_length, loop.step)
 
 
 def _write_classifier(ctx: Context, options: Options, base: Any, data: Any, model: torch.nn.Module, scores: Scores,

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import yaml
 
 from workbench.errors import UserError
-from workbench.options import artifact, option
+from workbench.options import (
+    EpochOptions,
+    TrainingOptions,
+    artifact,
+    check_batches,
+    option,
+    redefault,
+)
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir
 from workbench_finetune.datasets import (
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Options:
+class Options(EpochOptions):
     model: str = artifact("model", help="Base model whose last-token state feeds the head", positional=True)
     data: str = option(
         None, help="A classification dataset (id or name) or a labelled .csv/.tsv/.jsonl file", positional=True,
@@ -37,25 +44,19 @@ class Options:
     text_column: str = option("text", help="Column (or JSON field) with the text, for a file", group="data")
     label_column: str = option("label", help="Column (or JSON field) with the label, for a file", group="data")
     val_fraction: float = option(0.2, help="Share of a file's rows held out for scoring", min=0.01, max=0.9, group="data")
-    max_length: int | None = option(
+    max_seq_length: int | None = option(
         None, help="Tokens kept per text (longer texts are cut); default: the model's context", min=2, group="data",
+        aliases=("max_length",),
     )
     train_blocks: int = option(
         0, help="Also train the last N transformer blocks and the final norm (0: the head only)", min=0, group="training",
     )
-    lr: float = option(1e-3, help="Peak learning rate (AdamW)", min=0, group="training")
-    weight_decay: float = option(0.1, help="AdamW weight decay", min=0, group="training", advanced=True)
-    warmup_steps: int = option(10, help="Linear warmup steps before the cosine decay", min=0, group="training", advanced=True)
-    epochs: int = option(5, help="Passes over the training rows (unless --max-steps is set)", min=1, group="training")
-    max_steps: int | None = option(None, help="Stop after this many optimizer steps", min=1, group="training")
-    batch_size: int = option(8, help="Texts per batch", min=1, group="training")
-    seed: int = option(42, help="Seed for the head, the held-out split and the data order", group="training")
-    eval_interval: int = option(50, help="Steps between held-out passes", min=1, group="training")
-    checkpoint_interval: int = option(100, help="Steps between checkpoints (also on cancel)", min=1, group="training")
-    device: str = option("auto", help="Where to train", choices=["auto", "cpu", "cuda", "mps"], group="hardware")
-    precision: str | None = option(None, help="Lightning precision; default: what `workbench doctor` picks", group="hardware")
-    force: bool = option(False, help="Start even if the memory estimate says it will not fit", group="hardware", advanced=True)
     name: str | None = option(None, help="Name of the classifier; default: <model>-classifier")
+    lr: float = redefault(TrainingOptions, "lr", 1e-3)
+    batch_size: int = redefault(TrainingOptions, "batch_size", 8)
+    warmup_steps: int = redefault(TrainingOptions, "warmup_steps", 10)
+    weight_decay: float = redefault(TrainingOptions, "weight_decay", 0.1)
+    epochs: int = redefault(EpochOptions, "epochs", 5)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class ClassifyStage(Stage):
     supports_resume = True
 
     def validate(self, options: Options, ctx: Context) -> None:
+        check_batches(options)
         base = ctx.artifact(options.model, "model")
         check_model_dir(base.path)
         n_layer = read_n_layer(base.path)

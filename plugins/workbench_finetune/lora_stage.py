@@ -8,12 +8,20 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import yaml
 
 from workbench.errors import UserError
-from workbench.options import artifact, option
+from workbench.options import (
+    EpochOptions,
+    Retired,
+    TrainingOptions,
+    artifact,
+    check_batches,
+    option,
+    redefault,
+)
 from workbench.prompts import STYLES, style_for_model
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir
@@ -26,8 +34,24 @@ if TYPE_CHECKING:
 TARGETS = ("query", "key", "value", "projection", "mlp", "head")
 
 
+def _grad_accum(accum: int, given: dict[str, Any]) -> str:
+    """Before the shared vocabulary, --batch-size counted one forward pass and --grad-accum the
+    passes per optimizer step; the same run now reads batch = both multiplied, micro-batch = the
+    old batch."""
+    if "micro_batch_size" in given:
+        raise UserError("--grad-accum and --micro-batch-size were both given; drop --grad-accum "
+                        "(--batch-size now counts the examples of a whole optimizer step)")
+    micro = given.get("batch_size", BATCH_SIZE)
+    given["batch_size"], given["micro_batch_size"] = micro * accum, micro
+    return (f"--grad-accum is retired: --batch-size {micro} --grad-accum {accum} now reads "
+            f"--batch-size {micro * accum} --micro-batch-size {micro}")
+
+
+BATCH_SIZE = 8
+
+
 @dataclass
-class Options:
+class Options(EpochOptions):
     model: str = artifact("model", help="Base model to adapt", positional=True)
     dataset: str = artifact("dataset", help="Instruction dataset (rows of chat messages)", positional=True)
     rank: int = option(8, help="LoRA rank r", min=1, group="LoRA")
@@ -42,24 +66,20 @@ class Options:
     max_seq_length: int | None = option(
         None, help="Longest example in tokens; default: the model's context", min=8, group="data",
     )
-    lr: float = option(2e-4, help="Peak learning rate (AdamW)", min=0, group="training")
-    weight_decay: float = option(0.0, help="AdamW weight decay on the adapter", min=0, group="training", advanced=True)
-    warmup_steps: int = option(10, help="Linear warmup steps before the cosine decay", min=0, group="training", advanced=True)
-    epochs: int = option(3, help="Passes over the training split (unless --max-steps is set)", min=1, group="training")
-    max_steps: int | None = option(None, help="Stop after this many optimizer steps", min=1, group="training")
-    batch_size: int = option(8, help="Examples per micro-batch", min=1, group="training")
-    grad_accum: int = option(1, help="Micro-batches per optimizer step", min=1, group="training")
-    seed: int = option(42, help="Seed for adapter init, data order and dropout", group="training")
-    eval_interval: int = option(50, help="Steps between validation passes", min=1, group="training")
-    eval_batches: int = option(50, help="Most validation batches per pass", min=1, group="training", advanced=True)
-    checkpoint_interval: int = option(100, help="Steps between checkpoints (also on cancel)", min=1, group="training")
-    device: str = option("auto", help="Where to train", choices=["auto", "cpu", "cuda", "mps"], group="hardware")
-    precision: str | None = option(None, help="Lightning precision; default: what `workbench doctor` picks", group="hardware")
+    eval_batches: int = option(50, help="Most validation micro-batches per pass", min=1, group="training",
+                               advanced=True)
     quantize: str | None = option(
         None, help="Load the base in 4 bits (QLoRA); needs CUDA and bitsandbytes", choices=["nf4"], group="hardware",
     )
-    force: bool = option(False, help="Start even if the memory estimate says it will not fit", group="hardware", advanced=True)
     name: str | None = option(None, help="Name of the merged model; default: <base>-lora")
+    lr: float = redefault(TrainingOptions, "lr", 2e-4)
+    batch_size: int = redefault(TrainingOptions, "batch_size", BATCH_SIZE)
+    warmup_steps: int = redefault(TrainingOptions, "warmup_steps", 10)
+    epochs: int = redefault(EpochOptions, "epochs", 3)
+
+    retired: ClassVar[dict[str, Retired]] = {
+        "grad_accum": Retired(int, "Micro-batches per optimizer step", _grad_accum, min=1),
+    }
 
 
 def read_block_size(model_dir: Path) -> int:
@@ -97,6 +117,7 @@ class LoraStage(Stage):
     supports_resume = True
 
     def validate(self, options: Options, ctx: Context) -> None:
+        check_batches(options)
         check_quantize(options.quantize, options.device)
         if options.quantize and options.precision and "mixed" in options.precision:
             raise UserError("--quantize works with a '-true' precision (bf16-true, 16-true, 32-true), not mixed")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.context import Context
-from workbench.errors import Cancelled, UserError
+from workbench.errors import UserError
 from workbench.hardware import choose_device, estimate_training_memory, fmt_bytes, preflight
 from workbench.ml.checkpoint import load_config, load_tokenizer, read_meta, save_model_dir
 from workbench.ml.examples import IGNORE, Encoded, collate, encode_messages, pad_id
@@ -29,17 +28,17 @@ from workbench.ml.lora import (
     merged_state_dict,
     save_adapter,
 )
-from workbench.ml.trainstate import load_train_state, restore_rng
-from workbench.prompts import PromptStyle, get_style, style_for_model
-from workbench_finetune.datasets import Chat, instruction_data
-from workbench_finetune.loop import (
-    BatchOrder,
+from workbench.ml.training import (
+    Batches,
+    Micro,
+    SeededOrder,
+    TrainLoop,
     make_fabric,
-    total_steps,
     training_precision,
     warmup_cosine,
-    write_checkpoint,
 )
+from workbench.prompts import PromptStyle, get_style, style_for_model
+from workbench_finetune.datasets import Chat, instruction_data
 from workbench_finetune.lora_stage import Options, check_quantize
 
 
@@ -145,8 +144,10 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     settings = LoRASettings(r=options.rank, alpha=options.alpha, dropout=options.dropout, targets=tuple(options.targets))
     raw = load_lora_model(base.path, settings, seed=options.seed)
     n_params, n_trainable = count_parameters(raw)
+    batches = Batches.plan(len(train_set), options.batch_size, options.micro_batch_size, epochs=options.epochs,
+                           max_steps=options.max_steps)
     estimate = estimate_training_memory(
-        n_params=n_params, trainable_params=n_trainable, batch_size=options.batch_size, seq_len=longest,
+        n_params=n_params, trainable_params=n_trainable, batch_size=batches.micro_batch_size, seq_len=longest,
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head, vocab_size=config.padded_vocab_size,
         precision=precision, quantized_base=bool(options.quantize),
     )
@@ -154,73 +155,40 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     ctx.log(f"LoRA r={settings.r} alpha={settings.alpha} on {', '.join(settings.targets)}: "
             f"{n_trainable:,} trainable of {n_params:,} parameters; {device}, {precision}"
             f"{', nf4 base' if options.quantize else ''}; memory estimate {fmt_bytes(estimate.total)}; "
-            f"prompt style {style.name}; {len(train_set)} train / {len(val_set)} validation examples, longest {longest} tokens")
+            f"prompt style {style.name}; {len(train_set)} train / {len(val_set)} validation examples, longest {longest} tokens; "
+            f"{batches.describe('examples')}")
 
     fabric = make_fabric(device, precision, options.quantize)
     model = fabric.setup_module(raw)
     trainable = [p for p in raw.parameters() if p.requires_grad]
     inner = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay, betas=(0.9, 0.95))
-    steps = total_steps(len(train_set), options.batch_size, options.grad_accum, options.epochs, options.max_steps)
-    scheduler = warmup_cosine(inner, options.warmup_steps, steps)
+    scheduler = warmup_cosine(inner, warmup=options.warmup_steps, total=batches.steps)
     optimizer = fabric.setup_optimizers(inner)
-    order = BatchOrder(len(train_set), options.batch_size, options.seed)
     run_device = fabric.device
+    loop = TrainLoop(
+        ctx, fabric, model, optimizer, scheduler, order=SeededOrder(len(train_set), options.seed), batches=batches,
+        grad_clip=options.grad_clip, eval_every=options.eval_every, checkpoint_every=options.checkpoint_every,
+        seed=options.seed, state=lambda: adapter_state_dict(raw), load=lambda weights: load_adapter(raw, weights),
+        desc="LoRA finetune",
+    )
+    loop.resume()
+    first_val: float | None = loop.extra.get("first_val_loss")  # the loss before training, for the table
 
-    step, micro, tokens_seen = 0, 0, 0
-    first_val: float | None = None
-    if ctx.resume_from:
-        state = load_train_state(Path(ctx.resume_from))
-        load_adapter(raw, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, micro = int(state["step"]), int(state["data"]["micro_batch"])
-        tokens_seen = int(state["extra"].get("tokens", 0))
-        first_val = state["extra"].get("first_val_loss")
-        restore_rng(state["rng"])  # last: dropout continues exactly where the checkpoint left it
-        ctx.log(f"resumed at step {step} of {steps} (epoch {order.epoch(micro) + 1})")
-    else:
-        first_val = validate(model, val_set, batch_size=options.batch_size, max_batches=options.eval_batches,
-                             pad=pad, device=run_device)
-        ctx.metric(0, val_loss=first_val, val_ppl=math.exp(min(first_val, 50)))
+    def micro_step(idx: list[int]) -> Micro:
+        ids, labels = collate([train_set[i] for i in idx], pad)
+        loss = batch_loss(model, ids.to(run_device), labels.to(run_device))
+        return Micro(loss, tokens=int((ids != pad).sum()))
 
-    def checkpoint() -> Path:
-        return write_checkpoint(ctx, step, model_state=adapter_state_dict(raw), optimizer=optimizer,
-                                scheduler=scheduler, micro_batch=micro,
-                                extra={"tokens": tokens_seen, "first_val_loss": first_val})
+    def evaluate() -> dict[str, float]:
+        nonlocal first_val
+        loss = validate(model, val_set, batch_size=batches.micro_batch_size, max_batches=options.eval_batches,
+                        pad=pad, device=run_device)
+        if first_val is None:
+            first_val = loop.extra["first_val_loss"] = loss
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
 
-    model.train()
-    loss_value = float("nan")
-    val_loss = first_val
-    while step < steps:
-        if ctx.cancel_requested:
-            checkpoint()
-            raise Cancelled()
-        t0 = time.perf_counter()
-        losses, step_tokens = [], 0
-        for _ in range(options.grad_accum):
-            ids, labels = collate([train_set[i] for i in order.batch(micro)], pad)
-            step_tokens += int((ids != pad).sum())
-            loss = batch_loss(model, ids.to(run_device), labels.to(run_device))
-            fabric.backward(loss / options.grad_accum)
-            losses.append(loss.detach())
-            micro += 1
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        tokens_seen += step_tokens
-        elapsed = time.perf_counter() - t0
-        loss_value = float(torch.stack(losses).mean())  # one device sync per step
-        ctx.metric(step, loss=loss_value, lr=lr, tokens_per_s=step_tokens / elapsed, step_time=elapsed,
-                   epoch=order.epoch(micro - 1) + 1)
-        ctx.progress(step, steps, unit="step", desc="LoRA finetune")
-        if step % options.eval_interval == 0 or step == steps:
-            val_loss = validate(model, val_set, batch_size=options.batch_size, max_batches=options.eval_batches,
-                                pad=pad, device=run_device)
-            ctx.metric(step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
-        if step % options.checkpoint_interval == 0 and step < steps:
-            checkpoint()
+    val_loss = loop.run(micro_step, evaluate)["val_loss"]
+    step, loss_value, tokens_seen = loop.step, loop.last.get("loss", float("nan")), loop.tokens
 
     # In fp32 the trained module still holds the exact base weights: merge from it, so the output
     # shows whatever training did. Otherwise merge onto a fresh full-precision copy of the base.

@@ -3,7 +3,8 @@
 A split is one long array of token ids (documents joined by the end-of-text id, see
 `workbench_data.tokencache`). Training reads windows of `seq_len + 1` tokens from it: sequence
 number `p` of the run is window `perm[p % n]` of epoch `p // n`, where the permutation and a
-random start offset of each epoch come from a generator seeded with (seed, epoch). The data
+random start offset of each epoch come from a generator seeded with (seed, epoch), the order
+every training stage shares (`workbench.ml.training.SeededOrder`). The data
 position is therefore a single integer, and a resumed run sees exactly the sequences an
 uninterrupted one would.
 """
@@ -20,34 +21,32 @@ from litgpt.data import DataModule
 from torch.utils.data import DataLoader, Dataset
 
 from workbench.errors import UserError
+from workbench.ml.training import SeededOrder
 
 
-class TokenWindows:
+class TokenWindows(SeededOrder):
+    """Training windows in the shared seeded order (`workbench.ml.training.SeededOrder`); each
+    epoch also starts its windows at a random offset within the split's slack."""
+
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, *, what: str = "training data"):
         if len(tokens) < seq_len + 1:
             raise UserError(
                 f"{what} holds {len(tokens):,} tokens, fewer than one sequence of {seq_len + 1}; "
                 "lower --max-seq-length or add data"
             )
-        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
+        self.tokens, self.seq_len = tokens, seq_len
         self.n_windows = (len(tokens) - 1) // seq_len
         self._slack = (len(tokens) - 1) - self.n_windows * seq_len
-        self._epoch: int | None = None
-        self._perm = np.empty(0, dtype=np.int64)
         self._offset = 0
+        super().__init__(self.n_windows, seed)
 
-    def _enter_epoch(self, epoch: int) -> None:
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._offset = int(rng.integers(0, self._slack + 1))
-            self._perm = rng.permutation(self.n_windows)
-            self._epoch = epoch
+    def shuffle(self, rng: np.random.Generator) -> np.ndarray:
+        self._offset = int(rng.integers(0, self._slack + 1))
+        return rng.permutation(self.n_windows)
 
     def sequence(self, position: int) -> np.ndarray:
-        epoch, index = divmod(position, self.n_windows)
-        self._enter_epoch(epoch)
-        start = self._offset + int(self._perm[index]) * self.seq_len
-        return self.tokens[start : start + self.seq_len + 1]
+        start = self.index(position) * self.seq_len  # sets this epoch's offset first
+        return self.tokens[self._offset + start : self._offset + start + self.seq_len + 1]
 
     def batch(self, start: int, size: int) -> torch.Tensor:
         """Sequences `start .. start + size - 1` as a (size, seq_len + 1) int64 tensor."""

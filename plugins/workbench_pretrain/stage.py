@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from workbench.context import Context
 from workbench.errors import UserError
-from workbench.options import artifact, option
+from workbench.options import TrainingOptions, artifact, option, redefault
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir
 from workbench_pretrain.presets import PRESETS, Preset, describe
@@ -23,7 +23,7 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass
-class Options:
+class Options(TrainingOptions):
     dataset: str = artifact("dataset", positional=True, help="Pretraining dataset (a dataset of type pretrain)")
     tokenizer: str | None = artifact(
         "tokenizer", required=False,
@@ -38,39 +38,38 @@ class Options:
     )
     name: str | None = option(None, help="Name of the model artifact; default: pretrain-<model>")
     max_tokens: int | None = option(
-        None, min=1, group="schedule", help="Tokens to train on; default: the preset's budget, else 20 per parameter",
+        None, min=1, group="training", help="Tokens to train on; default: the preset's budget, else 20 per parameter",
     )
-    max_steps: int | None = option(None, min=1, group="schedule", help="Optimizer steps to train for (wins over --max-tokens)")
     max_seq_length: int | None = option(
-        None, min=8, group="schedule", help="Tokens per training sequence; default: the model's context length",
+        None, min=8, group="training", help="Tokens per training sequence; default: the model's context length",
     )
-    batch_size: int | None = option(
-        None, min=1, group="schedule", help="Sequences per optimizer step, across all devices; default: the preset's",
-    )
-    micro_batch_size: int | None = option(
-        None, min=1, group="schedule",
-        help="Sequences per forward pass on one device; gradients accumulate up to --batch-size",
-    )
-    learning_rate: float | None = option(None, min=0, group="optimizer", help="Peak AdamW learning rate; default: the preset's")
-    min_lr: float | None = option(None, min=0, group="optimizer", help="Learning rate at the end of the cosine decay; default: peak / 10")
-    warmup_steps: int | None = option(None, min=0, group="optimizer", help="Linear warmup steps; default: 5% of the steps")
-    weight_decay: float = option(0.1, min=0, group="optimizer", help="AdamW weight decay")
-    beta1: float = option(0.9, min=0, max=1, group="optimizer", help="AdamW beta1", advanced=True)
-    beta2: float = option(0.95, min=0, max=1, group="optimizer", help="AdamW beta2", advanced=True)
-    max_norm: float = option(1.0, min=0, group="optimizer", help="Clip the gradient norm to this (0: no clipping)")
-    eval_interval: int = option(50, min=1, group="evaluation", help="Optimizer steps between validation passes")
-    eval_iters: int = option(8, min=1, group="evaluation", help="Micro-batches of validation data per pass (per device)")
-    checkpoint_every: int = option(100, min=1, help="Optimizer steps between resumable checkpoints")
-    seed: int = option(42, help="Seed for the weights and the data order")
-    device: str = option("auto", help="Device to train on", choices=["auto", "cpu", "cuda", "mps"])
-    precision: str | None = option(None, help="Lightning precision; default: what `workbench doctor` picks")
+    min_lr: float | None = option(None, min=0, group="training", help="Learning rate at the end of the cosine decay; default: peak / 10")
+    beta1: float = option(0.9, min=0, max=1, group="training", help="AdamW beta1", advanced=True)
+    beta2: float = option(0.95, min=0, max=1, group="training", help="AdamW beta2", advanced=True)
+    eval_batches: int = option(8, min=1, group="training", aliases=("eval_iters",),
+                               help="Micro-batches of validation data per pass (per device)")
     devices: int = option(1, min=1, group="distributed", help="Processes (GPUs, or CPU workers) per node, for Fabric")
     num_nodes: int = option(1, min=1, group="distributed", help="Machines taking part; see docs/pretrain.md")
     strategy: str = option("auto", choices=STRATEGIES, group="distributed",
                            help="Fabric strategy when more than one process trains (auto: ddp)")
     compile: str = option("auto", choices=["auto", "on", "off"], advanced=True,
                           help="torch.compile the model (auto: on CUDA, and on a CPU for runs of 1M tokens or more, where the ~20 s compile pays off)")
-    force: bool = option(False, help="Start even if the memory preflight says the run will not fit")
+    lr: float | None = redefault(TrainingOptions, "lr", None, help="Peak learning rate (AdamW); default: the preset's")
+    batch_size: int | None = redefault(
+        TrainingOptions, "batch_size", None,
+        help="Sequences per optimizer step, across all devices (gradients accumulate over micro-batches); "
+             "default: the preset's",
+    )
+    micro_batch_size: int | None = redefault(
+        TrainingOptions, "micro_batch_size", None,
+        help="Sequences per forward pass on one device; default: the preset's",
+    )
+    max_steps: int | None = redefault(TrainingOptions, "max_steps", None,
+                                      help="Optimizer steps to train for (wins over --max-tokens)")
+    warmup_steps: int | None = redefault(TrainingOptions, "warmup_steps", None,
+                                         help="Linear warmup steps before the cosine decay; default: 5% of the steps")
+    weight_decay: float = redefault(TrainingOptions, "weight_decay", 0.1)
+    grad_clip: float | None = redefault(TrainingOptions, "grad_clip", 1.0)
 
 
 class PretrainStage(Stage):
@@ -84,7 +83,7 @@ class PretrainStage(Stage):
         "examples:\n"
         "  workbench pretrain DATASET --tokenizer TOKENIZER\n"
         "  workbench pretrain DATASET --tokenizer TOKENIZER --model 125M --max-tokens 2e8\n"
-        "  workbench pretrain DATASET --init-from MODEL --max-steps 500 --learning-rate 1e-4\n"
+        "  workbench pretrain DATASET --init-from MODEL --max-steps 500 --lr 1e-4\n"
         "  workbench pretrain DATASET --tokenizer TOKENIZER --devices 2 --strategy ddp"
     )
     consumes = ("dataset", "tokenizer", "model")

@@ -16,9 +16,8 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import lightning as L
 import torch
@@ -54,22 +53,18 @@ from workbench.ml.checkpoint import (
     read_meta,
     save_model_dir,
 )
-from workbench.ml.trainstate import load_train_state, restore_rng, save_train_state
+from workbench.ml.training import (
+    Reporter,
+    check_fingerprint,
+    grad_scaler,
+    save_checkpoint,
+    warmup_cosine,
+)
+from workbench.ml.trainstate import load_train_state, restore_rng
 from workbench.prompts import get_style
 from workbench_pretrain.data import TokenWindows, validation_windows
 from workbench_pretrain.presets import PADDING_MULTIPLE, PRESETS, padded_vocab
 from workbench_pretrain.stage import Options, batch_plan
-
-
-class Reporter(Protocol):
-    """What training reports through: the run's `Context`, or a queue to it from a spawned rank."""
-
-    @property
-    def cancel_requested(self) -> bool: ...
-    def progress(self, step: int, total: int | None = None, *, unit: str = "step", desc: str | None = None) -> None: ...
-    def metric(self, step: int | None = None, **values: float) -> None: ...
-    def log(self, message: str, level: str = "info") -> None: ...
-    def checkpoint(self, path: Path, step: int) -> None: ...
 
 
 @dataclass
@@ -89,13 +84,13 @@ class Plan:
     accumulation: int
     steps: int
     warmup_steps: int
-    learning_rate: float
+    lr: float
     min_lr: float
     weight_decay: float
     betas: tuple[float, float]
-    max_norm: float
-    eval_interval: int
-    eval_iters: int
+    grad_clip: float
+    eval_every: int
+    eval_batches: int
     checkpoint_every: int
     seed: int
     device: str
@@ -178,7 +173,7 @@ def pretrain(options: Options, ctx: Context) -> dict[str, Any]:
     max_tokens = _given(options.max_tokens, preset.max_tokens if preset else 20 * n_params)
     steps = _given(options.max_steps, max(1, max_tokens // (batch_size * seq_len)))
     warmup = options.warmup_steps if options.warmup_steps is not None else max(1, round(0.05 * steps))
-    lr = _given(options.learning_rate, preset.learning_rate if preset else 3e-4)
+    lr = _given(options.lr, preset.learning_rate if preset else 3e-4)
     compile_model = options.compile == "on" or (options.compile == "auto" and compile_pays(device, steps * batch_size * seq_len))
     eos = eos_token(tokenizer_dir)
     parent_meta = read_meta(init.path) if init is not None else {}
@@ -189,10 +184,11 @@ def pretrain(options: Options, ctx: Context) -> dict[str, Any]:
         init_dir=str(init.path) if init is not None else None, out_dir=str(out_dir),
         checkpoints_dir=str(ctx.checkpoints_dir), resume_from=ctx.resume_from, seq_len=seq_len,
         batch_size=batch_size, micro_batch_size=micro_batch_size, accumulation=accumulation,
-        steps=steps, warmup_steps=warmup, learning_rate=lr,
+        steps=steps, warmup_steps=warmup, lr=lr,
         min_lr=options.min_lr if options.min_lr is not None else lr / 10,
-        weight_decay=options.weight_decay, betas=(options.beta1, options.beta2), max_norm=options.max_norm,
-        eval_interval=options.eval_interval, eval_iters=options.eval_iters,
+        weight_decay=options.weight_decay, betas=(options.beta1, options.beta2),
+        grad_clip=options.grad_clip if options.grad_clip is not None else 0.0,
+        eval_every=options.eval_every, eval_batches=options.eval_batches,
         checkpoint_every=options.checkpoint_every, seed=options.seed, device=device, precision=precision,
         devices=options.devices, num_nodes=options.num_nodes,
         strategy="auto" if options.devices * options.num_nodes == 1 else options.strategy,
@@ -476,14 +472,12 @@ def main(plan: Plan, reporter: Reporter) -> dict[str, Any] | None:
         model = torch.compile(model)
     model = fabric.setup(model)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay, betas=plan.betas,
+        model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay, betas=plan.betas,
         fused=plan.device == "cuda",
     )
     optimizer = fabric.setup_optimizers(optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, warmup=plan.warmup_steps, steps=plan.steps,
-                           floor=plan.min_lr / plan.learning_rate if plan.learning_rate else 1.0),
-    )
+    scheduler = warmup_cosine(optimizer, warmup=plan.warmup_steps, total=plan.steps,
+                              floor=plan.min_lr / plan.lr if plan.lr else 1.0)
     # Rank 0's checkpoint decides for every node (the others' runs may not have recorded one);
     # it must be readable on every node, e.g. a workspace on a shared filesystem.
     resume_from = fabric.broadcast(plan.resume_from, src=0) if fabric.world_size > 1 else plan.resume_from
@@ -496,12 +490,12 @@ def main(plan: Plan, reporter: Reporter) -> dict[str, Any] | None:
     train_data = TokenWindows(token_array(Path(plan.dataset_dir), Path(plan.tokenizer_dir), "train"),
                               plan.seq_len, plan.seed)
     val_rows = validation_windows(token_array(Path(plan.dataset_dir), Path(plan.tokenizer_dir), "val"),
-                                  plan.seq_len, plan.eval_iters * plan.micro_batch_size * fabric.world_size)
+                                  plan.seq_len, plan.eval_batches * plan.micro_batch_size * fabric.world_size)
     val_rows = val_rows[fabric.global_rank :: fabric.world_size]
 
     step = 0
     if resume_from:
-        step = restore(plan, Path(resume_from), model, optimizer, scheduler)
+        step = restore(fabric, plan, Path(resume_from), model, optimizer, scheduler)
         reporter.log(f"resumed at step {step} of {plan.steps} from {resume_from}")
 
     result = fit(fabric, plan, model, optimizer, scheduler, train_data, val_rows, step, reporter, flops_per_step)
@@ -526,17 +520,6 @@ def core_module(model: Any) -> torch.nn.Module:
     """The module whose parameter names are the checkpoint's: FSDP's root, else the plain GPT."""
     inner = getattr(model._forward_module, "_orig_mod", model._forward_module)
     return inner if isinstance(inner, FullyShardedDataParallel) else model.module
-
-
-def lr_factor(step: int, *, warmup: int, steps: int, floor: float) -> float:
-    """Linear warmup to the peak, then cosine decay to `floor` × peak at the last step.
-
-    `step` counts from 0, so the first step already trains (at peak / warmup).
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step + 1 - warmup) / max(1, steps - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def training_flops(config: Config, micro_batch_size: int, seq_len: int) -> int:
@@ -588,8 +571,8 @@ def fit(
                 loss = chunked_cross_entropy(model(inputs), targets)
                 fabric.backward(loss / plan.accumulation)
             step_loss += loss.detach()
-        if plan.max_norm > 0:
-            fabric.clip_gradients(model, optimizer, max_norm=plan.max_norm)
+        if plan.grad_clip > 0:
+            fabric.clip_gradients(model, optimizer, max_norm=plan.grad_clip)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -609,7 +592,7 @@ def fit(
         reporter.metric(step, **values)
         reporter.progress(step, plan.steps, unit="step", desc="pretraining")
 
-        if step % plan.eval_interval == 0 or step == plan.steps:
+        if step % plan.eval_every == 0 or step == plan.steps:
             val_loss = validate(fabric, model, val_rows, plan.micro_batch_size)
             if val_loss is not None:
                 reporter.metric(step, val_loss=val_loss, val_ppl=math.exp(val_loss))
@@ -674,30 +657,23 @@ def save(fabric: L.Fabric, plan: Plan, model: Any, optimizer: Any, scheduler: An
         core_module(model), optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if fabric.global_rank == 0:
-        folder = Path(plan.checkpoints_dir)
-        path = folder / f"step-{step:06d}.pt"
-        save_train_state(
-            path, model_state=model_state, optimizer=_Gathered(optim_state), step=step, scheduler=scheduler,  # type: ignore[arg-type]
-            data_state={"position": step * plan.batch_size, "seed": plan.seed},
+        save_checkpoint(
+            reporter, Path(plan.checkpoints_dir), step, model_state=model_state, optimizer=_Gathered(optim_state),
+            scheduler=scheduler, scaler=grad_scaler(fabric), position=step * plan.batch_size, seed=plan.seed,
             extra={"fingerprint": plan.fingerprint()},
         )
-        reporter.checkpoint(path, step)
-        # A resume needs only the newest; the one before stays until the newest is on record.
-        for old in sorted(folder.glob("step-*.pt"))[:-2]:
-            old.unlink(missing_ok=True)
     fabric.barrier()
 
 
-def restore(plan: Plan, path: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
+def restore(fabric: L.Fabric, plan: Plan, path: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
     state = load_train_state(path)
-    if state.get("extra", {}).get("fingerprint") != plan.fingerprint():
-        raise UserError(
-            f"checkpoint {path} was written by a run with another model, sequence length, batch, "
-            "seed or length; start a new run instead of resuming"
-        )
+    check_fingerprint(state, plan.fingerprint(), path)
     set_state_dict(core_module(model), optimizer.optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
+    scaler = grad_scaler(fabric)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"])
     return int(state["step"])
 

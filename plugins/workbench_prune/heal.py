@@ -1,8 +1,8 @@
 """The healing pass: next-token training of the pruned model on pretrain text, LoRA or full.
 
 Sequences come from the token cache through the pretraining stage's `TokenWindows` (sequence p
-of the run is a fixed function of (seed, p)), the schedule and checkpoints from the finetune
-loop's helpers, so a cancelled run resumes exactly: weights (or the adapter), optimizer,
+of the run is a fixed function of (seed, p)), the schedule and checkpoints from the shared
+training skeleton (`workbench.ml.training`), so a cancelled run resumes exactly: weights (or the adapter), optimizer,
 scheduler, data position and RNG are all in the checkpoint.
 
 Heavy module (torch, litgpt, lightning): imported by the stage's `run()`.
@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from workbench_finetune.loop import make_fabric, training_precision, warmup_cosine, write_checkpoint
 from workbench_pretrain.data import TokenWindows
 
 from workbench.context import Context
@@ -32,6 +31,14 @@ from workbench.ml.lora import (
     load_adapter,
     load_lora_model,
     merged_state_dict,
+)
+from workbench.ml.training import (
+    grad_scaler,
+    make_fabric,
+    restore_optim,
+    save_checkpoint,
+    training_precision,
+    warmup_cosine,
 )
 from workbench.ml.trainstate import load_train_state, restore_rng
 
@@ -99,8 +106,9 @@ def heal(model_dir: Path, train: TokenWindows, val: torch.Tensor, s: HealSetting
     model = fabric.setup_module(raw)
     trainable = [p for p in raw.parameters() if p.requires_grad]
     inner = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
-    scheduler = warmup_cosine(inner, s.warmup_steps, s.steps)
+    scheduler = warmup_cosine(inner, warmup=s.warmup_steps, total=s.steps)
     optimizer = fabric.setup_optimizers(inner)
+    scaler = grad_scaler(fabric)
     run_device = fabric.device
     accumulation = s.batch_size // s.micro_batch_size
 
@@ -115,8 +123,7 @@ def heal(model_dir: Path, train: TokenWindows, val: torch.Tensor, s: HealSetting
             load_adapter(raw, state["model"])
         else:
             raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        restore_optim(state, optimizer, scheduler, scaler)
         step = int(state["step"])
         first_val = state["extra"].get("first_val_loss")
         restore_rng(state["rng"])
@@ -126,8 +133,9 @@ def heal(model_dir: Path, train: TokenWindows, val: torch.Tensor, s: HealSetting
         ctx.metric(0, val_loss=first_val, val_ppl=math.exp(min(first_val, 50)))
 
     def checkpoint() -> Path:
-        return write_checkpoint(ctx, step, model_state=weights(), optimizer=optimizer, scheduler=scheduler,
-                                micro_batch=step * accumulation, extra={"first_val_loss": first_val})
+        return save_checkpoint(ctx, ctx.checkpoints_dir, step, model_state=weights(), optimizer=optimizer,
+                               scheduler=scheduler, scaler=scaler, position=step * s.batch_size, seed=s.seed,
+                               extra={"first_val_loss": first_val})
 
     model.train()
     loss_value, last_val = float("nan"), first_val

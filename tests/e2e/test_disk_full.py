@@ -81,7 +81,7 @@ def test_a_checkpoint_that_fills_the_disk_fails_the_run_cleanly(small_disk: Path
     config.write_text(MODEL)
     out = run_cli("pretrain", dataset, "--tokenizer", tokenizer, "--model", str(config), "--max-seq-length", "64",
                   "--batch-size", "2", "--micro-batch-size", "2", "--max-steps", "3", "--checkpoint-every", "1",
-                  "--eval-interval", "100", env={"OMP_NUM_THREADS": "1"})
+                  "--eval-every", "100", env={"OMP_NUM_THREADS": "1"})
 
     assert out.returncode == 2, out.stderr
     line = the_error(out.stderr)

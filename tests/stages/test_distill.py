@@ -109,8 +109,8 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tokenizer = ctx.register("tokenizer", staged, name="bpe").id
         data = register_dataset(documents(600, seed=1), documents(40, seed=2), "plenty")
         run = run_inline("pretrain", {"dataset": data, "tokenizer": tokenizer, "model": str(base / "teacher.yaml"),
-                                      "max_seq_length": 32, "batch_size": 16, "learning_rate": 1e-2,
-                                      "max_steps": 120, "eval_interval": 120, "eval_iters": 2})
+                                      "max_seq_length": 32, "batch_size": 16, "lr": 1e-2,
+                                      "max_steps": 120, "eval_every": 120, "eval_batches": 2})
         torch.set_num_threads(threads)
         out = base / "model"
         shutil.copytree(Store().find_artifact(run.result["model"]).path, out)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import wait_for
+from tests.stages.resume import assert_resumes_exactly
 from workbench.context import Context
 from workbench.errors import UserError
 from workbench.events import read_events
@@ -248,3 +249,12 @@ def test_cancel_and_resume_through_the_cli_equals_an_uninterrupted_run(registere
     # The losses after the resume are those the uninterrupted run saw at the same steps.
     losses = {e["step"]: e["values"]["loss"] for e in events if e["type"] == "metric" and "loss" in e["values"]}
     assert [losses[s] for s in range(1, 61)] == pytest.approx(whole.metrics("loss"), abs=1e-6)
+
+
+def test_a_bf16_mixed_run_resumed_from_its_checkpoint_ends_at_the_uninterrupted_loss(registered_tiny_model, prefs):
+    # 16-mixed (with its loss scaler) needs CUDA; on a CPU bf16-mixed is the mixed mode there is.
+    assert_resumes_exactly("dpo", {
+        "model": registered_tiny_model, "dataset": prefs, "precision": "bf16-mixed", "max_steps": 4,
+        "batch_size": 4, "micro_batch_size": 2, "lr": 1e-3, "dropout": 0.2, "eval_every": 4, "checkpoint_every": 2,
+        "eval_pairs": 4,
+    })

@@ -18,11 +18,11 @@ from workbench.store import Store
 
 
 def test_a_learning_rate_of_zero_trains_at_zero(inputs: dict[str, str]) -> None:  # noqa: F811
-    options = micro_options(inputs, max_steps=3, learning_rate=0, warmup_steps=0, eval_interval=100)
+    options = micro_options(inputs, max_steps=3, lr=0, warmup_steps=0, eval_every=100)
     out = run_cli("pretrain", *cli_flags(options), "--json")
     assert out.returncode == 0, out.stderr
     run = Store().get_run(json.loads(out.stdout)["run_id"])
-    assert run.options["learning_rate"] == 0
+    assert run.options["lr"] == 0
     lrs = [v for _, v in metric_events(run.run_dir, "lr")]
     assert lrs == [0.0, 0.0, 0.0]
 

@@ -11,6 +11,7 @@ from itertools import islice
 import pytest
 
 from tests.conftest import ROOT, run_cli
+from tests.stages.resume import assert_resumes_exactly
 from workbench.context import Context
 from workbench.errors import UserError
 from workbench.store import Store
@@ -47,7 +48,7 @@ def test_classifier_beats_chance_on_the_demo_set_and_predicts_through_the_cli(re
     train, val = demo_rows("train", 320), demo_rows("val", 120)
     data = register_classification(train, val)
     run = run_inline("finetune.classify", options(registered_tiny_model, data, epochs=3, train_blocks=1,
-                                                  eval_interval=20, name="spam-filter"))
+                                                  eval_every=20, name="spam-filter"))
     majority = max(sum(r["label"] == label for r in val) for label in ("spam", "ham")) / len(val)
     assert run.result["accuracy"] >= max(0.85, majority + 0.2), run.result
     assert run.result["f1"] >= 0.8
@@ -123,3 +124,19 @@ def test_bad_rows_and_wrong_dataset_kinds_are_refused(registered_tiny_model, tmp
         run_inline("finetune.classify", options(registered_tiny_model, "no-such-data"))
     with pytest.raises(UserError, match="more than the model's 2 blocks"):
         run_inline("finetune.classify", options(registered_tiny_model, str(path), train_blocks=3))
+
+
+def test_a_bf16_mixed_run_resumed_from_its_checkpoint_ends_at_the_uninterrupted_loss(registered_tiny_model):
+    # 16-mixed (with its loss scaler) needs CUDA; on a CPU bf16-mixed is the mixed mode there is.
+    data = register_classification(demo_rows("train", 48), demo_rows("val", 16))
+    assert_resumes_exactly("finetune.classify", options(
+        registered_tiny_model, data, precision="bf16-mixed", batch_size=8, micro_batch_size=4, max_steps=4,
+        checkpoint_every=2, eval_every=4, train_blocks=1, grad_clip=0.5))
+
+
+def test_max_length_is_read_as_max_seq_length():
+    from workbench_finetune.classify_stage import Options
+
+    from workbench.options import parse_options
+
+    assert parse_options(Options, {"model": "m", "data": "d", "max_length": 32}).max_seq_length == 32

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, make_tiny_model, run_cli, wait_for
+from tests.stages.resume import assert_resumes_exactly
 from workbench.context import Context
 from workbench.errors import UserError
 from workbench.events import read_events
@@ -56,7 +57,7 @@ def test_lora_lowers_val_loss_changes_only_adapter_and_merges_exactly(registered
     from workbench.ml.lora import load_adapter, load_lora_model, read_adapter
 
     run = run_inline("finetune.lora", base_options(registered_tiny_model, demo_instructions,
-                                                   max_steps=16, eval_interval=8))
+                                                   max_steps=16, eval_every=8))
     val = run.metrics("val_loss")
     assert len(val) == 3  # before training, then every 8 steps
     assert val[-1] < 0.8 * val[0], val
@@ -132,9 +133,9 @@ def test_prompt_style_is_stored_with_adapter_and_model(tmp_path, demo_instructio
 @pytest.mark.slow
 def test_cancel_and_resume_through_the_cli_matches_an_uninterrupted_run(registered_tiny_model, demo_instructions):
     args = ["finetune", "lora", registered_tiny_model, demo_instructions, "--rank", "4", "--alpha", "8",
-            "--targets", "query,value,mlp", "--lr", "3e-3", "--warmup-steps", "2", "--batch-size", "2",
-            "--grad-accum", "2", "--epochs", "3", "--dropout", "0.1", "--eval-interval", "20",
-            "--checkpoint-interval", "5", "--device", "cpu", "--precision", "32-true", "--seed", "3"]
+            "--targets", "query,value,mlp", "--lr", "3e-3", "--warmup-steps", "2", "--batch-size", "4",
+            "--micro-batch-size", "2", "--epochs", "3", "--dropout", "0.1", "--eval-every", "20",
+            "--checkpoint-every", "5", "--device", "cpu", "--precision", "32-true", "--seed", "3"]
     whole = run_cli(*args, "--json")
     assert whole.returncode == 0, whole.stderr
     whole_run = json.loads(whole.stdout)["run_id"]
@@ -207,3 +208,69 @@ def test_qlora_without_cuda_is_a_clear_error(registered_tiny_model, demo_instruc
     assert "QLoRA" in result.stderr and ("CUDA" in result.stderr or "bitsandbytes" in result.stderr)
     assert Store().list_runs() == []
 
+
+
+def test_a_bf16_mixed_run_resumed_from_its_checkpoint_ends_at_the_uninterrupted_loss(registered_tiny_model,
+                                                                                     demo_instructions):
+    # 16-mixed (with its loss scaler) needs CUDA; on a CPU bf16-mixed is the mixed mode there is.
+    options = base_options(registered_tiny_model, demo_instructions, precision="bf16-mixed", lr=3e-3,
+                           batch_size=8, micro_batch_size=4, max_steps=4, checkpoint_every=2, eval_every=4,
+                           eval_batches=2, grad_clip=0.5, dropout=0.1)
+    assert_resumes_exactly("finetune.lora", options)
+
+
+def test_old_option_names_of_a_recorded_run_still_read_as_the_same_run(registered_tiny_model,
+                                                                       demo_instructions, capfd):
+    """run.json of a run created before the rename: --batch-size 4 --grad-accum 2 was 4 examples
+    per forward pass and 2 passes per step, so 8 per step in micro-batches of 4."""
+    from workbench_finetune.lora_stage import Options
+
+    from workbench.options import parse_options
+
+    old = {"model": registered_tiny_model, "dataset": demo_instructions, "batch_size": 4, "grad_accum": 2,
+           "eval_interval": 9, "checkpoint_interval": 3, "lr": 1e-3}
+    options = parse_options(Options, old)
+    assert (options.batch_size, options.micro_batch_size, options.eval_every, options.checkpoint_every) == (8, 4, 9, 3)
+    warnings = capfd.readouterr().err
+    assert "--batch-size 4 --grad-accum 2 now reads --batch-size 8 --micro-batch-size 4" in warnings
+    assert "--eval-interval is now --eval-every" in warnings
+    with pytest.raises(UserError, match="--grad-accum and --micro-batch-size were both given"):
+        parse_options(Options, {**old, "micro_batch_size": 2})
+
+
+def test_a_run_recorded_before_the_rename_resumes_through_the_cli(registered_tiny_model, demo_instructions):
+    """A cancelled run whose run.json speaks the old vocabulary (--batch-size 4 --grad-accum 2,
+    --eval-interval, --checkpoint-interval) resumes, and trains as the same run under the new names."""
+    import shutil as sh
+
+    from tests.stages.resume import step_values
+    from workbench.runs import create_run
+
+    new = base_options(registered_tiny_model, demo_instructions, batch_size=8, micro_batch_size=4, max_steps=4,
+                       eval_every=4, checkpoint_every=2, eval_batches=2)
+    whole = run_inline("finetune.lora", new)
+    checkpoint = next(e for e in whole.events if e["type"] == "checkpoint" and e["step"] == 2)
+
+    store = Store()
+    run = create_run("finetune.lora", new, store)
+    spec = json.loads((run.run_dir / "run.json").read_text())
+    options = spec["options"]
+    del options["micro_batch_size"], options["grad_clip"]
+    options.update(batch_size=4, grad_accum=2)
+    for old, name in (("eval_interval", "eval_every"), ("checkpoint_interval", "checkpoint_every")):
+        options[old] = options.pop(name)
+    (run.run_dir / "run.json").write_text(json.dumps(spec))
+    (run.run_dir / "checkpoints").mkdir(exist_ok=True)
+    kept = sh.copy(checkpoint["path"], run.run_dir / "checkpoints")
+    store.update_run(run.id, status="cancelled", checkpoint=str(kept))
+
+    resumed = run_cli("runs", "resume", run.id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "done"
+    after = {e["step"]: e["values"]["loss"] for e in read_events(run.run_dir / "events.jsonl")
+             if e["type"] == "metric" and "loss" in e["values"]}
+    assert sorted(after) == [3, 4]
+    for step, loss in after.items():
+        assert loss == pytest.approx(step_values(whole, "loss")[step], abs=1e-5)
+    log = (run.run_dir / "stderr.log").read_text()
+    assert "--batch-size 4 --grad-accum 2 now reads --batch-size 8 --micro-batch-size 4" in log

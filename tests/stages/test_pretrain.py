@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_tokenizer, run_cli, wait_for
+from tests.stages.resume import assert_resumes_exactly
 from workbench.context import Context
 from workbench.events import read_events
 from workbench.store import Store
@@ -92,8 +93,8 @@ def inputs(demo_corpus: list[str], tmp_path: Path) -> dict[str, str]:
 
 
 def micro_options(inputs: dict[str, str], **overrides: Any) -> dict[str, Any]:
-    return {**inputs, "max_seq_length": 64, "batch_size": 8, "micro_batch_size": 4, "learning_rate": 3e-3,
-            "eval_interval": 5, "eval_iters": 2, **overrides}
+    return {**inputs, "max_seq_length": 64, "batch_size": 8, "micro_batch_size": 4, "lr": 3e-3,
+            "eval_every": 5, "eval_batches": 2, **overrides}
 
 
 def cli_flags(options: dict[str, Any]) -> list[str]:
@@ -152,7 +153,7 @@ def test_tiny_preset_learns_the_demo_corpus_and_litgpt_loads_the_result(demo_cor
     dataset = register_dataset(demo_corpus[:cut], demo_corpus[cut:])
     tokenizer = register_tokenizer(" ".join(demo_corpus[:400]), vocab_size=1024)
     run = run_inline("pretrain", {"dataset": dataset, "tokenizer": tokenizer, "model": "tiny",
-                                  "max_steps": 30, "eval_interval": 10, "eval_iters": 2})
+                                  "max_steps": 30, "eval_every": 10, "eval_batches": 2})
 
     val = metric_events(run.run_dir, "val_loss")
     assert val[0][0] == 0 and val[-1][0] == 30
@@ -212,8 +213,8 @@ def test_continued_pretraining_starts_from_the_models_weights(registered_tiny_mo
     lines = [ln for ln in SAMPLE_TEXT.splitlines() if ln.strip()]
     dataset = register_dataset(lines * 40, lines * 4)
     run = run_inline("pretrain", {"dataset": dataset, "init_from": registered_tiny_model, "max_steps": 3,
-                                  "max_seq_length": 32, "batch_size": 4, "eval_iters": 2,
-                                  "learning_rate": 1e-3})
+                                  "max_seq_length": 32, "batch_size": 4, "eval_batches": 2,
+                                  "lr": 1e-3})
 
     # The first validation loss is the parent model's own loss on the same windows.
     dataset_dir = Store().find_artifact(dataset).path
@@ -334,3 +335,9 @@ def test_an_error_in_a_training_process_ends_the_run_with_its_message(inputs: di
     assert report["status"] == "failed" and "never unpickles" in report["error"]
     assert Store().get_run(report["run_id"]).status == "failed" and not report["artifacts"]
     assert not list((model_dir.parent).glob(".staging-*")), "no half-written model is left behind"
+
+
+def test_a_bf16_mixed_run_resumed_from_its_checkpoint_ends_at_the_uninterrupted_loss(inputs: dict[str, str]) -> None:
+    # 16-mixed (with its loss scaler) needs CUDA; on a CPU bf16-mixed is the mixed mode there is.
+    assert_resumes_exactly("pretrain", micro_options(inputs, precision="bf16-mixed", max_steps=6, checkpoint_every=2,
+                                                     eval_every=3, device="cpu"))

@@ -83,14 +83,10 @@ def corpus() -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def trained(corpus: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model, pretrained by `workbench pretrain` in a workspace of its own."""
-    from workbench.options import fields
-    from workbench.stages import get_stage
 
     home = tmp_path_factory.mktemp("pretrain-home")
     config = home / "model.yaml"
     config.write_text(MODEL_CONFIG)
-    names = {f.name for f in fields(get_stage("pretrain").Options)}
-    lr = "lr" if "lr" in names else "learning_rate"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WORKBENCH_HOME", str(home))
         torch.set_num_threads(1)
@@ -101,7 +97,7 @@ def trained(corpus: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPa
         dataset = register_text(*corpus)
         run = run_inline("pretrain", {"dataset": dataset, "tokenizer": tokenizer, "model": str(config),
                                       "max_steps": 150, "max_seq_length": SEQ, "batch_size": 16,
-                                      "micro_batch_size": 16, lr: 3e-3, "warmup_steps": 10, "compile": "off"})
+                                      "micro_batch_size": 16, "lr": 3e-3, "warmup_steps": 10, "compile": "off"})
         model = Store().find_artifact(run.result["model"])
         out = tmp_path_factory.mktemp("trained") / "model"
         shutil.copytree(model.path, out)

@@ -50,8 +50,8 @@ def test_the_tui_form_refuses_the_same_naming_the_field() -> None:
     from workbench_pretrain.stage import Options
 
     by_name = {f.name: f for f in fields(Options)}
-    assert check(by_name["learning_rate"], "nan") == "learning_rate must be a finite number (got 'nan')"
-    assert check(by_name["learning_rate"], "0") is None  # an explicit 0 is inside min=0
+    assert check(by_name["lr"], "nan") == "lr must be a finite number (got 'nan')"
+    assert check(by_name["lr"], "0") is None  # an explicit 0 is inside min=0
 
 
 @pytest.mark.parametrize("values", [{"temperature": float("inf")}, {"temperature": float("nan")},

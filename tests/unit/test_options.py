@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
+from workbench import options
 from workbench.errors import UserError
 from workbench.options import (
+    Retired,
+    TrainingOptions,
     add_arguments,
     artifact,
     fields,
@@ -17,6 +21,7 @@ from workbench.options import (
     option,
     parse_options,
     parse_value,
+    redefault,
 )
 
 
@@ -123,3 +128,74 @@ def test_positional_lists_take_several_words_and_optional_positionals_stay_optio
     add_arguments(parser, OptionalBase)
     assert vars(parser.parse_args([])) == {}
     assert parse_options(OptionalBase, {}).base is None
+
+
+# ---------------------------------------------------------------------------------------------
+# renamed and retired options
+
+
+def _double_accum(accum: int, given: dict) -> str:
+    given["batch_size"] = given.get("batch_size", 8) * accum
+    return f"--grad-accum {accum} now reads --batch-size {given['batch_size']}"
+
+
+@dataclass
+class Renamed:
+    lr: float = option(3e-4, help="Learning rate", min=0, aliases=("learning_rate",))
+    batch_size: int = option(8, help="Samples per step", min=1)
+    retired: ClassVar[dict[str, Retired]] = {"grad_accum": Retired(int, "Micro-batches per step", _double_accum, min=1)}
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(options, "_warned", set())
+
+
+def test_an_old_name_is_read_as_the_new_one_with_one_warning_line(capsys, fresh_warnings):
+    for spelling in ("learning_rate", "learning-rate"):
+        assert parse_options(Renamed, {spelling: "0.01"}).lr == 0.01
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: --learning-rate is now --lr; the old name will be refused in the next release"]
+
+
+def test_old_and_new_names_that_disagree_are_refused_and_agreeing_ones_read():
+    with pytest.raises(UserError, match=r"--learning-rate and --lr name the same option with different values; "
+                                        r"give only --lr"):
+        parse_options(Renamed, {"learning_rate": 0.1, "lr": 0.2})
+    assert parse_options(Renamed, {"learning_rate": 0.1, "lr": "0.1"}).lr == 0.1
+
+
+def test_a_bad_value_under_an_old_name_is_named_as_given():
+    with pytest.raises(UserError, match=r"option --learning-rate must be a finite number"):
+        parse_options(Renamed, {"learning_rate": "nan"})
+
+
+def test_a_retired_option_is_translated_checked_and_warned_about(capsys, fresh_warnings):
+    assert parse_options(Renamed, {"batch_size": "4", "grad_accum": "2"}).batch_size == 8
+    assert capsys.readouterr().err.strip() == "warning: --grad-accum 2 now reads --batch-size 8"
+    with pytest.raises(UserError, match=r"option --grad-accum must be at least 1"):
+        parse_options(Renamed, {"grad_accum": 0})
+
+
+def test_old_flags_parse_but_stay_out_of_the_help_and_the_form():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Renamed)
+    args = vars(parser.parse_args(["--learning-rate", "0.5", "--grad-accum", "3"]))
+    assert parse_options(Renamed, args) == Renamed(lr=0.5, batch_size=24)
+    help_text = parser.format_help()
+    assert "--learning-rate" not in help_text and "--grad-accum" not in help_text
+    assert [f.name for f in fields(Renamed)] == ["lr", "batch_size"]
+
+
+@dataclass
+class Stage(TrainingOptions):
+    model: str | None = artifact("model", help="Model", positional=True)
+    lr: float | None = redefault(TrainingOptions, "lr", 2e-4)
+
+
+def test_shared_training_options_keep_their_declaration_and_come_after_the_stages_own():
+    by_name = {f.name: f for f in fields(Stage)}
+    assert next(iter(by_name)) == "model"
+    assert by_name["lr"].default == 2e-4 and by_name["lr"].min == 0 and by_name["lr"].aliases == ("learning_rate",)
+    assert by_name["lr"].help == {f.name: f for f in fields(TrainingOptions)}["lr"].help
+    assert parse_options(Stage, {"model": "m", "max_norm": "0.5", "eval_interval": 7}).grad_clip == 0.5

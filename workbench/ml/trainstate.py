@@ -1,4 +1,5 @@
-"""Training checkpoints that resume exactly: weights, optimizer, scheduler, data position, RNG.
+"""Training checkpoints that resume exactly: weights, optimizer, scheduler, AMP grad scaler, data
+position, RNG.
 
 Everything is stored as tensors and plain Python values, so `torch.load(weights_only=True)`
 reads it back; nothing is unpickled.
@@ -56,6 +57,7 @@ def save_train_state(
     optimizer: torch.optim.Optimizer,
     step: int,
     scheduler: Any = None,
+    scaler: Any = None,
     data_state: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -65,6 +67,8 @@ def save_train_state(
         "model": {k: v.detach().cpu() for k, v in model_state.items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        # 16-mixed training scales the loss; without the scale a resumed run takes other steps.
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "step": step,
         "data": data_state or {},
         "rng": capture_rng(),
