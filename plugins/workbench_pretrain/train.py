@@ -53,6 +53,7 @@ from workbench.ml.checkpoint import (
     read_meta,
     save_model_dir,
 )
+from workbench.ml.rope import model_class
 from workbench.ml.training import (
     Reporter,
     check_fingerprint,
@@ -464,7 +465,7 @@ def main(plan: Plan, reporter: Reporter) -> dict[str, Any] | None:
 
     config = Config(**plan.config)
     with fabric.init_module(empty_init=True):
-        model = GPT(config)
+        model = model_class(config)(config)  # LongRoPE and YaRN checkpoints keep their own RoPE
     initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
     model.max_seq_length = plan.seq_len
     flops_per_step = training_flops(config, plan.micro_batch_size, plan.seq_len) * plan.accumulation * fabric.world_size
