@@ -285,8 +285,12 @@ class RunMonitorScreen(RunControlScreen):
                 "next: ", Content.styled(following[1], "bold"), " — press n to open it with what this run made")])
         self.query_one("#run-title", Static).update(title)
         bar = self.query_one("#run-bar", ProgressBar)
+        bar.display = state.step is not None  # a run that reports no progress gets no bar at all
         if state.total:
             bar.update(total=state.total, progress=state.step or 0)
+        elif state.status == "done" and state.step is not None:
+            # Counted without a total (or its last phase was empty): finished is full all the same.
+            bar.update(total=max(state.step, 1), progress=max(state.step, 1))
         self.query_one("#run-progress-text", Static).update(state.progress_text())
         self.query_one("#run-metrics", Static).update(state.metrics_text() or "no metrics yet")
         curves = state.curves()
