@@ -23,7 +23,7 @@ from workbench import runs
 from workbench.events import EventTail
 from workbench.stages import get_stage
 from workbench.store import Run
-from workbench.tui.data import ACTIVE, fmt_duration, fmt_num, fmt_time, next_stage, open_store
+from workbench.tui.data import ACTIVE, clip, fmt_duration, fmt_num, fmt_time, next_stage, open_store
 from workbench.tui.runstate import RunState
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.tables import RunTable
@@ -174,11 +174,12 @@ class RunsScreen(RunControlScreen):
 
     def _cells(self, run: Run, state: RunState | None) -> tuple[str, str, Content, str, str, str]:
         if state is not None:
-            progress = bar_text(state.fraction) or state.progress_text()[:12]
+            progress = bar_text(state.fraction) or clip(state.progress_text(), COLUMNS["progress"][1])
         else:
             progress = bar_text(1.0) if run.status == "done" else ""
         took = fmt_duration((run.ended_at or time.time()) - run.started_at) if run.started_at else "-"
-        return run.id, run.stage, status_text(run.status), progress, fmt_time(run.started_at), took
+        stage = clip(run.stage, COLUMNS["stage"][1])
+        return run.id, stage, status_text(run.status), progress, fmt_time(run.started_at), took
 
     @property
     def selected(self) -> Run | None:
