@@ -5,13 +5,15 @@ the held-out demo instructions are tokenized once and scored with `workbench eva
 perplexity code (sliding windows of the model's context, stride half of it) by
 
 - the LitGPT checkpoint through torch (fp32, batches of 8 windows), and
-- its F32 and Q8_0 GGUF exports through llama-cpp-python (F32 KV cache, one `llama_decode` per
-  window with logits at the scored positions).
+- its F32 and Q8_0 GGUF exports through llama-cpp-python (F32 KV cache, flash attention, one
+  `llama_decode` per window with logits at the scored positions).
 
 Both sides run on the same number of CPU threads. Throughput is scored tokens per second (each
-token is scored once; windows overlap by half, so each is also read as context once more).
+token is scored once; windows overlap by half, so each is also read as context once more). On
+a shared machine each engine is measured `--repeat` times, in turn with the others so that load
+hits all alike, and the medians are compared; the load average is printed with them.
 
-    python benchmarks/bench_eval.py [--presets tiny,small] [--tokens 16384] [--vocab 2048] [--threads N]
+    python benchmarks/bench_eval.py [--presets tiny,small] [--tokens 16384] [--vocab 2048] [--threads N] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "data"
-DEFAULTS: dict[str, Any] = {"presets": "tiny,small", "tokens": 16384, "vocab": 2048, "threads": 1}
+DEFAULTS: dict[str, Any] = {"presets": "tiny,small", "tokens": 16384, "vocab": 2048, "threads": 1, "repeat": 3}
 
 
 def _paths() -> None:
@@ -100,7 +103,7 @@ def _score(backend: Any, ids: Any, threads: int) -> dict[str, float]:
             "tokens_per_s": result.details["tokens_scored"] / seconds}
 
 
-def measure_preset(preset: str, work: Path, tok_dir: Path, stream: Any, threads: int) -> dict[str, Any]:
+def measure_preset(preset: str, work: Path, tok_dir: Path, stream: Any, threads: int, repeat: int) -> dict[str, Any]:
     from workbench_evaluate.backends import LlamaBackend, TorchBackend
     from workbench_export.gguf_writer import write_gguf
     from workbench_export.quantize import quantize
@@ -110,15 +113,26 @@ def measure_preset(preset: str, work: Path, tok_dir: Path, stream: Any, threads:
     write_gguf(model_dir, f32, "f32")
     q8 = work / f"{preset}-q8_0.gguf"
     quantize(f32, q8, "q8_0")
-    out = {"preset": preset, "params": n_params, "threads": threads}
-    out["torch"] = _score(TorchBackend(model_dir, context=None, device="cpu", precision="32-true", batch_size=8,
-                                       threads=threads), stream, threads)
-    for name, path in (("f32", f32), ("q8_0", q8)):
-        out[name] = _score(LlamaBackend(path, context=None, device="cpu", threads=threads), stream, threads)
+    engines = {
+        "torch": lambda: TorchBackend(model_dir, context=None, device="cpu", precision="32-true", batch_size=8,
+                                      threads=threads),
+        "f32": lambda: LlamaBackend(f32, context=None, device="cpu", threads=threads),
+        "q8_0": lambda: LlamaBackend(q8, context=None, device="cpu", threads=threads),
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
+    for _ in range(repeat):  # in turn, so that a busy spell on a shared machine hits every engine
+        for name, make in engines.items():
+            runs[name].append(_score(make(), stream, threads))
+    out: dict[str, Any] = {"preset": preset, "params": n_params, "threads": threads, "repeat": repeat}
+    for name, scored in runs.items():
+        speeds = sorted(r["tokens_per_s"] for r in scored)
+        out[name] = {**scored[0], "tokens_per_s": statistics.median(speeds),
+                     "seconds": statistics.median(r["seconds"] for r in scored), "all": speeds}
+    out["load"] = os.getloadavg()[0]
     return out
 
 
-def measure(presets: str, tokens: int, vocab: int, threads: int | None) -> list[dict[str, Any]]:
+def measure(presets: str, tokens: int, vocab: int, threads: int | None, repeat: int = 1) -> list[dict[str, Any]]:
     _paths()
     import numpy as np
     from tokenizers import Tokenizer
@@ -139,7 +153,7 @@ def measure(presets: str, tokens: int, vocab: int, threads: int | None) -> list[
         stream = np.asarray(ids[:tokens], dtype=np.int64)
         for preset in presets.split(","):
             print(f"measuring {preset} …", file=sys.stderr, flush=True)
-            results.append(measure_preset(preset.strip(), work, tok_dir, stream, threads))
+            results.append(measure_preset(preset.strip(), work, tok_dir, stream, threads, repeat))
     return results
 
 
@@ -147,6 +161,8 @@ def to_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in results:
         label = f"{r['preset']} preset ({r['params'] / 1e6:.1f}M params, {r['threads']} threads)"
+        if r.get("repeat", 1) > 1:
+            label += f", median of {r['repeat']}"
         t = r["torch"]
         for name in ("f32", "q8_0"):
             q = r[name]
@@ -162,7 +178,7 @@ def to_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def rows(**sizes: Any) -> list[dict[str, Any]]:
     s = {**DEFAULTS, **sizes}
-    return to_rows(measure(s["presets"], int(s["tokens"]), int(s["vocab"]), s["threads"]))
+    return to_rows(measure(s["presets"], int(s["tokens"]), int(s["vocab"]), s["threads"], int(s["repeat"])))
 
 
 def main() -> int:
@@ -171,14 +187,17 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=DEFAULTS["tokens"])
     parser.add_argument("--vocab", type=int, default=DEFAULTS["vocab"])
     parser.add_argument("--threads", type=int, default=DEFAULTS["threads"])
+    parser.add_argument("--repeat", type=int, default=DEFAULTS["repeat"], help="measurements per engine (median)")
     args = parser.parse_args()
-    results = measure(args.presets, args.tokens, args.vocab, args.threads)
+    results = measure(args.presets, args.tokens, args.vocab, args.threads, args.repeat)
     print(f"{'figure':<78} {'ours':>10} {'peer':>10} {'ratio':>9}  target")
     for r in to_rows(results):
         print(f"{r['figure']:<78} {r['ours']!s:>10} {r['peer']!s:>10} {r['ratio']!s:>9}  {r['target'] or ''}")
     for r in results:
         secs = ", ".join(f"{k} {r[k]['seconds']:.1f} s" for k in ("torch", "f32", "q8_0"))
-        print(f"{r['preset']}: {r['torch']['tokens']:,} tokens scored; {secs}")
+        speeds = "; ".join(f"{k} " + " ".join(f"{v:.0f}" for v in r[k]["all"]) for k in ("torch", "f32", "q8_0"))
+        print(f"{r['preset']}: {r['torch']['tokens']:,} tokens scored; median {secs}; "
+              f"load average {r['load']:.1f}; every run (tokens/s): {speeds}")
     return 0
 
 

@@ -5,8 +5,9 @@ Three figures, each the median of a few fresh processes:
 - first frame, headless: from starting `python` to the app's first refresh, measured inside
   the app; the peer is `python -c "import torch"`, what the UI would pay if it imported torch.
   The CPU seconds it took are reported too: on a busy machine they say more than wall time.
-- the same for a bare Textual app (a Static and a Footer): the floor Textual itself sets, run
-  in turn with ours so that load on a shared machine hits both alike.
+- the same for a bare Textual app with the first view's widgets (a Select, a DataTable, two
+  Statics and a Footer, no stylesheet of its own): the floor Textual itself sets, run in turn
+  with ours so that load on a shared machine hits both alike.
 - first frame in a terminal: the real `workbench` command in tmux, until its pipeline view is
   on screen (skipped when tmux is absent).
 - model libraries in the UI process after every view was opened: must be none.
@@ -49,14 +50,20 @@ Timed().run(headless=True, size=(80, 24))
 BARE_FIRST_FRAME = """
 import time
 from textual.app import App
-from textual.widgets import Footer, Static
+from textual.widgets import DataTable, Footer, Select, Static
 
 class Bare(App):
     def compose(self):
-        yield Static("workbench")
+        yield Static("workbench   1 Pipeline   2 Runs   3 Models")
+        yield Select([], prompt="All models")
+        yield DataTable()
+        yield Static("")
         yield Footer()
 
     def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label in ("Stage", "State", "What it does"):
+            table.add_column(label)
         self.call_after_refresh(self.first_frame)
 
     def first_frame(self) -> None:

@@ -109,6 +109,10 @@ class PretrainStage(Stage):
                 raise UserError(f"model config file {options.model} does not exist")
             # Recorded absolute, so `workbench runs resume` works from any directory.
             options.model = str(Path(options.model).resolve())
+        elif options.model:
+            from workbench_pretrain.names import check_model_name
+
+            check_model_name(options.model)
         card_path = ctx.artifact(options.dataset, "dataset").path / "card.json"
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else {}
         if card.get("type") != "pretrain":

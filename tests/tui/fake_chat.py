@@ -5,7 +5,8 @@ screen's tests stay fast. The real command is tested with the chat plugin.
 Usage: python fake_chat.py MODEL [--resume ID] --jsonl
 Each reply is "echo: <the user's words>" (prefixed by "[<system>] " when a system prompt is
 given), streamed one word per `token` message; the turn count shows that history is kept. With --resume, the stored conversation is read from
-the workspace, as the real command does, and its turns count.
+the workspace, as the real command does, and its turns count. The model "missing-model" fails at
+once, "broken-model" while "loading", as soon as the file `load-fails` appears in the workspace.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ def main() -> int:
     model = sys.argv[1]
     if model == "missing-model":
         sys.stderr.write(f"error: no model '{model}' in the workspace\n")
+        return 2
+    if model == "broken-model":  # fails mid-load, once the test has created the file `load-fails`
+        from workbench import locations
+
+        while not (locations.home() / "load-fails").exists():
+            time.sleep(0.05)
+        sys.stderr.write(f"error: model '{model}' could not be loaded\n")
         return 2
     resume = sys.argv[sys.argv.index("--resume") + 1] if "--resume" in sys.argv else None
     messages, system = [], ""

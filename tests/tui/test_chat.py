@@ -1,15 +1,28 @@
-"""Chat view, driven with Pilot. The chat child process is `fake_chat.py`, a test double that
-speaks the `workbench chat --jsonl` protocol without a model (the real command is tested by the
-chat plugin's own tests); everything on this side of the pipe is the real screen."""
+"""Chat view, driven with Pilot. The chat child process is mostly `fake_chat.py`, a test double
+that speaks the `workbench chat --jsonl` protocol without a model (the real command is tested by
+the chat plugin's own tests); everything on this side of the pipe is the real screen. The message
+sent while the model loads goes to the real `workbench chat` running a tiny GGUF in llama.cpp."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 from textual.widgets import Input, Select
 
-from tests.tui.helpers import FAKE_CHAT, SIZE, add_artifact, lineage_workspace, shows, wait_for
+from tests.conftest import make_tiny_model
+from tests.tui.helpers import (
+    FAKE_CHAT,
+    SIZE,
+    add_artifact,
+    lineage_workspace,
+    screen_text,
+    shows,
+    wait_for,
+)
+from workbench import locations
 from workbench.store import Store
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.chat import ChatScreen, Turn
@@ -137,3 +150,55 @@ async def test_a_stored_conversation_is_continued_or_deleted_from_the_history() 
         assert screen.query_one("#chat-model", Select).value == "gguf-260101-eeeeee"
         await say(pilot, screen, "and a vocabulary?")
         assert shows(app, "echo: and a vocabulary? (turn 2)")  # the child counted the stored turn
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workbench_export.gguf_writer import write_gguf
+
+    root = tmp_path_factory.mktemp("chat-gguf")
+    path = root / "tiny.gguf"
+    write_gguf(make_tiny_model(root / "tiny"), path, "f16")
+    return path
+
+
+async def test_a_message_sent_while_the_model_loads_waits_and_is_answered(tiny_gguf: Path) -> None:
+    from workbench.context import Context
+
+    ctx = Context(Store())
+    staged = ctx.staging_dir("gguf")
+    shutil.copy2(tiny_gguf, staged / tiny_gguf.name)
+    model = ctx.register("gguf", staged, name="tiny-f16").id
+    app = WorkbenchApp()  # the real `workbench chat MODEL --jsonl` child
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, model)
+        await wait_for(pilot, lambda: shows(app, "loading"), what="the model to start loading")
+        assert not screen.ready  # llama.cpp takes a while to start; the message goes in before it
+        screen.query_one("#prompt", Input).focus()
+        await pilot.press(*"hello", "enter")
+        await wait_for(pilot, lambda: shows(app, "you: hello", "waiting for the model to load…"),
+                       what="the queued message")
+        assert screen.query_one("#prompt", Input).value == ""
+        await wait_for(pilot, lambda: shows(app, "tok/s") and not screen.busy, timeout=60, what="the reply")
+        assert not shows(app, "waiting for the model to load…")
+        text = screen_text(app)
+        assert text.count("you: hello") == 1, text
+        reply = screen.query(Turn).last()
+        assert reply.role == "assistant" and reply.stats and reply.text.strip(), text
+
+
+async def test_a_message_waiting_for_a_model_that_fails_to_load_goes_back_to_the_prompt() -> None:
+    add_artifact(Store(), "broken-model", "gguf", "damaged")
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, "broken-model")
+        await wait_for(pilot, lambda: shows(app, "loading broken-model"), what="the model to start loading")
+        screen.query_one("#prompt", Input).focus()
+        await pilot.press(*"are you there", "enter")
+        await wait_for(pilot, lambda: shows(app, "waiting for the model to load…"), what="the queued message")
+        (locations.home() / "load-fails").touch()
+        await wait_for(pilot, lambda: shows(app, "chat process ended: error: model 'broken-model' could not"),
+                       what="the child's error")
+        assert shows(app, "the model did not load, so your message was not sent")
+        assert not shows(app, "you: are you there") and not shows(app, "waiting for the model to load…")
+        assert screen.query_one("#prompt", Input).value == "are you there"

@@ -1,15 +1,18 @@
 """What a newcomer sees first: a form's essentials above its folded options, a chart only where
-there is a curve, and text that fits 80×24 ends with "…" where it was cut."""
+there is a curve, and text cut to fit 80×24 ends with "…" (the pipeline table, the runs list, the
+models tree, the chat's model picker and status line)."""
 
 from __future__ import annotations
 
 from textual.widgets import Collapsible
 
-from tests.tui.helpers import SIZE, add_finished_run, screen_text, wait_for
+from tests.tui.helpers import FAKE_CHAT, SIZE, add_artifact, add_finished_run, screen_text, wait_for
 from tests.tui.test_pipeline import open_form
 from workbench.store import Store
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.data import LIFECYCLE
+from workbench.tui.screens.chat import ChatScreen
+from workbench.tui.screens.models import ModelsScreen
 from workbench.tui.screens.runs import RunMonitorScreen
 from workbench.tui.widgets.option_field import OptionField
 from workbench.tui.widgets.plots import CurvePlot
@@ -66,6 +69,34 @@ async def test_text_cut_to_80_columns_ends_with_an_ellipsis() -> None:
             assert len(row) <= SIZE[0]
         download = next(line for line in lines if line.startswith("  Download "))
         assert download.endswith("…") and "Hugging Face" not in download
+
+
+
+async def test_runs_models_and_chat_cut_at_80_columns_end_with_an_ellipsis() -> None:
+    store = Store()
+    add_finished_run(store, "run-260101-0class", "finetune.classify", "done", [])
+    add_artifact(store, "model-260101-bbbbbb", "model", "a-rather-long-model-name-for-the-lineage-tree")
+    add_artifact(store, "gguf-260101-with-an-identifier-long-enough-to-need-cutting-too", "gguf",
+                 "a-very-long-gguf-name-that-goes-on-and-on-q4_k_m", parents=("model-260101-bbbbbb",))
+    app = WorkbenchApp(chat_command=FAKE_CHAT)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: "run-260101-0class" in screen_text(app), what="the runs")
+        row = next(line for line in screen_text(app).splitlines() if "run-260101-0class" in line)
+        assert " finetune.clas… " in row, row
+
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen) and app.screen.selected, what="the tree")
+        lines = screen_text(app).splitlines()
+        assert "▼ model a-rather-long-model-name-for-t…│" in lines[1], lines[1]
+        assert "└── gguf a-very-long-gguf-name-that-go…│" in lines[2], lines[2]
+
+        app.open_chat("gguf-260101-with-an-identifier-long-enough-to-need-cutting-too")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.ready, what="the chat")
+        lines = screen_text(app).splitlines()
+        assert lines[2].startswith(" a-very-long-gguf-name-that-goes-on… ▼"), lines[2]
+        assert lines[3].startswith(" ready · gguf-260101-with-an-identifier-long-enough-to-need-cutting-to")
+        assert lines[3].endswith("…"), lines[3]
 
 
 async def test_a_finished_run_shows_the_tables_the_cli_prints() -> None:

@@ -95,3 +95,25 @@ async def test_escape_goes_back_to_the_pipeline(with_plugin: Path) -> None:
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, StageFormScreen), what="the pipeline")
         assert app.current_mode == "pipeline"
+
+
+async def test_the_pretrain_form_refuses_an_unknown_model_before_a_run_exists(workspace: Path) -> None:
+    from textual.widgets import Select
+
+    from tests.stages.test_pretrain_names import register_inputs
+
+    dataset, tokenizer = register_inputs()
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        form = await open_form(pilot, "pretrain")
+        for name, value in (("dataset", dataset), ("tokenizer", tokenizer)):
+            control = form.query_one(f"#option-{name}", OptionField).control
+            assert isinstance(control, Select)
+            control.value = value
+        form.query_one("#option-model", OptionField).reveal()
+        await set_option(pilot, form, "model", "huge")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "unknown model 'huge'" in str(form.query_one("#form-error").render()),
+                       timeout=60, what="the form's error")
+        assert app.screen is form
+    assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())

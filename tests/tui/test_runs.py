@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from textual.widgets import ProgressBar
 
-from tests.tui.helpers import SIZE, notified, screen_text, shows, wait_for
+from tests.tui.helpers import SIZE, T0, add_finished_run, notified, screen_text, shows, wait_for
 from tests.tui.test_pipeline import open_form, set_option
 from workbench import runs
 from workbench.events import read_events
@@ -179,3 +179,33 @@ async def test_follow_mode_opens_each_new_run_and_says_how_the_job_ended(with_pl
         third, _ = runs.start("counter", {"steps": 2}, store)
         await wait_for(pilot, lambda: notified(app, f"counter run {third.id} done"), what="the third run's end")
         assert app.current_mode == "models"
+
+
+async def test_a_finished_runs_bar_is_full_and_a_run_without_progress_has_none(utc: None) -> None:
+    """Data and tokenizer runs count rows and documents, some phases without a known total and
+    the last one possibly empty (a validation split of no documents)."""
+    store = Store()
+    started = {"type": "started", "time": T0, "attempt": 1, "pid": 1}
+    done = {"type": "done", "time": T0 + 2, "result": {}}
+    add_finished_run(store, "run-260101-0count", "data.prepare", "done", [
+        started,
+        {"type": "progress", "time": T0, "step": 0, "total": 40, "unit": "row", "desc": "checking rows"},
+        {"type": "progress", "time": T0 + 1, "step": 40, "total": None, "unit": "row", "desc": "reading"},
+        {"type": "metric", "time": T0 + 1, "step": None, "values": {"rows": 40}}, done])
+    add_finished_run(store, "run-260101-00none", "tokenizer.train", "done", [
+        started, {"type": "metric", "time": T0 + 1, "step": None, "values": {"vocab_size": 300}}, done])
+    app = WorkbenchApp()
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run("run-260101-0count")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen) and app.screen.state.status == "done",
+                       what="the monitor")
+        bar = app.screen.query_one(ProgressBar)
+        assert bar.display and bar.percentage == 1.0, screen_text(app)
+        assert shows(app, "100%", "40 row")
+
+        app.open_run("run-260101-00none")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunMonitorScreen) and app.screen.state.status == "done"
+                       and app.screen.run_id == "run-260101-00none", what="the second monitor")
+        assert not app.screen.query_one(ProgressBar).display
+        text = screen_text(app)
+        assert "--%" not in text and "━" not in text, text

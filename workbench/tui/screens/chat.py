@@ -78,9 +78,14 @@ class ChatScreen(WorkbenchScreen):
         self.client: ChatClient | None = None
         self.models: list[Artifact] = []
         self.ready = False
+        #: A chat child was started and has not yet said it is ready (nor exited).
+        self.starting = False
         self.busy = False
         self.reply: Turn | None = None
         self.wanted: str | None = None
+        #: A message sent while the model loads, and what shows it as waiting; sent once ready.
+        self.queued: str | None = None
+        self._queued_shown: list[Static] = []
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="chat-top"):
@@ -159,6 +164,7 @@ class ChatScreen(WorkbenchScreen):
         if self.client is not None:
             await self.client.close()
         self.ready = self.busy = False
+        self.starting = True
         self.reply = None
         self._status(f"loading {model}…")
         if resume:
@@ -170,11 +176,13 @@ class ChatScreen(WorkbenchScreen):
         async for message in client.events():
             kind = message.get("type")
             if kind == "ready":
-                self.ready = True
+                self.ready, self.starting = True, False
                 ctx = f" · context {message['n_ctx']} tokens" if message.get("n_ctx") else ""
                 self._status(f"ready · {message.get('model', model)}{ctx}")
                 if resume:
                     await self._show_history(message)
+                if self.queued is not None:
+                    await self._send_queued()
             elif kind == "token" and self.reply is not None:
                 self.reply.append(str(message.get("text", "")))
             elif kind == "done":
@@ -189,9 +197,13 @@ class ChatScreen(WorkbenchScreen):
                 self.busy, self.reply = False, None
                 self._note(str(message.get("message", "")), error=True)
             elif kind == "exit" and self.client is client:
-                self.ready = self.busy = False
+                self.ready = self.busy = self.starting = False
                 reason = message.get("stderr") or f"exit code {message.get('code')}"
                 self._status(Content.styled(f"chat process ended: {reason}", "$text-error"))
+                if self.queued is not None:
+                    self._unqueue()
+                    self._note("the model did not load, so your message was not sent; it is back in the prompt",
+                               error=True)
 
     async def _show_history(self, ready: dict[str, Any]) -> None:
         """A resumed conversation's stored turns, as the child loaded them."""
@@ -231,13 +243,52 @@ class ChatScreen(WorkbenchScreen):
         text = event.value.strip()
         if not text:
             return
-        if self.client is None or not self.ready:
-            self.notify("Choose a model first and wait until it is ready.", severity="warning")
+        if not (self.ready or self.starting):
+            self.notify("Choose a model first.", severity="warning")
+            return
+        if not self.ready:
+            if self.queued is not None:
+                self.notify("A message is already waiting for the model to load.", severity="warning")
+                return
+            await self._queue(text)
+            event.input.clear()
             return
         if self.busy:
             self.notify("Still answering; wait for the reply to finish.", severity="warning")
             return
         event.input.clear()
+        await self._submit(text)
+
+    async def _queue(self, text: str) -> None:
+        """Keep a message typed while the model loads; it is sent when the child is ready."""
+        self.queued = text
+        self._queued_shown = [Turn("user", text),
+                              Static("waiting for the model to load…", classes="chat-note", markup=False)]
+        await self.query_one("#transcript").mount_all(self._queued_shown)
+        self._scroll()
+
+    def _unqueue(self) -> None:
+        """Take the waiting message off the transcript and back into the prompt."""
+        text, self.queued = self.queued, None
+        for widget in self._queued_shown:
+            if widget.is_mounted:
+                widget.remove()
+        self._queued_shown = []
+        prompt = self.query_one("#prompt", Input)
+        if text and not prompt.value.strip():
+            prompt.value = text
+
+    async def _send_queued(self) -> None:
+        text, self.queued = self.queued, None
+        for widget in self._queued_shown:  # shown again below, in order, as an ordinary turn
+            if widget.is_mounted:
+                await widget.remove()
+        self._queued_shown = []
+        if text:
+            await self._submit(text)
+
+    async def _submit(self, text: str) -> None:
+        assert self.client is not None
         transcript = self.query_one("#transcript")
         self.reply = Turn("assistant")
         await transcript.mount_all([Turn("user", text), self.reply])
@@ -250,6 +301,8 @@ class ChatScreen(WorkbenchScreen):
         await self.client.send(message)
 
     async def action_new_chat(self) -> None:
+        if self.queued is not None:
+            self._unqueue()
         self.busy, self.reply = False, None
         await self.query_one("#transcript").remove_children()
         if self.client is not None and self.ready:

@@ -34,6 +34,7 @@ from workbench.tui.data import (
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.widgets.plots import BarPlot
+from workbench.tui.widgets.tree import FittedTree
 
 if TYPE_CHECKING:
     from textual.widgets.tree import TreeNode
@@ -72,7 +73,7 @@ class ModelsScreen(WorkbenchScreen):
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="models-main"):
-            tree: Tree[str] = Tree("workspace", id="lineage")
+            tree: Tree[str] = FittedTree("workspace", id="lineage")
             tree.show_root = False
             yield tree
             with TabbedContent(id="model-tabs"):

@@ -23,7 +23,7 @@ from workbench import runs
 from workbench.events import EventTail
 from workbench.stages import get_stage
 from workbench.store import Run
-from workbench.tui.data import ACTIVE, fmt_duration, fmt_num, fmt_time, next_stage, open_store
+from workbench.tui.data import ACTIVE, clip, fmt_duration, fmt_num, fmt_time, next_stage, open_store
 from workbench.tui.runstate import RunState
 from workbench.tui.screens.base import WorkbenchScreen
 from workbench.tui.widgets.tables import RunTable
@@ -174,11 +174,12 @@ class RunsScreen(RunControlScreen):
 
     def _cells(self, run: Run, state: RunState | None) -> tuple[str, str, Content, str, str, str]:
         if state is not None:
-            progress = bar_text(state.fraction) or state.progress_text()[:12]
+            progress = bar_text(state.fraction) or clip(state.progress_text(), COLUMNS["progress"][1])
         else:
             progress = bar_text(1.0) if run.status == "done" else ""
         took = fmt_duration((run.ended_at or time.time()) - run.started_at) if run.started_at else "-"
-        return run.id, run.stage, status_text(run.status), progress, fmt_time(run.started_at), took
+        stage = clip(run.stage, COLUMNS["stage"][1])
+        return run.id, stage, status_text(run.status), progress, fmt_time(run.started_at), took
 
     @property
     def selected(self) -> Run | None:
@@ -285,8 +286,12 @@ class RunMonitorScreen(RunControlScreen):
                 "next: ", Content.styled(following[1], "bold"), " — press n to open it with what this run made")])
         self.query_one("#run-title", Static).update(title)
         bar = self.query_one("#run-bar", ProgressBar)
+        bar.display = state.step is not None  # a run that reports no progress gets no bar at all
         if state.total:
             bar.update(total=state.total, progress=state.step or 0)
+        elif state.status == "done" and state.step is not None:
+            # Counted without a total (or its last phase was empty): finished is full all the same.
+            bar.update(total=max(state.step, 1), progress=max(state.step, 1))
         self.query_one("#run-progress-text", Static).update(state.progress_text())
         self.query_one("#run-metrics", Static).update(state.metrics_text() or "no metrics yet")
         curves = state.curves()
