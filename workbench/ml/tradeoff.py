@@ -65,6 +65,19 @@ def count_parameters(config: Any) -> int:
         return sum(p.numel() for p in GPT(config).parameters())
 
 
+def footprint(model_dir: Path | None, gguf_path: Path | None = None) -> tuple[int, int]:
+    """(parameters, file bytes) of a GGUF file, or else of a model directory, read from headers
+    and configs without loading any weights."""
+    if gguf_path is not None:
+        from gguf import GGUFReader
+
+        return sum(int(t.n_elements) for t in GGUFReader(gguf_path).tensors), gguf_path.stat().st_size
+    assert model_dir is not None
+    from workbench.ml.checkpoint import load_config
+
+    return count_parameters(load_config(model_dir)), model_weights(model_dir).stat().st_size
+
+
 def heldout_windows(dataset_dir: Path, tokenizer_dir: Path, seq_len: int, max_tokens: int) -> torch.Tensor:
     """Consecutive windows of `seq_len + 1` tokens from the val split of a pretrain dataset,
     at most `max_tokens` predicted tokens in all (none when the split is empty)."""
