@@ -37,8 +37,10 @@ def stored_params(model_dir: Path) -> int:
 
 def test_the_optimize_steps_distill_and_prune_the_model_and_report_what_each_bought(tmp_path: Path,
                                                                                      workspace: Path) -> None:
+    from rich.console import Console
+
     from workbench.demo_optimize import PRUNE_TARGET, optimize_rows, optimize_steps
-    from workbench.demo_report import _optimized_cells
+    from workbench.demo_report import Report, _optimized_cells
 
     model = register_model(make_tiny_model(tmp_path / "model", intermediate_size=192), "demo-dpo")
     corpus = register_dataset(documents(40, seed=1), documents(10, seed=2), "demo-corpus")
@@ -79,6 +81,14 @@ def test_the_optimize_steps_distill_and_prune_the_model_and_report_what_each_bou
     p = rows["prune"]
     assert cells[1][0] == "pruned to 75%"
     assert cells[1][1] == f"{p['params']:,} (source {p['source_params']:,}, {p['params'] / p['source_params']:.2f}×)"
+
+    # The demo's terminal report and its JSON summary carry the rows.
+    report = Report(rows=[], builds=[], transcript=[], minutes=1.0, optimized=list(rows.values()))
+    console = Console(record=True, width=200)
+    report.print(console)
+    text = console.export_text()
+    assert "Smaller models against their source" in text and cells[1][1] in text and cells[0][3] in text
+    assert report.summary["optimize"] == list(rows.values())
 
 
 def test_demo_offers_the_optional_steps() -> None:
