@@ -89,7 +89,7 @@ def _cut(src: Path, out: Path, method: list[str], target: float = 0.75) -> dict[
 
 
 def speed(preset: str, threads: int, decode_tokens: int) -> dict[str, Any]:
-    from workbench_prune.tradeoff import decode_speed
+    from workbench_evaluate.tradeoff import decode_speed
 
     methods = {"channels,heads": ["channels", "heads"], "blocks": ["blocks"]}
     with tempfile.TemporaryDirectory() as tmp:

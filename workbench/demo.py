@@ -91,6 +91,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="A shortened run (what CI runs): smaller corpus, fewer steps")
     p.add_argument("--fresh", action="store_true", help="Run every step again instead of reusing finished ones")
     p.add_argument("--tui", action="store_true", help="Watch the demo in the terminal UI")
+    p.add_argument("--with-optimize", action="store_true",
+                   help="After DPO, also distill the model into a smaller student and prune it to 75%%")
     p.set_defaults(handler=main)
 
 
@@ -239,6 +241,11 @@ def _run_all(args: argparse.Namespace, store: Any, con: Any) -> Any:
     outputs: Outputs = {}
     t0 = time.monotonic()
     plan = steps(profile)
+    optimize = getattr(args, "with_optimize", False)
+    if optimize:
+        from workbench.demo_optimize import optimize_steps
+
+        plan += optimize_steps("quick" if args.quick else "full", store)
     for n, step in enumerate(plan, 1):
         options = step.options(outputs)
         fp = fingerprint(step.stage, options)
@@ -256,9 +263,11 @@ def _run_all(args: argparse.Namespace, store: Any, con: Any) -> Any:
     transcript = scripted_chat(q4, outputs["instructions"]["dataset"], store)
     for turn in transcript:
         con.print(f"[bold]you[/]: {turn['prompt']}\n[bold]model[/]: {turn['reply']}  [dim]({turn['stats']})[/]")
+    from workbench.demo_optimize import optimize_rows
     from workbench.demo_report import build_report
 
-    return build_report(outputs, state, store, transcript, minutes=(time.monotonic() - t0) / 60)
+    return build_report(outputs, state, store, transcript, minutes=(time.monotonic() - t0) / 60,
+                        optimized=optimize_rows(state, store) if optimize else [])
 
 
 def _gguf_of(run_id: str, store: Any, quant: str) -> Any:
@@ -312,7 +321,7 @@ def _in_tui(args: argparse.Namespace) -> int:
         log = log_path()
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "workbench.cli", "demo"] + (["--quick"] if args.quick else []) + (
-            ["--fresh"] if args.fresh else [])
+            ["--fresh"] if args.fresh else []) + (["--with-optimize"] if getattr(args, "with_optimize", False) else [])
         with open(log, "wb") as fh:
             driver = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
         # The TUI tells the demo's end by its lock, so wait until the driver holds it.

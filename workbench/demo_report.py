@@ -4,6 +4,8 @@
 - LoRA: instruction exact match before and after;
 - DPO: preference accuracy before and after;
 - export: size and perplexity of each GGUF build against F16.
+- with `--with-optimize`, distillation and pruning: parameters, weights file size and held-out
+  perplexity of the smaller model against its source.
 
 Written as a terminal table and a Markdown file with text plots, and registered as an
 `eval-report` artifact so it shows up beside the models it describes.
@@ -48,6 +50,7 @@ class Report:
     minutes: float
     path: Path | None = None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    optimized: list[dict[str, Any]] = field(default_factory=list)  # demo_optimize.optimize_rows
 
     @property
     def builds_ok(self) -> bool:
@@ -63,7 +66,7 @@ class Report:
     def summary(self) -> dict[str, Any]:
         return {
             "stages": [{**r.__dict__, "improved": r.improved} for r in self.rows],
-            "gguf": self.builds, "chat": self.transcript, "minutes": round(self.minutes, 2),
+            "gguf": self.builds, "optimize": self.optimized, "chat": self.transcript, "minutes": round(self.minutes, 2),
             "all_improved": self.all_improved, "report": str(self.path) if self.path else None,
         }
 
@@ -84,11 +87,30 @@ class Report:
             g.add_row(b["quant"], fmt_bytes(b["size_bytes"]), f"{b['size_ratio']:.2f}×", _num(b["perplexity"]),
                       f"{b['ppl_change']:+.1%}" if b["ppl_change"] is not None else "-")
         console.print(g)
+        if self.optimized:
+            o = Table(title="Smaller models against their source", title_justify="left")
+            for col in ("step", "parameters", "weights file", "held-out perplexity"):
+                o.add_column(col)
+            for row in _optimized_cells(self.optimized):
+                o.add_row(*row)
+            console.print(o)
         console.print(f"demo took {self.minutes:.1f} min")
 
 
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
+
+
+def _optimized_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Per optional step: each figure of the smaller model, then its source's and the ratio."""
+    def against(value: float | None, base: float | None, shown: Any) -> str:
+        if value is None or base is None:
+            return "-"
+        return f"{shown(value)} (source {shown(base)}, {value / base:.2f}×)"
+
+    return [[r["method"], against(r["params"], r["source_params"], lambda v: f"{v:,}"),
+             against(r["size_bytes"], r["source_size_bytes"], fmt_bytes),
+             against(r["perplexity"], r["source_perplexity"], _num)] for r in rows]
 
 
 def _metric_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
@@ -97,7 +119,8 @@ def _metric_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
 
 
 def build_report(outputs: dict[str, dict[str, str]], state: dict[str, Any], store: Any,
-                 transcript: list[dict[str, Any]], minutes: float) -> Report:
+                 transcript: list[dict[str, Any]], minutes: float,
+                 optimized: list[dict[str, Any]] | None = None) -> Report:
     pretrain_run = store.get_run(state["pretrain"]["run_id"])
     val = _metric_series(pretrain_run.run_dir, "val_ppl")
     rows = [Row("pretrain", "validation perplexity", val[0][1] if val else None, val[-1][1] if val else None,
@@ -123,7 +146,8 @@ def build_report(outputs: dict[str, dict[str, str]], state: dict[str, Any], stor
     step_runs = [store.get_run(entry["run_id"]) for entry in state.values()]
     run_minutes = sum((r.ended_at or 0) - (r.started_at or 0) for r in step_runs if r.started_at) / 60
     report = Report(rows, builds, transcript, max(minutes, run_minutes),
-                    curves={"train loss": _metric_series(pretrain_run.run_dir, "loss"), "validation perplexity": val})
+                    curves={"train loss": _metric_series(pretrain_run.run_dir, "loss"), "validation perplexity": val},
+                    optimized=optimized or [])
     _write(report, outputs, store)
     return report
 
@@ -153,6 +177,10 @@ def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> No
     for b in report.builds:
         change = f"{b['ppl_change']:+.1%}" if b["ppl_change"] is not None else "-"
         lines.append(f"| {b['quant']} | {fmt_bytes(b['size_bytes'])} | {b['size_ratio']:.2f}× | {_num(b['perplexity'])} | {change} |")
+    if report.optimized:
+        lines += ["", "## Smaller models against their source", "",
+                  "| step | parameters | weights file | held-out perplexity |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in _optimized_cells(report.optimized)]
     for title, series in report.curves.items():
         if len(series) >= 2:
             lines += ["", f"## Pretraining: {title}", "", "```",

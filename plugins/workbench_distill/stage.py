@@ -63,6 +63,8 @@ class Options:
     eval_every: int = option(50, min=1, group="training", help="Optimizer steps between validation passes")
     eval_batches: int = option(8, min=1, group="training", help="Micro-batches of validation data per pass", advanced=True)
     checkpoint_every: int = option(100, min=1, group="training", help="Optimizer steps between checkpoints (a cancel also checkpoints)")
+    speed: bool = option(False, group="measure",
+                         help="Also export teacher and student to Q4_K_M GGUF and time llama.cpp decoding (slower)")
     seed: int = option(42, help="Seed for the student's weights, the sequences used and their order")
     device: str = option("auto", choices=["auto", "cpu", "cuda", "mps"], group="hardware", help="Where to run")
     precision: str | None = option(None, choices=list(PRECISIONS), group="hardware",

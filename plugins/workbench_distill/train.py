@@ -40,7 +40,7 @@ from workbench.ml.checkpoint import (
     save_model_dir,
 )
 from workbench.ml.trainstate import load_train_state, restore_rng, save_train_state
-from workbench.weightfiles import check_model_dir
+from workbench.weightfiles import check_model_dir, model_weights
 from workbench_distill.loss import distill_loss
 from workbench_distill.stage import check_same_tokenizer, student_kind
 from workbench_distill.teacher import (
@@ -156,6 +156,8 @@ def distill(options: Options, ctx: Context) -> dict[str, Any]:
 
 
 def make_plan(options: Options, ctx: Context) -> Plan:
+    from workbench_evaluate.tradeoff import count_parameters
+
     teacher = ctx.artifact(options.teacher, "model")
     data = ctx.artifact(options.dataset, "dataset")
     start_from = ctx.artifact(options.student, "model") if student_kind(options.student) == "model" else None
@@ -374,36 +376,64 @@ def _schedule(warmup: int, total: int) -> Any:
 
 def write_student(plan: Plan, options: Options, corpus: Corpus, cache: TeacherCache,
                   state_dict: dict[str, torch.Tensor], figures: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    """The student model (parents: teacher, data and its start model), measured on the held-out text."""
+    """The student model (parents: teacher, data and its start model), measured against the
+    teacher on the held-out text (and with --speed in llama.cpp)."""
     from workbench_evaluate.backends import TorchBackend
+    from workbench_evaluate.tradeoff import Measured, measure_speed, tradeoff_table
 
     teacher, start_from = plan.teacher, plan.start_from
+    name = options.name or f"{teacher.name}-distilled"
     recipe = {"teacher": teacher.id, "dataset": plan.data.id, "student": options.student,
               "temperature": options.temperature, "kd_weight": options.kd_weight, "top_k": options.top_k,
               "steps": corpus.steps, "batch_size": plan.batch, "max_seq_length": plan.seq_len, "lr": plan.lr}
     staged = ctx.staging_dir("model")
-    save_model_dir(staged, state_dict, plan.s_config, tokenizer_dir=teacher.path,
-                   meta=student_meta(teacher.path, start_from, recipe))
-    state_dict.clear()
-    backend = TorchBackend(staged, context=plan.seq_len, device=plan.device, precision=plan.eval_precision,
-                           batch_size=plan.micro, threads=None)
-    s_ppl = _perplexity(ctx, backend, staged, corpus.heldout, plan.seq_len, "the student")
-    backend.close()
-    metrics = {k: v for k, v in {"loss": figures["loss"], "val_loss": figures["val_loss"], "perplexity": s_ppl,
-                                 "teacher_perplexity": cache.perplexity}.items() if v is not None}
+    try:
+        save_model_dir(staged, state_dict, plan.s_config, tokenizer_dir=teacher.path,
+                       meta=student_meta(teacher.path, start_from, recipe))
+        state_dict.clear()
+        backend = TorchBackend(staged, context=plan.seq_len, device=plan.device, precision=plan.eval_precision,
+                               batch_size=plan.micro, threads=None)
+        s_ppl = _perplexity(ctx, backend, staged, corpus.heldout, plan.seq_len, "the student")
+        backend.close()
+        rows = [Measured(f"teacher {teacher.name}", plan.t_params, model_weights(teacher.path).stat().st_size,
+                         cache.perplexity),
+                Measured(f"student {name}", plan.s_params, model_weights(staged).stat().st_size, s_ppl)]
+        if options.speed:
+            ctx.log("exporting teacher and student to Q4_K_M and timing llama.cpp decoding")
+
+            def progress(desc: str, done: int, total: int) -> None:
+                ctx.check_cancelled()
+                ctx.progress(done, total, unit="step", desc=desc)
+
+            measure_speed([(rows[0], teacher.path), (rows[1], staged)], corpus.heldout, work_dir=ctx.checkpoints_dir,
+                          progress=progress)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    metrics = {k: v for k, v in {
+        "loss": figures["loss"], "val_loss": figures["val_loss"], "perplexity": s_ppl,
+        "teacher_perplexity": cache.perplexity, "params": float(plan.s_params),
+        "q4_k_m_tokens_per_s": rows[1].q4_tokens_per_s, "teacher_q4_k_m_tokens_per_s": rows[0].q4_tokens_per_s,
+    }.items() if v is not None}
     parents = [teacher.id, plan.data.id] + ([start_from.id] if start_from is not None else [])
     family = read_meta(start_from.path if start_from is not None else teacher.path).get("family", "llama")
-    student = ctx.register("model", staged, name=options.name or f"{teacher.name}-distilled", parents=parents,
-                           metadata={"family": family, "params": plan.s_params, "distill": recipe}, metrics=metrics)
+    student = ctx.register("model", staged, name=name, parents=parents,
+                           metadata={"family": family, "params": plan.s_params, "distill": recipe,
+                                     "measured": [m.to_json() for m in rows]}, metrics=metrics)
     freed = cache.size_bytes()
     shutil.rmtree(cache.path, ignore_errors=True)
     ctx.log(f"removed the teacher's top-k logits ({fmt_bytes(freed)}); the student is model {student.id}")
+    trained_s, steps = figures["trained_s"], corpus.steps
+    table = tradeoff_table(rows, f"Distilling {teacher.name} into {student.name} "
+                                 f"(perplexity on {plan.data.name} val)")
+    table["rows"].append(["time", f"{cache.seconds:.1f} s (top-k pass)",
+                          f"{trained_s:.1f} s for {steps} steps ({steps / trained_s if trained_s else 0:.2f} steps/s)"])
     return {
-        "model": student.id, "steps": corpus.steps, "loss": figures["loss"], "val_loss": figures["val_loss"],
+        "model": student.id, "steps": steps, "loss": figures["loss"], "val_loss": figures["val_loss"],
         "perplexity": s_ppl, "teacher_perplexity": cache.perplexity, "params": plan.s_params,
-        "teacher_params": plan.t_params, "train_seconds": round(figures["trained_s"], 2),
-        "teacher_seconds": round(cache.seconds, 2),
-        "tables": [result_table(plan, student, cache, s_ppl, corpus.steps, figures["trained_s"])],
+        "teacher_params": plan.t_params, "train_seconds": round(trained_s, 2),
+        "teacher_seconds": round(cache.seconds, 2), "measured": [m.to_json() for m in rows],
+        "tables": [table],
     }
 
 
@@ -419,24 +449,6 @@ def _perplexity(ctx: Context, backend: Any, model_dir: Path, ids: np.ndarray, co
         ctx.progress(done, total, unit="window", desc=f"held-out perplexity of {name}")
 
     return heldout_perplexity(backend, model_dir, ids, context, tick, name)
-
-
-def result_table(plan: Plan, student: Artifact, cache: TeacherCache, s_ppl: float | None, steps: int,
-                 trained_s: float) -> dict[str, Any]:
-    def ppl(v: float | None) -> str:
-        return f"{v:.3f}" if v is not None else "—"
-
-    teacher = plan.teacher
-    t_size = check_model_dir(teacher.path).stat().st_size
-    s_size = check_model_dir(student.path).stat().st_size
-    rows = [
-        ["parameters", f"{plan.t_params:,}", f"{plan.s_params:,} ({plan.s_params / plan.t_params:.0%})"],
-        ["weights file", fmt_bytes(t_size), fmt_bytes(s_size)],
-        ["held-out perplexity", ppl(cache.perplexity), ppl(s_ppl)],
-        ["time", f"{cache.seconds:.1f} s (top-k pass)",
-         f"{trained_s:.1f} s for {steps} steps ({steps / trained_s if trained_s else 0:.2f} steps/s)"],
-    ]
-    return {"title": "distillation", "columns": ["", f"teacher {teacher.name}", f"student {student.name}"], "rows": rows}
 
 
 def student_config(spec: str, t_config: Config, start_from: Artifact | None) -> Config:
@@ -463,10 +475,3 @@ def preset_lr(spec: str) -> float:
     from workbench_pretrain.presets import PRESETS
 
     return PRESETS[spec].learning_rate if spec in PRESETS else 3e-4
-
-
-def count_parameters(config: Config) -> int:
-    from litgpt import GPT
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in GPT(config).parameters())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.context import Context
+from workbench.hardware import fmt_bytes
 from workbench.store import Artifact
 
 #: Metric names in table order, with the direction that is better.
@@ -31,10 +32,21 @@ def column_names(models: list[tuple[str, str]]) -> list[str]:
     return [name if names.count(name) == 1 else f"{name} ({mid})" for mid, name in models]
 
 
-def comparison_table(models: list[tuple[str, str]], metrics: dict[str, dict[str, float]], title: str) -> dict[str, Any]:
+def comparison_table(models: list[tuple[str, str]], metrics: dict[str, dict[str, float]], title: str,
+                     footprints: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Metrics by model; with `footprints` ({id: (parameters, file bytes)}), and when there is any
+    metric, what each model costs as the last rows, ratios against the first model."""
     present = [m for m in METRICS if any(m in metrics[mid] for mid, _ in models)]
     rows = [[m, ARROW[METRICS[m]], *[metrics[mid].get(m) for mid, _ in models]] for m in present]
+    if footprints and rows:
+        params, sizes = ([footprints[mid][i] for mid, _ in models] for i in (0, 1))
+        rows.append(["parameters", ARROW["lower"], *[_against(p, params[0], f"{p:,}") for p in params]])
+        rows.append(["file size", ARROW["lower"], *[_against(b, sizes[0], fmt_bytes(b)) for b in sizes]])
     return {"title": title, "columns": ["metric", "better", *column_names(models)], "rows": rows}
+
+
+def _against(value: int, base: int, shown: str) -> str:
+    return shown if value == base or not base else f"{shown} ({value / base:.2f}×)"
 
 
 def subjects_table(models: list[tuple[str, str]], details: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ from workbench_evaluate.report import (
     subjects_table,
 )
 from workbench_evaluate.rows import read_instructions, read_pairs, read_texts
+from workbench_evaluate.tradeoff import footprint
 
 SEED = 0
 
@@ -280,7 +281,8 @@ def _finish(plan: Plan, options: Any, ctx: Context, metrics: dict[str, dict[str,
     models = [(t.id, t.name) for t in plan.targets]
     clean = {mid: {k: v for k, v in m.items() if math.isfinite(v)} for mid, m in metrics.items()}
     title = "Evaluation" + (f" on {', '.join(plan.tasks)}" if plan.tasks else "")
-    main = comparison_table(models, clean, title)
+    footprints = {t.id: footprint(t.model_dir if t.gguf_path is None else None, t.gguf_path) for t in plan.targets}
+    main = comparison_table(models, clean, title, footprints)
     tables = [main] if main["rows"] else []  # bias alone has only its own tables
     for extra in (subjects_table(models, details), samples_table(models, details)):
         if extra is not None:
@@ -298,6 +300,7 @@ def _finish(plan: Plan, options: Any, ctx: Context, metrics: dict[str, dict[str,
         "models": [{"id": t.id, "name": t.name, "kind": t.art.kind, "backend": t.backend} for t in plan.targets],
         "tasks": plan.tasks, "data": data, "settings": settings, "metrics": clean, "details": details,
         "judge": judge_report,
+        "footprint": {mid: {"params": p, "size_bytes": b} for mid, (p, b) in footprints.items()},
     }
     header = ["# Evaluation report", "", "- models: " + ", ".join(f"{n} (`{m}`)" for m, n in models)]
     header += [f"- {kind} data: {d['name']} (`{d['id']}`)" for kind, d in data.items()]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from workbench_evaluate.tradeoff import heldout_windows, measure, measure_speed, tradeoff_table
 from workbench_export.families import read_config
 from workbench_pretrain.data import TokenWindows
 
@@ -34,7 +35,6 @@ from workbench_prune.heal import HealSettings, heal
 from workbench_prune.plan import Plan, make_plan
 from workbench_prune.prune import Removal, choose, measure_importance, prune_state_dict
 from workbench_prune.stage import Options, calibration_dataset, pretrain_dataset
-from workbench_prune.tradeoff import heldout_windows, measure, measure_speed, tradeoff_table
 
 RECORD = "prune.json"
 
@@ -151,7 +151,7 @@ def prune(options: Options, ctx: Context) -> dict[str, Any]:
                 ctx.check_cancelled()
                 ctx.progress(done, total, unit="step", desc=desc)
 
-            measure_speed([(rows[0], source.path), (rows[-1], staged)], heldout, work_dir=ctx.checkpoints_dir,
+            measure_speed([(rows[0], source.path), (rows[-1], staged)], heldout.reshape(-1), work_dir=ctx.checkpoints_dir,
                           progress=progress)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

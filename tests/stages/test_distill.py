@@ -213,7 +213,7 @@ def test_distilled_student_beats_hard_labels_alone_and_exports_to_gguf(inputs: d
     assert sorted(student.parents) == sorted([inputs["teacher"], inputs["dataset"]])
     table = distilled.result["tables"][0]
     rows = {r[0]: r[1:] for r in table["rows"]}
-    assert rows["held-out perplexity"] == [f"{teacher_ppl:.3f}", f"{kd_ppl:.3f}"]
+    assert rows["held-out perplexity"] == [f"{teacher_ppl:.4g}", f"{kd_ppl:.4g} ({kd_ppl / teacher_ppl:.2f}×)"]
     assert distilled.result["params"] < distilled.result["teacher_params"]
     # The teacher's cached logits are gone once the student is written.
     assert not (distilled.run_dir / "teacher-topk").exists()
@@ -222,6 +222,34 @@ def test_distilled_student_beats_hard_labels_alone_and_exports_to_gguf(inputs: d
     assert exported.returncode == 0, exported.stderr
     files = json.loads(exported.stdout)["result"]["files"]
     assert [f["passed"] for f in files] == [True]
+
+
+def test_the_result_is_the_tradeoff_table_with_llama_cpp_speed_on_request(inputs: dict[str, str]) -> None:
+    """The table prune shows: parameters, file size and perplexity against the teacher, and with
+    --speed the Q4_K_M file the export stage writes and its decode rate in llama.cpp."""
+    run = run_inline("distill", options(inputs, max_steps=4, speed=True))
+    store = Store()
+    student, teacher = store.find_artifact(run.result["model"]), store.find_artifact(inputs["teacher"])
+    table = run.result["tables"][0]
+    assert table["columns"] == ["", "teacher teacher", "student teacher-distilled"]
+    rows = {r[0]: r[1:] for r in table["rows"]}
+    assert list(rows) == ["parameters", "weights file", "held-out perplexity", "Q4_K_M file",
+                          "Q4_K_M decode tokens/s", "time"]
+    t_params, s_params = run.result["teacher_params"], run.result["params"]
+    assert rows["parameters"] == [f"{t_params:,}", f"{s_params:,} ({s_params / t_params:.2f}×)"]
+    teacher_row, student_row = run.result["measured"]
+    assert teacher_row["size_bytes"] == (teacher.path / "model.safetensors").stat().st_size
+    assert student_row["size_bytes"] == (student.path / "model.safetensors").stat().st_size
+    assert teacher_row["q4_tokens_per_s"] > 0 and student_row["q4_tokens_per_s"] > 0
+    assert student.metrics["q4_k_m_tokens_per_s"] == student_row["q4_tokens_per_s"]
+    # The Q4_K_M size is that of the file `workbench export` writes for the student (which adds a
+    # few metadata keys of its own).
+    exported = run_cli("export", student.id, "--gguf", "--quant", "q4_k_m", "--json")
+    assert exported.returncode == 0, exported.stderr
+    (q4,) = json.loads(exported.stdout)["result"]["files"]
+    assert abs(q4["size_bytes"] - student_row["q4_size_bytes"]) < 256
+    descs = {e["desc"] for e in run.events if e["type"] == "progress"}
+    assert "timing llama.cpp decoding" in descs
 
 
 @pytest.mark.parametrize("change", ["vocabulary", "tokenizer"])

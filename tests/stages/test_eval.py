@@ -271,6 +271,41 @@ def test_f32_gguf_matches_its_checkpoint_in_llama_cpp(ids, world, tmp_path):
     assert alone["exact_match"] == gguf_m["exact_match"] and alone["mc_accuracy"] == gguf_m["mc_accuracy"]
 
 
+def test_a_pruned_model_and_a_gguf_show_their_parameters_and_file_size_beside_the_metrics(ids, world, tmp_path):
+    import llama_cpp
+    from safetensors import safe_open
+
+    from workbench.store import Store
+
+    pruned = run_inline("prune", {"model": ids["trained"], "target": 0.75, "method": ["blocks", "channels"],
+                                  "heal": "none"}).result["model"]
+    path = gguf_of(world["trained"], tmp_path / "trained-f32.gguf")
+    gguf = register(path, "gguf", "trained-f32", [ids["trained"]])
+    run = run_inline("eval", {"models": [ids["trained"], pruned, gguf], "tasks": ["perplexity"],
+                              "dataset": ids["pretrain"]})
+    store = Store()
+    table = run.result["tables"][0]
+    rows = {r[0]: r[2:] for r in table["rows"]}
+    assert [r[0] for r in table["rows"]] == ["perplexity", "bits_per_byte", "parameters", "file size"]
+
+    def unique_numel(model_dir: Path) -> int:  # tied weights are stored once
+        with safe_open(str(model_dir / "model.safetensors"), "pt") as fh:
+            return sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())  # noqa: SIM118 (not iterable)
+
+    source, small = unique_numel(world["trained"]), unique_numel(store.find_artifact(pruned).path)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, verbose=False)
+    in_gguf = llama_cpp.llama_model_n_params(llm.model)
+    llm.close()
+    assert source == in_gguf  # the F32 file holds the very weights
+    assert rows["parameters"] == [f"{source:,}", f"{small:,} ({small / source:.2f}×)", f"{in_gguf:,}"]
+    sizes = [(world["trained"] / "model.safetensors").stat().st_size,
+             (store.find_artifact(pruned).path / "model.safetensors").stat().st_size, path.stat().st_size]
+    report = json.loads((store.find_artifact(run.result["report"]).path / "report.json").read_text())
+    assert [report["footprint"][m]["size_bytes"] for m in (ids["trained"], pruned, gguf)] == sizes
+    assert rows["file size"][1].endswith(f"({sizes[1] / sizes[0]:.2f}×)")
+    assert "| parameters | ↓ |" in (store.find_artifact(run.result["report"]).path / "report.md").read_text()
+
+
 def always_first_slot_judge(model_dir: Path, out: Path) -> Path:
     """A model that answers "A" after its assistant prompt whatever it is asked: every block is
     switched off (zero output projections), so the last position's logits depend on the last

@@ -2,21 +2,25 @@
 perplexity and (on request) llama.cpp Q4_K_M decode speed, for a source model and its smaller
 versions, as one result table.
 
-Any stage that shrinks a model (pruning, distillation) can call it:
+Every stage that shrinks a model (prune, distill) reports through it, so their tables read alike:
 
-    from workbench_prune.tradeoff import heldout_windows, measure, measure_speed, tradeoff_table
+    from workbench_evaluate.tradeoff import heldout_windows, measure, measure_speed, tradeoff_table
     windows = heldout_windows(dataset_dir, tokenizer_dir, seq_len=256, max_tokens=4096)
     rows = [measure("source", src_dir, windows), measure("pruned", out_dir, windows)]
-    measure_speed([(rows[0], src_dir), (rows[1], out_dir)], windows)  # optional: exports both
+    measure_speed([(rows[0], src_dir), (rows[1], out_dir)], windows.reshape(-1))  # optional: exports both
     result["tables"].append(tradeoff_table(rows, "Pruning"))
 
-Perplexity is LitGPT's, in F32, on the same token windows for every model (so models must share
-a tokenizer). Decode speed writes an F32 GGUF with the export stage's writer, quantizes it to
+A stage that already has its figures (distill measures perplexity with the evaluation stage's
+code while the teacher is loaded anyway) builds `Measured` rows itself.
+
+Perplexity from `measure` is LitGPT's, in F32, on the same token windows for every model (so
+models must share a tokenizer). Decode speed writes an F32 GGUF with the export stage's writer, quantizes it to
 Q4_K_M with llama.cpp, and times single-token decoding of held-out tokens (teacher-forced, so
 every model does the same work), the models in turns, best of a few rounds, all on the same
 thread count.
 
-Heavy module (torch, llama.cpp): import it inside a stage's `run()`.
+Heavy module (torch, llama.cpp, and the export stage's GGUF writer): import it inside a stage's
+`run()`.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from workbench.hardware import fmt_bytes, free_cores, torch_threads
@@ -50,6 +55,27 @@ class Measured:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def count_parameters(config: Any) -> int:
+    """Parameters of a LitGPT model of this config (tied weights once), built on the meta device."""
+    from litgpt import GPT
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(config).parameters())
+
+
+def footprint(model_dir: Path | None, gguf_path: Path | None = None) -> tuple[int, int]:
+    """(parameters, file bytes) of a GGUF file, or else of a model directory, read from headers
+    and configs without loading any weights."""
+    if gguf_path is not None:
+        from gguf import GGUFReader
+
+        return sum(int(t.n_elements) for t in GGUFReader(gguf_path).tensors), gguf_path.stat().st_size
+    assert model_dir is not None
+    from workbench.ml.checkpoint import load_config
+
+    return count_parameters(load_config(model_dir)), model_weights(model_dir).stat().st_size
 
 
 def heldout_windows(dataset_dir: Path, tokenizer_dir: Path, seq_len: int, max_tokens: int) -> torch.Tensor:
@@ -145,15 +171,15 @@ def measure(label: str, model_dir: Path, windows: torch.Tensor, *,
     return Measured(label, params, model_weights(model_dir).stat().st_size, ppl)
 
 
-def measure_speed(models: list[tuple[Measured, Path]], windows: torch.Tensor, *, decode_tokens: int = 128,
-                  threads: int | None = None, work_dir: Path | None = None,
+def measure_speed(models: list[tuple[Measured, Path]], tokens: Sequence[int] | torch.Tensor | np.ndarray, *,
+                  decode_tokens: int = 128, threads: int | None = None, work_dir: Path | None = None,
                   progress: Progress | None = None) -> None:
     """Fill in the Q4_K_M size and decode speed of each (figures, model directory), decoding
-    held-out tokens (at most the smallest context)."""
+    the first of the held-out `tokens` (at most the smallest context; made-up ids without any)."""
     from workbench.ml.checkpoint import load_config
 
     n = min(decode_tokens, *(load_config(d).block_size for _, d in models))
-    ids = windows.reshape(-1)[:n].tolist() if len(windows) else list(range(n))
+    ids = [int(t) for t in tokens[:n]] if len(tokens) >= 2 else list(range(n))
     results = decode_speed([d for _, d in models], ids, threads=threads or free_cores() or 1, work_dir=work_dir,
                            progress=progress)
     for (m, _), (size, rate) in zip(models, results, strict=True):
