@@ -40,10 +40,10 @@ class Step:
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"corpus_chars": 1_500_000, "vocab": 2048, "pretrain_steps": 300, "lora_steps": 300,
              "dpo_steps": 150, "eval_limit": 64, "lora_lr": 1e-3,
-             "classify_steps": 150},
+             "classify_steps": 60},
     "quick": {"corpus_chars": 300_000, "vocab": 1024, "pretrain_steps": 200, "lora_steps": 200,
               "dpo_steps": 80, "eval_limit": 48, "lora_lr": 1e-3,
-              "classify_steps": 100},
+              "classify_steps": 50},
 }
 # The demo's instruction and preference rows are short, so pretraining on 128-token windows
 # buys twice the steps of the preset's full context for the same time.
