@@ -39,10 +39,10 @@ class Step:
 # Sizes for the full demo and the quick one CI runs (about 4 min on an idle 2-core CPU).
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"corpus_chars": 1_500_000, "vocab": 2048, "pretrain_steps": 300, "lora_steps": 300,
-             "dpo_steps": 150, "eval_limit": 64, "lora_lr": 1e-3,
+             "dpo_steps": 150, "eval_limit": 64, "lora_lr": 3e-4,
              "classify_steps": 60},
     "quick": {"corpus_chars": 300_000, "vocab": 1024, "pretrain_steps": 200, "lora_steps": 200,
-              "dpo_steps": 80, "eval_limit": 48, "lora_lr": 1e-3,
+              "dpo_steps": 80, "eval_limit": 48, "lora_lr": 3e-4,
               "classify_steps": 50},
 }
 # The demo's instruction and preference rows are short, so pretraining on 128-token windows
@@ -75,7 +75,7 @@ def steps(p: dict[str, Any]) -> list[Step]:
                         # the same adapter shape as the LoRA step, and a rate that moves the policy
                         # without dragging chosen and rejected answers down together
                         "targets": ["query", "key", "value", "projection", "mlp"], "rank": 16, "alpha": 32,
-                        "lr": 1e-3, "batch_size": 16, "name": "demo-dpo"}),
+                        "lr": 3e-4, "batch_size": 16, "name": "demo-dpo"}),
         Step("eval", "Evaluate every stage side by side", "eval",
              lambda o: {"models": [o["pretrain"]["model"], o["lora"]["model"], o["dpo"]["model"]],
                         "dataset": o["corpus"]["dataset"], "instructions": o["instructions"]["dataset"],
