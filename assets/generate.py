@@ -23,7 +23,7 @@ from pathlib import Path
 
 SEED = 1234
 #: Fraction of task instances held out for the validation split.
-HELD_OUT = 0.1
+HELD_OUT = 0.15
 HERE = Path(__file__).resolve().parent
 
 # --- tables ---------------------------------------------------------------------------------
@@ -68,6 +68,16 @@ COLORS = {
     "a leaf": "green", "the sea": "blue", "a cherry": "red", "soot": "black",
 }
 
+YOUNG = {
+    "cat": "kitten", "dog": "puppy", "cow": "calf", "sheep": "lamb", "horse": "foal",
+    "duck": "duckling", "frog": "tadpole", "goat": "kid", "pig": "piglet", "bear": "cub",
+    "deer": "fawn", "goose": "gosling", "kangaroo": "joey", "hen": "chick", "swan": "cygnet",
+    "owl": "owlet",
+}
+
+DAYS = _list("Monday Tuesday Wednesday Thursday Friday Saturday Sunday")
+MONTHS = _list("January February March April May June July August September October November December")
+
 WORDS = _list(
     "cat dog sun hat cup pen box map bus car bed egg ink jam key leg man net owl pig rat sea "
     "tea toy van web yak zoo ant bag bat cow fox gum hen jar kid log mud nut oak pot rug "
@@ -81,86 +91,89 @@ WORDS = _list(
 )
 
 DIGIT_NAMES = _list("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-               "fourteen fifteen sixteen seventeen eighteen nineteen twenty")
+                    "fourteen fifteen sixteen seventeen eighteen nineteen twenty")
 
 NAMES = _list("Alice Bob Carol Dave Erin Frank Grace Heidi Ivan Judy Ken Laura Mike Nina Oscar "
-         "Paula Quinn Rita Sam Tina Uma Victor Wendy Xavier Yara Zoe")
+              "Paula Quinn Rita Sam Tina Uma Victor Wendy Xavier Yara Zoe")
 
 # --- instruction tasks ----------------------------------------------------------------------
+# Every answer is whole words or numbers that the pretraining prose states as facts about the
+# same key (see `_sentence`), or words copied from the prompt. Nothing asks for spelling inside
+# a word (reversing, counting or picking letters): a byte-level BPE model sees a word as one or
+# two tokens, so a model of the demo's size cannot learn those from this data.
+#
 # A task instance is (family, key, prompt variants, answer, wrong answers). The key decides the
 # split, so every phrasing of one instance lands on the same side.
 
 Instance = tuple[str, str, list[str], str, list[str]]
 
+#: The instances the demo's closing chat asks about (`CHAT_PROMPTS` in workbench/demo.py), fixed
+#: before any run and always in the held-out split: the chat shows answers never trained on.
+CHAT_PHRASE = "green apple river"
+CHAT_KEYS = {("capital", "Italy"), ("opposite", "hot"), ("repeat", CHAT_PHRASE)}
+
+
+def _others(values: list[str], right: str, key: str, n: int) -> list[str]:
+    """`n` wrong answers from the same family, picked by the key (stable across runs)."""
+    pool = sorted({v for v in values if v != right})
+    rng = random.Random(f"{SEED}:{key}")
+    return rng.sample(pool, min(n, len(pool)))
+
+
+def _table(family: str, table: dict[str, str], prompts: tuple[str, ...]) -> Iterator[Instance]:
+    values = list(table.values())
+    for key, value in table.items():
+        yield family, key, [p.format(key) for p in prompts], value, _others(values, value, key, 3)
+
+
+def _facts() -> Iterator[Instance]:
+    yield from _table("capital", CAPITALS, ("What is the capital of {}?", "Name the capital city of {}."))
+    yield from _table("opposite", OPPOSITES, ("What is the opposite of {}?", "Give the opposite of {}."))
+    yield from _table("sound", SOUNDS, ("What sound does a {} make?", "What does a {} say?"))
+    yield from _table("color", COLORS, ("What color is {}?", "What is the color of {}?"))
+    yield from _table("young", YOUNG, ("What is a baby {} called?", "What do you call a young {}?"))
+
+
+def _sequences() -> Iterator[Instance]:
+    for unit, names in (("day", DAYS), ("month", MONTHS)):
+        for i, name in enumerate(names):
+            after, before = names[(i + 1) % len(names)], names[i - 1]
+            yield (f"{unit}-after", name, [f"What {unit} comes after {name}?", f"Which {unit} follows {name}?"],
+                   after, [name, before, names[(i + 2) % len(names)]])
+            yield (f"{unit}-before", name, [f"What {unit} comes before {name}?",
+                                            f"Which {unit} is just before {name}?"],
+                   before, [name, after, names[i - 2]])
+
 
 def _numbers() -> Iterator[Instance]:
-    for a in range(21):
-        for b in range(21):
-            yield ("add", f"{a}+{b}", [f"What is {a} + {b}?", f"Add {a} and {b}.",
-                                        f"Compute {a} plus {b}."],
-                   str(a + b), [str(a + b + 1), str(a + b - 1), str(abs(a - b)), str(a + b + 10)])
-            if a >= b:
-                yield ("sub", f"{a}-{b}", [f"What is {a} - {b}?", f"Subtract {b} from {a}.",
-                                            f"Compute {a} minus {b}."],
-                       str(a - b), [str(a - b + 1), str(a + b), str(max(a - b - 1, 0) if a > b else 1)])
-    for n in range(99):
-        yield ("next", str(n), [f"What number comes after {n}?", f"Which number follows {n}?",
-                                 f"Count on from {n}: what is next?"],
+    for n, word in enumerate(DIGIT_NAMES):
+        yield ("in-words", str(n), [f"Write {n} as a word.", f"How do you write {n} in words?"],
+               word, _others(DIGIT_NAMES, word, word, 3))
+        yield ("in-digits", word, [f"Write {word} as a number.", f"What is {word} in digits?"],
+               str(n), [str(n + 1), str(abs(n - 1)), str(n + 10)])
+    for n in range(100):
+        yield ("next", str(n), [f"What number comes after {n}?", f"Which number follows {n}?"],
                str(n + 1), [str(n), str(n + 2), str(n + 10)])
-    for n in range(1, 100):
-        yield ("prev", str(n), [f"What number comes before {n}?", f"Which number is just before {n}?"],
-               str(n - 1), [str(n), str(n + 1), str(n - 2) if n >= 2 else "10"])
-    rng = random.Random(SEED + 1)
-    pairs = sorted({tuple(sorted(rng.sample(range(100), 2))) for _ in range(400)})
-    for a, b in pairs:
-        lo, hi = (a, b) if rng.random() < 0.5 else (b, a)
-        yield ("larger", f"{a}<{b}", [f"Which is larger, {lo} or {hi}?", f"Which number is bigger: {lo} or {hi}?"],
-               str(max(a, b)), [str(min(a, b))])
+    for a in range(10):
+        for b in range(10):
+            yield ("add", f"{a}+{b}", [f"What is {a} + {b}?", f"Add {a} and {b}."],
+                   str(a + b), [str(a + b + 1), str(abs(a + b - 1)), str(a * b if a * b != a + b else a + b + 2)])
 
 
-def _words() -> Iterator[Instance]:
-    for w in WORDS:
-        yield ("upper", w, [f"Write this word in capital letters: {w}", f"Uppercase: {w}"],
-               w.upper(), [w, w.capitalize()])
-        if len(w) <= 5:
-            yield ("reverse", w, [f"Spell this word backwards: {w}", f"Reverse the letters of {w}."],
-                   w[::-1], [w, w[1:] + w[0]] if w[::-1] != w else [w[1:] + w[0]])
-        yield ("count", w, [f"How many letters are in the word {w}?", f"Count the letters in {w}."],
-               str(len(w)), [str(len(w) + 1), str(len(w) - 1)])
-        yield ("first", w, [f"What is the first letter of {w}?", f"Which letter does {w} start with?"],
-               w[0], [w[-1], w[1]])
+def _copying() -> Iterator[Instance]:
     rng = random.Random(SEED + 2)
     seen: set[str] = set()
-    while len(seen) < 300:
-        phrase = " ".join(rng.sample(WORDS, rng.choice((2, 3))))
+    while len(seen) < 200:
+        phrase = CHAT_PHRASE if not seen else " ".join(rng.sample(WORDS, rng.choice((2, 3))))
         if phrase in seen:
             continue
         seen.add(phrase)
         first, *rest = phrase.split()
         yield ("repeat", phrase, [f"Repeat after me: {phrase}", f"Say exactly this: {phrase}"],
-               phrase, [" ".join([*rest, first]), first])
+               phrase, [" ".join([*rest, first]), first, " ".join(rest)])
 
 
-def _facts() -> Iterator[Instance]:
-    capitals = list(CAPITALS.values())
-    for country, city in CAPITALS.items():
-        wrong = [c for c in capitals if c != city][: len(country) % 5 + 1]
-        yield ("capital", country, [f"What is the capital of {country}?",
-                                     f"Name the capital city of {country}."], city, wrong)
-    antonyms = list(OPPOSITES.values())
-    for word, opposite in OPPOSITES.items():
-        yield ("opposite", word, [f"What is the opposite of {word}?", f"Give the opposite of {word}."],
-               opposite, [word, *[a for a in antonyms if a != opposite][: len(word) % 3 + 1]])
-    sounds = list(SOUNDS.values())
-    for animal, sound in SOUNDS.items():
-        yield ("sound", animal, [f"What sound does a {animal} make?", f"What does a {animal} say?"],
-               sound, [s for s in sounds if s != sound][: len(animal) % 3 + 1])
-    for thing, color in COLORS.items():
-        yield ("color", thing, [f"What color is {thing}?", f"What is the color of {thing}?"],
-               color, sorted({c for c in COLORS.values() if c != color})[:2])
-
-
-TASKS: tuple[Callable[[], Iterator[Instance]], ...] = (_numbers, _words, _facts)
+TASKS: tuple[Callable[[], Iterator[Instance]], ...] = (_facts, _sequences, _numbers, _copying)
 
 
 def instances() -> list[Instance]:
@@ -168,7 +181,8 @@ def instances() -> list[Instance]:
 
 
 def split_instances(items: list[Instance]) -> tuple[list[Instance], list[Instance]]:
-    """A seeded held-out split per task family, so every family is in both splits."""
+    """A seeded held-out split per task family, so every family is in both splits; the chat's
+    instances are always held out."""
     rng = random.Random(SEED)
     train: list[Instance] = []
     val: list[Instance] = []
@@ -176,6 +190,7 @@ def split_instances(items: list[Instance]) -> tuple[list[Instance], list[Instanc
     for fam in families:
         group = [i for i in items if i[0] == fam]
         rng.shuffle(group)
+        group.sort(key=lambda i: (i[0], i[1]) not in CHAT_KEYS)  # stable: chat instances first
         n_val = max(1, round(len(group) * HELD_OUT))
         val += group[:n_val]
         train += group[n_val:]
@@ -191,18 +206,19 @@ def _chat(prompt: str, answer: str | None = None) -> list[dict[str, str]]:
     return msgs
 
 
-def instruction_rows(items: list[Instance], seed: int) -> list[dict]:
+def instruction_rows(items: list[Instance], seed: int, every_phrasing: bool) -> list[dict]:
+    """One row per instance in a phrasing drawn by the seed, or one per phrasing (for training,
+    so the format is learnt apart from the wording)."""
     rng = random.Random(seed)
-    return [{"messages": _chat(rng.choice(prompts), answer)} for _, _, prompts, answer, _ in items]
+    return [{"messages": _chat(p, answer)} for _, _, prompts, answer, _ in items
+            for p in (prompts if every_phrasing else [rng.choice(prompts)])]
 
 
-def preference_rows(items: list[Instance], seed: int) -> list[dict]:
+def preference_rows(items: list[Instance], seed: int, every_phrasing: bool) -> list[dict]:
     rng = random.Random(seed)
-    rows = []
-    for _, _, prompts, answer, wrong in items:
-        rejected = rng.choice([w for w in wrong if w != answer] or [answer + "?"])
-        rows.append({"messages": _chat(rng.choice(prompts)), "chosen": answer, "rejected": rejected})
-    return rows
+    return [{"messages": _chat(p), "chosen": answer, "rejected": rng.choice([w for w in wrong if w != answer])}
+            for _, _, prompts, answer, wrong in items
+            for p in (prompts if every_phrasing else [rng.choice(prompts)])]
 
 
 # --- classification: spam or ham ------------------------------------------------------------
@@ -282,56 +298,83 @@ def classification_rows(seed: int, n: int) -> list[dict]:
 
 
 # --- pretraining prose ----------------------------------------------------------------------
+# Every fact the instruction tasks ask about, each in several phrasings (a fact a model has seen
+# in one wording only is hard to recall from another), stated once per pass over the tables, so
+# even the smallest corpus states each one; between them, everyday messages and prose that
+# repeats phrases, so copying is a skill the base model already has.
 
 
-def _number_words(n: int) -> str:
-    return DIGIT_NAMES[n] if n < len(DIGIT_NAMES) else str(n)
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
 
 
-def _sentence(rng: random.Random) -> str:
-    kind = rng.randrange(10)
-    if kind == 0:
-        country = rng.choice(list(CAPITALS))
-        return rng.choice(["The capital of {c} is {x}.", "{x} is the capital city of {c}."]).format(
-            c=country, x=CAPITALS[country])
-    if kind == 1:
-        word = rng.choice(list(OPPOSITES))
-        return f"The opposite of {word} is {OPPOSITES[word]}."
-    if kind == 2:
-        animal = rng.choice(list(SOUNDS))
-        return f"A {animal} says {SOUNDS[animal]}."
-    if kind == 3:
-        thing = rng.choice(list(COLORS))
-        return f"The color of {thing} is {COLORS[thing]}."
-    if kind == 4:
-        a, b = rng.randrange(21), rng.randrange(21)
-        return rng.choice([f"{a} + {b} = {a + b}.", f"{_number_words(a).capitalize()} plus {_number_words(b)} is {a + b}."])
-    if kind == 5:
-        a, b = sorted((rng.randrange(21), rng.randrange(21)), reverse=True)
-        return f"{a} - {b} = {a - b}."
-    if kind == 6:
-        n = rng.randrange(95)
-        return "Counting: " + ", ".join(str(i) for i in range(n, n + rng.randrange(3, 7))) + "."
-    if kind == 7:
-        w = rng.choice(WORDS)
-        return rng.choice([f"In capital letters, {w} is {w.upper()}.",
-                           f"The word {w} has {len(w)} letters and starts with {w[0]}."])
-    if kind == 8:
-        w = rng.choice([w for w in WORDS if len(w) <= 5])
-        return f"Backwards, {w} is spelled {w[::-1]}."
+def statements() -> list[str]:
+    """Every true statement of the tables, in every phrasing."""
+    out: list[str] = []
+    for c, x in CAPITALS.items():
+        out += [f"The capital of {c} is {x}.", f"{x} is the capital city of {c}.",
+                f"The capital city of {c} is {x}.", f"In {c}, the capital is {x}."]
+    for w, o in OPPOSITES.items():
+        out += [f"The opposite of {w} is {o}.", f"{_cap(w)} is the opposite of {o}.",
+                f"{_cap(w)} and {o} are opposites.", f"The word {w} means the opposite of {o}."]
+    for a, s in SOUNDS.items():
+        out += [f"A {a} says {s}.", f"The sound a {a} makes is {s}.", f"A {a} goes {s}."]
+    for t, c in COLORS.items():
+        out += [f"The color of {t} is {c}.", f"{_cap(t)} is {c}.", f"The colour of {t} is {c}."]
+    for a, y in YOUNG.items():
+        out += [f"A baby {a} is called a {y}.", f"A young {a} is a {y}.", f"A {y} is a baby {a}."]
+    for n in range(100):
+        out += [f"After {n} comes {n + 1}.", f"The number after {n} is {n + 1}.",
+                "Counting: " + ", ".join(str(i) for i in range(max(n - 2, 0), n + 3)) + "."]
+    for a in range(10):
+        for b in range(10):
+            out += [f"{a} + {b} = {a + b}.", f"{a} plus {b} is {a + b}.",
+                    f"{_cap(DIGIT_NAMES[a])} plus {DIGIT_NAMES[b]} makes {a + b}."]
+    for n, word in enumerate(DIGIT_NAMES):
+        out += [f"The number {n} is written {word}.", f"{_cap(word)} is {n}.", f"In words, {n} is {word}."]
+    for unit, names in (("day", DAYS), ("month", MONTHS)):
+        for i, a in enumerate(names):
+            b = names[(i + 1) % len(names)]
+            out += [f"After {a} comes {b}.", f"The {unit} after {a} is {b}.", f"The {unit} before {b} is {a}.",
+                    f"{b} comes after {a}.", "In order: " + ", ".join(names[i:] + names[:i]) + "."]
+    return out
+
+
+def _echo(rng: random.Random) -> str:
+    phrase = " ".join(rng.sample(WORDS, rng.choice((2, 3))))
+    name, other = rng.sample(NAMES, 2)
+    return rng.choice([f'{name} said "{phrase}", and {other} said "{phrase}" too.',
+                       f"{name} wrote {phrase} on the board. {other} copied it: {phrase}.",
+                       f"The words were {phrase}. Say them again: {phrase}."])
+
+
+def _everyday(rng: random.Random) -> str:
     name, other = rng.sample(NAMES, 2)
     return _fill(rng.choice(HAM), rng) + f" {name} told {other} that it was fine."
 
 
 def pretrain_documents(seed: int, n_chars: int) -> list[str]:
-    """Short paragraphs of true, templated statements, about `n_chars` characters in all."""
+    """Short paragraphs of true, templated statements, about `n_chars` characters in all: passes
+    over `statements()` in a seeded order, one in four sentences copying or everyday prose."""
     rng = random.Random(seed)
-    docs: list[str] = []
+    facts = statements()
+    sentences: list[str] = []
     total = 0
     while total < n_chars:
-        doc = " ".join(_sentence(rng) for _ in range(rng.randrange(4, 12)))
-        docs.append(doc)
-        total += len(doc)
+        rng.shuffle(facts)
+        for fact in facts:
+            if rng.random() < 0.25:
+                sentences.append(_echo(rng) if rng.random() < 0.6 else _everyday(rng))
+                total += len(sentences[-1]) + 1
+            sentences.append(fact)
+            total += len(fact) + 1
+            if total >= n_chars:
+                break
+    docs: list[str] = []
+    while sentences:
+        n = rng.randrange(4, 12)
+        docs.append(" ".join(sentences[:n]))
+        del sentences[:n]
     return docs
 
 
@@ -346,10 +389,10 @@ def build() -> dict[str, list[dict]]:
     cls = classification_rows(SEED + 3, CLASSIFICATION_ROWS)
     n_val = round(len(cls) * HELD_OUT)
     return {
-        "instruction.train.jsonl": instruction_rows(train, SEED + 4),
-        "instruction.val.jsonl": instruction_rows(val, SEED + 5),
-        "preference.train.jsonl": preference_rows(train, SEED + 6),
-        "preference.val.jsonl": preference_rows(val, SEED + 7),
+        "instruction.train.jsonl": instruction_rows(train, SEED + 4, every_phrasing=True),
+        "instruction.val.jsonl": instruction_rows(val, SEED + 5, every_phrasing=False),
+        "preference.train.jsonl": preference_rows(train, SEED + 6, every_phrasing=True),
+        "preference.val.jsonl": preference_rows(val, SEED + 7, every_phrasing=False),
         "classification.train.jsonl": cls[n_val:],
         "classification.val.jsonl": cls[:n_val],
     }

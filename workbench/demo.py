@@ -39,9 +39,11 @@ class Step:
 # Sizes for the full demo and the quick one CI runs (about 4 min on an idle 2-core CPU).
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"corpus_chars": 1_500_000, "vocab": 2048, "pretrain_steps": 300, "lora_steps": 300,
-             "dpo_steps": 150, "eval_limit": 64},
+             "dpo_steps": 150, "eval_limit": 64, "lora_lr": 3e-4,
+             "classify_steps": 60},
     "quick": {"corpus_chars": 300_000, "vocab": 1024, "pretrain_steps": 200, "lora_steps": 200,
-              "dpo_steps": 80, "eval_limit": 48},
+              "dpo_steps": 80, "eval_limit": 48, "lora_lr": 3e-4,
+              "classify_steps": 50},
 }
 # The demo's instruction and preference rows are short, so pretraining on 128-token windows
 # buys twice the steps of the preset's full context for the same time.
@@ -64,7 +66,7 @@ def steps(p: dict[str, Any]) -> list[Step]:
              lambda o: {"model": o["pretrain"]["model"], "dataset": o["instructions"]["dataset"],
                         "max_steps": p["lora_steps"], "eval_every": max(p["lora_steps"] // 3, 1),
                         "targets": ["query", "key", "value", "projection", "mlp"],
-                        "lr": 3e-3, "rank": 16, "alpha": 32, "batch_size": 16, "name": "demo-sft"}),
+                        "lr": p["lora_lr"], "rank": 16, "alpha": 32, "batch_size": 16, "name": "demo-sft"}),
         Step("preferences", "Preference dataset", "data.prepare",
              lambda o: {"demo": "preference", "name": "demo-preferences"}),
         Step("dpo", "DPO preference tuning", "dpo",
@@ -73,18 +75,34 @@ def steps(p: dict[str, Any]) -> list[Step]:
                         # the same adapter shape as the LoRA step, and a rate that moves the policy
                         # without dragging chosen and rejected answers down together
                         "targets": ["query", "key", "value", "projection", "mlp"], "rank": 16, "alpha": 32,
-                        "lr": 1e-3, "batch_size": 16, "name": "demo-dpo"}),
+                        "lr": 3e-4, "batch_size": 16, "name": "demo-dpo"}),
         Step("eval", "Evaluate every stage side by side", "eval",
              lambda o: {"models": [o["pretrain"]["model"], o["lora"]["model"], o["dpo"]["model"]],
                         "dataset": o["corpus"]["dataset"], "instructions": o["instructions"]["dataset"],
                         "preferences": o["preferences"]["dataset"],
                         # scoring every held-out pair costs seconds; generating answers does not
-                        "limits": [f"generation={p['eval_limit']}", f"perplexity={p['eval_limit']}"],
+                        "limits": [f"perplexity={p['eval_limit']}"], "max_new_tokens": 16,
                         "tasks": ["perplexity", "generation", "preference"]}),
         Step("export", "Export GGUF builds (F16, Q8_0, Q4_K_M)", "export",
              lambda o: {"model": o["dpo"]["model"], "quant": ["f16", "q8_0", "q4_k_m"],
                         "eval_data": o["corpus"]["dataset"]}),
+        Step("messages", "Classification dataset (spam or ham)", "data.prepare",
+             lambda o: {"demo": "classification", "name": "demo-messages"}),
+        Step("classify", "Classification finetuning", "finetune.classify",
+             lambda o: {"model": o["pretrain"]["model"], "data": o["messages"]["dataset"],
+                        "max_steps": p["classify_steps"], "eval_interval": max(p["classify_steps"] // 2, 1),
+                        "train_blocks": 1, "lr": 2e-3, "batch_size": 16, "max_length": 64,
+                        "name": "demo-spam"}),
     ]
+
+
+#: The closing chat's questions, fixed before any run: held-out instances of three task families
+#: (assets/generate.py keeps them out of every training split), so the chat shows generalisation.
+CHAT_PROMPTS: tuple[tuple[str, str], ...] = (
+    ("What is the capital of Italy?", "Rome"),
+    ("What is the opposite of hot?", "cold"),
+    ("Repeat after me: green apple river", "green apple river"),
+)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -228,9 +246,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         report.print(Console(highlight=False))
     for row in report.rows:
-        if not row.improved:
-            con.print(f"[yellow]warning:[/] {row.stage} did not improve {row.metric} "
-                      f"({row.before} → {row.after}); see the report")
+        if not row.ok:
+            con.print(f"[yellow]warning:[/] {row.warning}; see the report")
     con.print(f"report: {report.path}")
     return 0
 
@@ -260,9 +277,10 @@ def _run_all(args: argparse.Namespace, store: Any, con: Any) -> Any:
         save_state(state)
     con.rule(f"[bold]{len(plan) + 1}/{len(plan) + 1} Chat with the Q4_K_M build[/]")
     q4 = _gguf_of(state["export"]["run_id"], store, "q4_k_m")
-    transcript = scripted_chat(q4, outputs["instructions"]["dataset"], store)
+    transcript = scripted_chat(q4, CHAT_PROMPTS)
     for turn in transcript:
-        con.print(f"[bold]you[/]: {turn['prompt']}\n[bold]model[/]: {turn['reply']}  [dim]({turn['stats']})[/]")
+        mark = "[green]right[/]" if turn["correct"] else f"[red]wrong[/], expected {turn['expected']}"
+        con.print(f"[bold]you[/]: {turn['prompt']}\n[bold]model[/]: {turn['reply']}  ({mark}) [dim]{turn['stats']}[/]")
     from workbench.demo_optimize import optimize_rows
     from workbench.demo_report import build_report
 
@@ -277,17 +295,10 @@ def _gguf_of(run_id: str, store: Any, quant: str) -> Any:
     raise UserError(f"the export step registered no {quant} GGUF")
 
 
-def scripted_chat(gguf: Any, instructions_id: str, store: Any, turns: int = 3) -> list[dict[str, Any]]:
-    """A few held-out instructions, asked through the real `workbench chat --jsonl`."""
-    dataset = store.find_artifact(instructions_id)
-    prompts = []
-    with open(dataset.path / "val.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            user = [m for m in row["messages"] if m["role"] == "user"][-1]["content"]
-            prompts.append((user, row["messages"][-1]["content"]))
-            if len(prompts) == turns:
-                break
+def scripted_chat(gguf: Any, prompts: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
+    """The prompts asked through the real `workbench chat --jsonl`, greedy, each in a fresh
+    conversation; a reply is right when it equals the expected answer up to whitespace (the
+    eval stage's exact match)."""
     requests = "".join(
         json.dumps({"type": "reset"}) + "\n" + json.dumps({"type": "user", "content": q, "temperature": 0, "max_tokens": 48}) + "\n"
         for q, _ in prompts
@@ -310,6 +321,7 @@ def scripted_chat(gguf: Any, instructions_id: str, store: Any, turns: int = 3) -
     for (q, expected), (reply, stats) in zip(prompts, replies, strict=False):
         tps = stats.get("tokens_per_s")
         out.append({"prompt": q, "expected": expected, "reply": reply,
+                    "correct": " ".join(reply.split()) == " ".join(expected.split()),
                     "stats": f"{tps:.0f} tok/s" if tps else ""})
     return out
 

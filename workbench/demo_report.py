@@ -1,9 +1,13 @@
 """The lifecycle demo's report: per stage, the metric that stage exists to improve.
 
 - pretraining: validation perplexity of the trained model against the untrained one (step 0);
-- LoRA: instruction exact match before and after;
-- DPO: preference accuracy before and after;
-- export: size and perplexity of each GGUF build against F16.
+- LoRA: held-out instruction exact match before and after;
+- DPO: held-out preference accuracy before and after;
+- classification: held-out accuracy of the classifier against always answering the commonest label;
+- forgetting: corpus perplexity after LoRA and after DPO, which may rise by at most `FORGETTING_BOUND`
+  times the pretrained model's;
+- export: size and perplexity of each GGUF build against F16;
+- the closing chat: how many of its fixed held-out questions the Q4_K_M build answered right.
 - with `--with-optimize`, distillation and pruning: parameters, weights file size and held-out
   perplexity of the smaller model against its source.
 
@@ -24,6 +28,10 @@ from workbench.context import Context
 from workbench.events import read_events
 from workbench.hardware import fmt_bytes
 
+#: How far corpus perplexity may rise after instruction and preference tuning before the report
+#: calls it forgetting rather than the price of a new skill.
+FORGETTING_BOUND = 2.0
+
 
 @dataclass
 class Row:
@@ -31,15 +39,30 @@ class Row:
     metric: str
     before: float | None
     after: float | None
-    better: str  # "lower" or "higher"
+    better: str  # "lower", "higher", or "bounded": lower is better, but up to bound × before is ok
     before_label: str
     after_label: str
+    bound: float | None = None
 
     @property
-    def improved(self) -> bool:
+    def ok(self) -> bool:
         if self.before is None or self.after is None:
             return False
+        if self.better == "bounded":
+            return self.after <= (self.bound or 1.0) * self.before
         return self.after < self.before if self.better == "lower" else self.after > self.before
+
+    @property
+    def verdict(self) -> str:
+        if self.better == "bounded":
+            return f"within {self.bound:g}×" if self.ok else f"OVER {self.bound:g}×"
+        return "improved" if self.ok else "NOT improved"
+
+    @property
+    def warning(self) -> str:
+        if self.better == "bounded":
+            return f"{self.metric} after {self.stage} rose more than {self.bound:g}× ({self.before} → {self.after})"
+        return f"{self.stage} did not improve {self.metric} ({self.before} → {self.after})"
 
 
 @dataclass
@@ -59,15 +82,24 @@ class Report:
             b["size_bytes"] < f16["size_bytes"] for b in self.builds if b["quant"] != "f16")
 
     @property
-    def all_improved(self) -> bool:
-        return all(r.improved for r in self.rows) and self.builds_ok
+    def all_ok(self) -> bool:
+        return all(r.ok for r in self.rows) and self.builds_ok
+
+    @property
+    def chat_correct(self) -> int:
+        return sum(bool(turn.get("correct")) for turn in self.transcript)
+
+    @property
+    def chat_line(self) -> str:
+        return f"The Q4_K_M build answered {self.chat_correct} of {len(self.transcript)} held-out questions correctly."
 
     @property
     def summary(self) -> dict[str, Any]:
         return {
-            "stages": [{**r.__dict__, "improved": r.improved} for r in self.rows],
-            "gguf": self.builds, "optimize": self.optimized, "chat": self.transcript, "minutes": round(self.minutes, 2),
-            "all_improved": self.all_improved, "report": str(self.path) if self.path else None,
+            "stages": [{**r.__dict__, "ok": r.ok} for r in self.rows],
+            "gguf": self.builds, "optimize": self.optimized, "chat": self.transcript, "chat_correct": self.chat_correct,
+            "minutes": round(self.minutes, 2), "all_ok": self.all_ok,
+            "report": str(self.path) if self.path else None,
         }
 
     def print(self, console: Any) -> None:
@@ -77,7 +109,7 @@ class Report:
         for col in ("stage", "metric", "before", "after", ""):
             t.add_column(col)
         for r in self.rows:
-            mark = "[green]improved[/]" if r.improved else "[red]not improved[/]"
+            mark = f"[green]{r.verdict}[/]" if r.ok else f"[red]{r.verdict}[/]"
             t.add_row(r.stage, r.metric, f"{_num(r.before)} ({r.before_label})", f"{_num(r.after)} ({r.after_label})", mark)
         console.print(t)
         g = Table(title="GGUF builds against F16", title_justify="left")
@@ -94,6 +126,8 @@ class Report:
             for row in _optimized_cells(self.optimized):
                 o.add_row(*row)
             console.print(o)
+        if self.transcript:
+            console.print(self.chat_line)
         console.print(f"demo took {self.minutes:.1f} min")
 
 
@@ -128,10 +162,18 @@ def build_report(outputs: dict[str, dict[str, str]], state: dict[str, Any], stor
     eval_run = store.get_run(state["eval"]["run_id"])
     figures = (eval_run.result or {}).get("metrics", {})
     base, sft, dpo = outputs["pretrain"]["model"], outputs["lora"]["model"], outputs["dpo"]["model"]
-    rows.append(Row("LoRA", "instruction exact match", figures.get(base, {}).get("exact_match"),
-                    figures.get(sft, {}).get("exact_match"), "higher", "pretrained", "LoRA"))
-    rows.append(Row("DPO", "preference accuracy", figures.get(sft, {}).get("preference_accuracy"),
-                    figures.get(dpo, {}).get("preference_accuracy"), "higher", "LoRA", "DPO"))
+
+    def figure(model: str, name: str) -> float | None:
+        return figures.get(model, {}).get(name)
+
+    rows.append(Row("LoRA", "instruction exact match (held-out)", figure(base, "exact_match"),
+                    figure(sft, "exact_match"), "higher", "pretrained", "LoRA"))
+    rows.append(Row("DPO", "preference accuracy (held-out)", figure(sft, "preference_accuracy"),
+                    figure(dpo, "preference_accuracy"), "higher", "LoRA", "DPO"))
+    rows.append(_classification_row(store.find_artifact(outputs["classify"]["classifier"])))
+    for stage, model in (("LoRA", sft), ("DPO", dpo)):
+        rows.append(Row(stage, "corpus perplexity (forgetting)", figure(base, "perplexity"), figure(model, "perplexity"),
+                        "bounded", "pretrained", stage, bound=FORGETTING_BOUND))
 
     builds = []
     for art in store.list_artifacts("gguf"):
@@ -152,6 +194,15 @@ def build_report(outputs: dict[str, dict[str, str]], state: dict[str, Any], stor
     return report
 
 
+def _classification_row(classifier: Any) -> Row:
+    """Held-out accuracy against the accuracy of always answering the commonest held-out label."""
+    confusion = classifier.metadata.get("confusion_matrix") or []
+    total = sum(map(sum, confusion))
+    majority = max(map(sum, confusion)) / total if total else None
+    return Row("classify", "spam/ham accuracy (held-out)", majority, classifier.metrics.get("accuracy"), "higher",
+               "commonest label", "classifier")
+
+
 def _plot(title: str, xs: list[float], ys: list[float], bars: list[str] | None = None) -> str:
     import plotext as plt
 
@@ -169,10 +220,10 @@ def _plot(title: str, xs: list[float], ys: list[float], bars: list[str] | None =
 def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> None:
     lines = [f"# Workbench demo report ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"The whole lifecycle ran offline; its runs took {report.minutes:.1f} minutes.", "",
-             "| stage | metric | before | after | improved |", "|---|---|---|---|---|"]
+             "| stage | metric | before | after | result |", "|---|---|---|---|---|"]
     for r in report.rows:
         lines.append(f"| {r.stage} | {r.metric} | {_num(r.before)} ({r.before_label}) | "
-                     f"{_num(r.after)} ({r.after_label}) | {'yes' if r.improved else 'NO'} |")
+                     f"{_num(r.after)} ({r.after_label}) | {r.verdict} |")
     lines += ["", "## GGUF builds", "", "| build | size | size vs F16 | perplexity | ppl vs F16 |", "|---|---|---|---|---|"]
     for b in report.builds:
         change = f"{b['ppl_change']:+.1%}" if b["ppl_change"] is not None else "-"
@@ -190,9 +241,10 @@ def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> No
             lines += ["", f"## {r.stage}: {r.metric}", "", "```",
                       _plot(r.metric, [], [r.before, r.after], bars=[r.before_label, r.after_label]), "```"]
     if report.transcript:
-        lines += ["", "## Chat with the Q4_K_M build", ""]
+        lines += ["", "## Chat with the Q4_K_M build", "", report.chat_line, ""]
         for turn in report.transcript:
-            lines += [f"- **you**: {turn['prompt']}", f"  **model**: {turn['reply']} (expected: {turn['expected']})"]
+            mark = "right" if turn.get("correct") else "wrong"
+            lines += [f"- **you**: {turn['prompt']}", f"  **model**: {turn['reply']} ({mark}; expected: {turn['expected']})"]
     ctx = Context(store)
     staged = ctx.staging_dir("eval-report")
     (staged / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -205,5 +257,6 @@ def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> No
     }
     art = ctx.register("eval-report", staged, name="demo-report", parents=parents,
                        metadata={"comparison": comparison, "demo": True},
-                       metrics={f"{r.stage}_improved": float(r.improved) for r in report.rows})
+                       metrics={"chat_correct": float(report.chat_correct),
+                                **{f"{r.stage}_{r.better}_ok": float(r.ok) for r in report.rows}})
     report.path = art.path / "report.md"

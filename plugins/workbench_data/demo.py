@@ -29,7 +29,7 @@ from workbench.errors import UserError
 from workbench_data.readers import Record
 
 DEMOS = ("pretrain", "instruction", "preference", "classification")
-GENERATED_SHARE = 0.2
+GENERATED_SHARE = 0.5
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "turtledemo", "_bundled"}
 
 

@@ -15,6 +15,7 @@ import pytest
 from workbench_data.demo import generator
 
 from tests.conftest import ROOT
+from workbench.demo import CHAT_PROMPTS
 from workbench.testing import run_inline
 
 DATA = ROOT / "assets" / "data"
@@ -27,24 +28,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def solve(prompt: str) -> str:
     """An independent solver for every instruction template."""
+    days, months = gen.DAYS, gen.MONTHS
+
+    def step(names: list[str], name: str, by: int) -> str:
+        return names[(names.index(name) + by) % len(names)]
+
     rules: list[tuple[str, Any]] = [
-        (r"(?:What is|Compute|Add) (\d+) (?:\+|plus|and) (\d+)[?.]", lambda a, b: int(a) + int(b)),
-        (r"(?:What is|Compute) (\d+) (?:-|minus) (\d+)[?.]", lambda a, b: int(a) - int(b)),
-        (r"Subtract (\d+) from (\d+)\.", lambda b, a: int(a) - int(b)),
-        (r"(?:What number comes after|Which number follows) (\d+)\?|Count on from (\d+): what is next\?",
-         lambda a, b: int(a or b) + 1),
-        (r"(?:What number comes|Which number is just) before (\d+)\?", lambda n: int(n) - 1),
-        (r"Which (?:is larger|number is bigger)[,:] (\d+) or (\d+)\?", lambda a, b: max(int(a), int(b))),
-        (r"(?:Write this word in capital letters|Uppercase): (\w+)", str.upper),
-        (r"(?:Spell this word backwards: (\w+)|Reverse the letters of (\w+)\.)",
-         lambda a, b: (a or b)[::-1]),
-        (r"(?:How many letters are in the word (\w+)\?|Count the letters in (\w+)\.)", lambda a, b: len(a or b)),
-        (r"(?:What is the first letter of (\w+)\?|Which letter does (\w+) start with\?)", lambda a, b: (a or b)[0]),
+        (r"(?:What is (\d+) \+|Add (\d+) and) (\d+)[?.]", lambda a, b, c: int(a or b) + int(c)),
+        (r"(?:What number comes after|Which number follows) (\d+)\?", lambda n: int(n) + 1),
+        (r"(?:Write|How do you write) (\d+) (?:as a word\.|in words\?)", lambda n: gen.DIGIT_NAMES[int(n)]),
+        (r"(?:Write (\w+) as a number\.|What is (\w+) in digits\?)",
+         lambda a, b: gen.DIGIT_NAMES.index(a or b)),
+        (r"(?:What day comes after|Which day follows) (\w+)\?", lambda d: step(days, d, 1)),
+        (r"(?:What day comes|Which day is just) before (\w+)\?", lambda d: step(days, d, -1)),
+        (r"(?:What month comes after|Which month follows) (\w+)\?", lambda m: step(months, m, 1)),
+        (r"(?:What month comes|Which month is just) before (\w+)\?", lambda m: step(months, m, -1)),
         (r"(?:Repeat after me|Say exactly this): (.+)", lambda p: p),
         (r"(?:What is the capital of|Name the capital city of) (.+?)[?.]", gen.CAPITALS.get),
         (r"(?:What is|Give) the opposite of (\w+)[?.]", gen.OPPOSITES.get),
         (r"What (?:sound does a|does a) (\w+) (?:make|say)\?", gen.SOUNDS.get),
         (r"What (?:color is|is the color of) (.+)\?", gen.COLORS.get),
+        (r"(?:What is a baby (\w+) called|What do you call a young (\w+))\?", lambda a, b: gen.YOUNG[a or b]),
     ]
     for pattern, fn in rules:
         m = re.fullmatch(pattern, prompt)
@@ -68,9 +72,19 @@ def test_every_answer_checks_out_and_the_split_is_held_out() -> None:
             user, answer = row["messages"]
             assert (user["role"], answer["role"]) == ("user", "assistant")
             assert solve(user["content"]) == answer["content"]
-    train_prompts = {r["messages"][0]["content"] for r in splits["train"]}
-    assert not train_prompts & {r["messages"][0]["content"] for r in splits["val"]}
-    assert len(splits["val"]) >= 200 and len(splits["train"]) >= 9 * len(splits["val"]) * 0.9
+    # Held out by instance: no phrasing of a validation instance is trained on, in either set.
+    _, val_instances = gen.split_instances(gen.instances())
+    held_out = {p for inst in val_instances for p in inst[2]}
+    trained = {r["messages"][0]["content"] for r in splits["train"]}
+    trained |= {r["messages"][0]["content"] for r in read_jsonl(DATA / "preference.train.jsonl")}
+    assert {r["messages"][0]["content"] for r in splits["val"]} <= held_out
+    assert not trained & held_out
+    assert len(splits["val"]) >= 80 and len(splits["train"]) >= 10 * len(splits["val"])
+    assert {i[0] for i in val_instances} == {i[0] for i in gen.instances()}  # every family is scored
+
+    # The closing chat of `workbench demo` asks held-out questions only.
+    val_rows = {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in splits["val"]}
+    assert set(CHAT_PROMPTS) <= val_rows
 
     answers = {r["messages"][0]["content"]: r["messages"][1]["content"] for rows in splits.values() for r in rows}
     for split in ("train", "val"):
@@ -117,6 +131,28 @@ def test_supervised_demo_datasets_keep_the_held_out_split(kind: str) -> None:
         assert card["labels"] == ["ham", "spam"] and art.metadata["labels"] == ["ham", "spam"]
 
 
+def test_the_corpus_states_every_held_out_fact() -> None:
+    """Held-out questions are new instances, not new knowledge: the pretraining prose states the
+    fact behind each one (in the smallest corpus the demo builds), so LoRA only has to teach the
+    question format."""
+    prose = " ".join(gen.pretrain_documents(0, 150_000))
+    _, val_instances = gen.split_instances(gen.instances())
+    statements = {
+        "capital": "capital of {k} is {a}.", "opposite": "opposite of {k} is {a}.", "sound": "{k} says {a}.",
+        "color": "of {k} is {a}.", "young": "baby {k} is called a {a}.", "next": "after {k} is {a}.",
+        "add": "{k} = {a}.", "in-words": "{k} is written {a}.", "in-digits": "{k} is written {a}.",
+    }
+    checked = 0
+    for family, key, _, answer, _ in val_instances:
+        if family in statements:
+            k, a = (answer, key) if family == "in-digits" else (key.replace("+", " + "), answer)
+            assert statements[family].format(k=k, a=a) in prose, (family, key, answer)
+            checked += 1
+        elif family.endswith(("-after", "-before")):
+            assert f"{key} comes" in prose or f"after {key} is" in prose, (family, key)
+    assert checked > 40
+
+
 def test_demo_pretrain_corpus_is_built_from_the_standard_library_and_the_generator() -> None:
     run = run_inline("data.prepare", {"demo": "pretrain", "demo_chars": 60_000})
     [art] = run.artifacts("dataset")
@@ -136,8 +172,10 @@ Example = tuple[list[int], list[int], str]  # prompt ids, answer ids (+ <|im_end
 
 @pytest.mark.slow
 def test_a_tiny_model_learns_the_held_out_instruction_tasks() -> None:
-    """A 0.56M-parameter LitGPT trained for 400 small steps answers unseen task instances: the
-    held-out answer loss falls by more than half and some answers come out exactly right."""
+    """A 0.56M-parameter LitGPT trained for 400 small steps on the instructions alone answers
+    unseen task instances: the held-out answer loss falls by more than 30% and some answers come
+    out exactly right. (Held-out facts are stated only in the pretraining corpus, which this
+    model never reads, so copying and counting carry it.)"""
     import random
 
     import torch
@@ -211,5 +249,5 @@ def test_a_tiny_model_learns_the_held_out_instruction_tasks() -> None:
             right = sum(greedy(model, prompt) == answer for prompt, _, answer in val)
     finally:
         torch.set_num_threads(threads)
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.7 * before, (before, after)
     assert right / len(val) > 0.05, right

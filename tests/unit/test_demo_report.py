@@ -1,0 +1,35 @@
+"""The demo report's verdicts: improvement rows, the forgetting bound, and the chat's count."""
+
+from __future__ import annotations
+
+from workbench.demo_report import FORGETTING_BOUND, Report, Row
+
+
+def forgetting(before: float, after: float) -> Row:
+    return Row("LoRA", "corpus perplexity (forgetting)", before, after, "bounded", "pretrained", "LoRA",
+               bound=FORGETTING_BOUND)
+
+
+def test_corpus_perplexity_may_rise_up_to_the_bound_and_no_further() -> None:
+    assert forgetting(20.0, 39.9).ok and forgetting(20.0, 39.9).verdict == "within 2×"
+    assert forgetting(20.0, 12.0).ok
+    over = forgetting(20.0, 64.0)
+    assert not over.ok and over.verdict == "OVER 2×"
+    assert "rose more than 2×" in over.warning
+    assert not forgetting(20.0, None).ok  # type: ignore[arg-type]
+
+
+def test_improvement_rows_need_a_change_in_the_right_direction() -> None:
+    em = Row("LoRA", "instruction exact match (held-out)", 0.0, 0.4, "higher", "pretrained", "LoRA")
+    ppl = Row("pretrain", "validation perplexity", 1200.0, 1200.0, "lower", "untrained", "pretrained")
+    assert em.ok and em.verdict == "improved"
+    assert not ppl.ok and ppl.verdict == "NOT improved"
+
+
+def test_the_chat_count_is_the_number_of_right_answers() -> None:
+    turns = [{"prompt": "q", "expected": "a", "reply": "a", "correct": True},
+             {"prompt": "q", "expected": "b", "reply": "c", "correct": False},
+             {"prompt": "q", "expected": "d", "reply": "d", "correct": True}]
+    report = Report(rows=[], builds=[], transcript=turns, minutes=1.0)
+    assert report.chat_correct == 2 and report.summary["chat_correct"] == 2
+    assert report.chat_line == "The Q4_K_M build answered 2 of 3 held-out questions correctly."
