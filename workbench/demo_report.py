@@ -217,6 +217,18 @@ def _plot(title: str, xs: list[float], ys: list[float], bars: list[str] | None =
     return re.sub(r"\x1b\[[0-9;]*m", "", plt.build())  # a Markdown file has no terminal colours
 
 
+def next_steps(outputs: dict[str, dict[str, str]], builds: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Commands that go on from the demo's own artifacts: human judgement and a watched server."""
+    q4 = next((b["id"] for b in builds if b["quant"] == "q4_k_m"), None)
+    steps = [(f"workbench arena {outputs['lora']['model']} {outputs['dpo']['model']}",
+              "vote on the LoRA and DPO models' answers side by side, blind; then `workbench arena ratings`")]
+    if q4:
+        steps += [(f"workbench chat {q4}", "talk to the Q4_K_M build"),
+                  (f"workbench serve {q4}", "serve it over an OpenAI-compatible API on 127.0.0.1, and in another "
+                   f"terminal `workbench monitor {q4} --follow` to watch latency, errors and input drift")]
+    return steps
+
+
 def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> None:
     lines = [f"# Workbench demo report ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"The whole lifecycle ran offline; its runs took {report.minutes:.1f} minutes.", "",
@@ -245,6 +257,7 @@ def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> No
         for turn in report.transcript:
             mark = "right" if turn.get("correct") else "wrong"
             lines += [f"- **you**: {turn['prompt']}", f"  **model**: {turn['reply']} ({mark}; expected: {turn['expected']})"]
+    lines += ["", "## What to try next", "", *(f"- `{cmd}`: {why}" for cmd, why in next_steps(outputs, report.builds))]
     ctx = Context(store)
     staged = ctx.staging_dir("eval-report")
     (staged / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -55,6 +55,7 @@ def test_quick_demo_reports_every_figure_and_reruns_from_cache(workspace):
     markdown = Path(report["report"]).read_text(encoding="utf-8")
     assert "| pretrain | validation perplexity |" in markdown and "```" in markdown
     assert "| DPO | corpus perplexity (forgetting) |" in markdown
+    assert "## What to try next" in markdown and "`workbench arena " in markdown and "workbench monitor " in markdown
     assert f"answered {report['chat_correct']} of 3 held-out questions correctly" in markdown
 
     runs = json.loads(run_cli("runs", "ls", "--json").stdout)

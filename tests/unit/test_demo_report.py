@@ -33,3 +33,13 @@ def test_the_chat_count_is_the_number_of_right_answers() -> None:
     report = Report(rows=[], builds=[], transcript=turns, minutes=1.0)
     assert report.chat_correct == 2 and report.summary["chat_correct"] == 2
     assert report.chat_line == "The Q4_K_M build answered 2 of 3 held-out questions correctly."
+
+
+def test_the_report_goes_on_to_the_arena_and_the_monitored_server() -> None:
+    from workbench.demo_report import next_steps
+
+    outputs = {"lora": {"model": "model-sft"}, "dpo": {"model": "model-dpo"}}
+    builds = [{"quant": "f16", "id": "gguf-f16"}, {"quant": "q4_k_m", "id": "gguf-q4"}]
+    commands = [cmd for cmd, _ in next_steps(outputs, builds)]
+    assert commands == ["workbench arena model-sft model-dpo", "workbench chat gguf-q4", "workbench serve gguf-q4"]
+    assert "workbench monitor gguf-q4 --follow" in next_steps(outputs, builds)[2][1]
