@@ -24,6 +24,7 @@ and hands it over when the reply is sent; a writer thread stores it.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import hmac
 import ipaddress
@@ -563,8 +564,17 @@ def bind(host: str, port: int, *, api_key: str | None = None, allow_origins: fro
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
 
 
-class Stopped(Exception):
-    """SIGTERM: leave the serving loop the way Ctrl-C does, so the request log is flushed."""
+class Stopped(BaseException):
+    """SIGTERM: leave the serving loop the way Ctrl-C does, so the request log is flushed.
+
+    A BaseException, as KeyboardInterrupt is: socketserver catches `Exception` around a request
+    it is accepting, and would log a SIGTERM that lands there and go on serving.
+    """
+
+
+#: Once told to stop, the process ends within this many seconds, with every thread's stack on
+#: stderr if something held it up (a stop that hangs is worse than one that loses a log line).
+STOP_DEADLINE_S = 20
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -595,6 +605,8 @@ def serve(server: ChatServer, engine: Engine, model_name: str | None = None) -> 
         server.serve_forever()
     except (KeyboardInterrupt, Stopped):
         sys.stderr.write("stopped\n")
+        if main:
+            faulthandler.dump_traceback_later(STOP_DEADLINE_S, exit=True)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
