@@ -61,8 +61,10 @@ async def test_the_monitor_view_shows_the_figures_and_follows_new_requests() -> 
     try:
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("7")
+            # The view reads the log on a worker thread; wait for the whole first reading.
             await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen)
-                           and shows(app, "n-gram PSI"), what="the monitor's figures")
+                           and shows(app, "n-gram PSI", f"tiny-kitchen-q8 ({gguf})", "kitchen-text (200 rows)"),
+                           what="the monitor's figures")
             text = screen_text(app)
             assert "serving tiny-kitchen-q8 at http://127.0.0.1:8080/v1" in text
             assert f"tiny-kitchen-q8 ({gguf})" in text
