@@ -185,7 +185,8 @@ async def test_a_message_sent_while_the_model_loads_waits_and_is_answered(tiny_g
         text = screen_text(app)
         assert text.count("you: hello") == 1, text
         reply = screen.query(Turn).last()
-        assert reply.role == "assistant" and reply.stats and reply.text.strip(), text
+        # A random tiny model may answer with white space only; the reply's token count is the proof.
+        assert reply.role == "assistant" and "tokens" in reply.stats, text
 
 
 async def test_a_message_waiting_for_a_model_that_fails_to_load_goes_back_to_the_prompt() -> None:
