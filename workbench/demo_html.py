@@ -234,7 +234,8 @@ def line_chart(title: str, series: Mapping[str, Points], x_label: str, y_label: 
     legend = []
     for i, (name, points) in enumerate(series.items()):
         coords = [(frame.px(x), frame.py(y)) for x, y in points]
-        body.append(f'<polyline class="series s{i}" data-series="{_e(name)}" '
+        dense = " dense" if len(points) > 30 else ""  # a noisy per-step loss reads better thin
+        body.append(f'<polyline class="series s{i}{dense}" data-series="{_e(name)}" '
                     f'points="{" ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coords)}"/>')
         if len(points) <= 30:
             body += [f'<circle class="dot s{i}" cx="{cx:.1f}" cy="{cy:.1f}" r="3">'
@@ -391,6 +392,7 @@ svg .tick { fill: var(--muted); font-size: 11px; }
 svg .label { fill: var(--fg); font-size: 12px; }
 svg .value, svg .point { font-size: 12px; font-weight: 600; }
 .series { fill: none; stroke-width: 2; stroke-linejoin: round; stroke-linecap: round; }
+.series.dense { stroke-width: 1.25; }
 .series.s0 { stroke: var(--c0); } .series.s1 { stroke: var(--c1); } .series.s2 { stroke: var(--c2); }
 .dot.s0, .key.s0 { fill: var(--c0); background: var(--c0); } .dot.s1, .key.s1 { fill: var(--c1); background: var(--c1); }
 .dot.s2, .key.s2 { fill: var(--c2); background: var(--c2); }
