@@ -96,7 +96,7 @@ def _headline(report: Report) -> str:
 
 
 def _bars(rows: list[Row]) -> str:
-    charts = [bar_chart(r) for r in rows if r.before is not None and r.after is not None]
+    charts = [bar_chart(r) for r in rows if _finite(r.before) and _finite(r.after)]
     if not charts:
         return ""
     return _section("bars", "Before and after, per metric", f'<div class="grid">{"".join(charts)}</div>')
@@ -104,7 +104,9 @@ def _bars(rows: list[Row]) -> str:
 
 def _curves(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
     charts = []
-    for stage, series in curves.items():
+    for stage, logged in curves.items():
+        # a diverged evaluation (inf, NaN) has no place on an axis; the table still shows it
+        series = {name: [(x, y) for x, y in points if _finite(y)] for name, points in logged.items()}
         losses = {name: series[name] for name in LOSS_SERIES if series.get(name)}
         if losses:
             charts.append(line_chart(f"{stage}: loss", losses, "optimizer step", "loss (nats)", stage=stage))
@@ -170,6 +172,10 @@ def _table(head: list[str], rows: list[str]) -> str:
 def _inline_code(text: str) -> str:
     """Escaped text with its `backticked` spans shown as code, as in the Markdown."""
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _change(change: float | None) -> str:
@@ -239,7 +245,7 @@ def line_chart(title: str, series: Mapping[str, Points], x_label: str, y_label: 
                     f'points="{" ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coords)}"/>')
         if len(points) <= 30:
             body += [f'<circle class="dot s{i}" cx="{cx:.1f}" cy="{cy:.1f}" r="3">'
-                     f"<title>{_e(name)} at step {x:g}: {_num(y)}</title></circle>"
+                     f"<title>{_e(name)} at step {x:g}: {_e(_num(y))}</title></circle>"
                      for (cx, cy), (x, y) in zip(coords, points, strict=True)]
         last = points[-1][1]
         legend.append(f'<span class="key s{i}"></span>{_e(name)} <span class="muted">(last {_e(_num(last))})</span>')
@@ -253,18 +259,20 @@ def bar_chart(row: Row) -> str:
     also shows the bound as a dashed line."""
     assert row.before is not None and row.after is not None
     limit = (row.bound or 1.0) * row.before if row.better == "bounded" else None
-    top = max(row.before, row.after, limit or 0.0)
-    _, yhi, yticks = _axis(0.0, top * 1.12 if top > 0 else 1.0)
-    frame = _Frame(320, 240, (0.0, 2.0), (0.0, yhi), left=56, bottom=40)
+    values = [row.before, row.after] + ([limit] if limit is not None else [])
+    lo, hi = min(0.0, *values) * 1.12, max(0.0, *values) * 1.12  # bars grow from zero, either way
+    ylo, yhi, yticks = _axis(lo, hi if hi > lo else 1.0)
+    frame = _Frame(320, 240, (0.0, 2.0), (ylo, yhi), left=56, bottom=40)
     body = [frame.axes([], yticks, "", _quantity(row))]
     width = (frame.x1 - frame.x0) / 2 * 0.55
+    zero = frame.py(0.0)
     for i, (value, label, cls) in enumerate(((row.before, row.before_label, "before"),
                                              (row.after, row.after_label, "ok" if row.ok else "bad"))):
-        cx = frame.px(i + 0.5)
-        y = frame.py(value)
-        body.append(f'<rect class="bar {cls}" data-value="{value!r}" x="{cx - width / 2:.1f}" y="{y:.1f}" '
-                    f'width="{width:.1f}" height="{frame.y0 - y:.1f}"><title>{_e(label)}: {_e(_num(value))}</title></rect>')
-        body.append(f'<text class="value" x="{cx:.1f}" y="{y - 5:.1f}" text-anchor="middle">{_e(_num(value))}</text>')
+        cx, y = frame.px(i + 0.5), frame.py(value)
+        body.append(f'<rect class="bar {cls}" data-value="{value!r}" x="{cx - width / 2:.1f}" y="{min(y, zero):.1f}" '
+                    f'width="{width:.1f}" height="{abs(zero - y):.1f}"><title>{_e(label)}: {_e(_num(value))}</title></rect>')
+        label_y = y - 5 if value >= 0 else y + 14
+        body.append(f'<text class="value" x="{cx:.1f}" y="{label_y:.1f}" text-anchor="middle">{_e(_num(value))}</text>')
         body.append(f'<text class="tick" x="{cx:.1f}" y="{frame.y0 + 16}" text-anchor="middle">{_e(label)}</text>')
     if limit is not None:
         y = frame.py(limit)
@@ -280,7 +288,7 @@ def bar_chart(row: Row) -> str:
 
 def scatter_chart(builds: list[dict[str, Any]]) -> str:
     """One labelled point per GGUF build that has a perplexity: file size across, perplexity up."""
-    points = [b for b in builds if b.get("perplexity") is not None]
+    points = [b for b in builds if _finite(b.get("perplexity"))]
     if not points:
         return '<p class="note">No build has a measured perplexity, so there is nothing to plot.</p>'
     biggest = max(b["size_bytes"] for b in points)

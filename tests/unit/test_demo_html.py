@@ -350,3 +350,29 @@ def test_log_axes_run_from_a_round_value_below_to_one_above() -> None:
 
     start, end, ticks = _log_axis(15.28, 1264.0)
     assert (start, end) == (10, 2000) and ticks[0] == 10 and ticks[-1] == 2000 and 100 in ticks and 1000 in ticks
+
+
+def test_a_diverged_figure_or_a_negative_one_still_draws_a_readable_page() -> None:
+    from workbench.demo_html import render
+    from workbench.demo_report import Row
+
+    rows = [Row("pretrain", "validation perplexity", 1264.0, float("nan"), "lower", "untrained", "pretrained"),
+            Row("DPO", "reward margin (held-out)", -0.4, 0.8, "higher", "LoRA", "DPO")]
+    curves = {"pretraining": {"train loss": [(1, 7.0), (2, float("inf")), (3, 6.1)], "held-out loss": [],
+                              "validation perplexity": [(0, 1264.0), (3, float("nan"))]}}
+    report = Report(rows=rows, builds=[{"quant": "f16", "id": "g", "size_bytes": 1000, "size_ratio": 1.0,
+                                        "perplexity": None, "ppl_change": None}], transcript=[], minutes=0.5,
+                    curves=curves)
+    page = render(report, [], "2026-12-04 10:00")
+    tree = Tree(page)
+    assert not re.search(r"\b(nan|inf)\b", " ".join(
+        " ".join(n.attrs.values()) for n in tree.root.all("polyline") + tree.root.all("rect") + tree.root.all("circle")))
+    assert [f.attrs["data-metric"] for f in charts(tree, "bars")] == ["DPO: reward margin (held-out)"]
+    below, above = charts(tree, "bars")[0].all("rect", "bar")
+    assert float(below.attrs["height"]) > 0 and float(above.attrs["height"]) > 0
+    zero = float(above.attrs["y"]) + float(above.attrs["height"])  # both bars grow from the zero line
+    assert float(below.attrs["y"]) == pytest.approx(zero, abs=0.15)
+    assert float(below.attrs["height"]) / float(above.attrs["height"]) == pytest.approx(0.4 / 0.8, rel=0.05)
+    (loss,) = [f for f in charts(tree, "curve") if "loss" in f.all("polyline")[0].attrs["data-series"]]
+    assert len(points(loss.all("polyline")[0])) == 2
+    assert "nothing to plot" in page and "NOT improved" in page  # the table still names the diverged row
