@@ -388,8 +388,8 @@ td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
 .verdict.ok, li.ok .mark { color: var(--ok); } .verdict.bad, li.bad .mark { color: var(--bad); }
 code, .reply { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em;
   background: var(--code); border-radius: 4px; padding: .05rem .3rem; white-space: pre-wrap; word-break: break-word; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 1rem; }
-.grid.wide { grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(250px, 100%), 1fr)); gap: 1rem; }
+.grid.wide { grid-template-columns: repeat(auto-fill, minmax(min(420px, 100%), 1fr)); }
 figure { margin: 0; padding: .6rem; background: var(--card); border-radius: 6px; break-inside: avoid; }
 figure.scatter { max-width: 720px; }
 figcaption { font-size: .88rem; margin-top: .2rem; }
