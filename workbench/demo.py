@@ -248,7 +248,8 @@ def main(args: argparse.Namespace) -> int:
     for row in report.rows:
         if not row.ok:
             con.print(f"[yellow]warning:[/] {row.warning}; see the report")
-    con.print(f"report: {report.path}")
+    con.print(f"report: {report.path}", soft_wrap=True)
+    con.print(f"report page: {report.html}", soft_wrap=True)
     return 0
 
 

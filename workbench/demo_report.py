@@ -11,8 +11,9 @@
 - with `--with-optimize`, distillation and pruning: parameters, weights file size and held-out
   perplexity of the smaller model against its source.
 
-Written as a terminal table and a Markdown file with text plots, and registered as an
-`eval-report` artifact so it shows up beside the models it describes.
+Written as a terminal table, a Markdown file with text plots and an HTML page with charts
+(`demo_html.py`), and registered as an `eval-report` artifact so it shows up beside the models it
+describes.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class Report:
     builds: list[dict[str, Any]]
     transcript: list[dict[str, Any]]
     minutes: float
-    path: Path | None = None
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    path: Path | None = None  # report.md; report.html beside it
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # stage -> series -> points
     optimized: list[dict[str, Any]] = field(default_factory=list)  # demo_optimize.optimize_rows
 
     @property
@@ -99,8 +100,12 @@ class Report:
             "stages": [{**r.__dict__, "ok": r.ok} for r in self.rows],
             "gguf": self.builds, "optimize": self.optimized, "chat": self.transcript, "chat_correct": self.chat_correct,
             "minutes": round(self.minutes, 2), "all_ok": self.all_ok,
-            "report": str(self.path) if self.path else None,
+            "report": str(self.path) if self.path else None, "html": str(self.html) if self.html else None,
         }
+
+    @property
+    def html(self) -> Path | None:
+        return self.path.with_name("report.html") if self.path else None
 
     def print(self, console: Any) -> None:
         from rich.table import Table
@@ -152,6 +157,29 @@ def _metric_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
             if e["type"] == "metric" and name in e["values"]]
 
 
+#: The demo steps that train, as the report names them; distillation and pruning only when
+#: `--with-optimize` ran. Each stage reports its training loss as `loss` and, at each evaluation,
+#: its held-out loss as `val_loss`.
+CURVE_STAGES = (("pretrain", "pretraining"), ("lora", "LoRA"), ("dpo", "DPO"), ("classify", "classification"),
+                ("distill", "distillation"), ("prune", "pruning (LoRA heal)"))
+
+
+def training_curves(state: dict[str, Any], store: Any, optimized: bool) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per training step of the demo: train and held-out loss by optimizer step (pretraining also
+    its validation perplexity). A resumed run repeats the steps after its checkpoint; the later
+    value of a step is the one that led to the model, so it is kept."""
+    curves = {}
+    for key, title in CURVE_STAGES:
+        if key not in state or (key in ("distill", "prune") and not optimized):
+            continue
+        run_dir = store.get_run(state[key]["run_id"]).run_dir
+        names = {"train loss": "loss", "held-out loss": "val_loss"}
+        if key == "pretrain":
+            names["validation perplexity"] = "val_ppl"
+        curves[title] = {label: sorted(dict(_metric_series(run_dir, name)).items()) for label, name in names.items()}
+    return curves
+
+
 def build_report(outputs: dict[str, dict[str, str]], state: dict[str, Any], store: Any,
                  transcript: list[dict[str, Any]], minutes: float,
                  optimized: list[dict[str, Any]] | None = None) -> Report:
@@ -188,8 +216,7 @@ def build_report(outputs: dict[str, dict[str, str]], state: dict[str, Any], stor
     step_runs = [store.get_run(entry["run_id"]) for entry in state.values()]
     run_minutes = sum((r.ended_at or 0) - (r.started_at or 0) for r in step_runs if r.started_at) / 60
     report = Report(rows, builds, transcript, max(minutes, run_minutes),
-                    curves={"train loss": _metric_series(pretrain_run.run_dir, "loss"), "validation perplexity": val},
-                    optimized=optimized or [])
+                    curves=training_curves(state, store, bool(optimized)), optimized=optimized or [])
     _write(report, outputs, store)
     return report
 
@@ -230,7 +257,10 @@ def next_steps(outputs: dict[str, dict[str, str]], builds: list[dict[str, Any]])
 
 
 def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> None:
-    lines = [f"# Workbench demo report ({time.strftime('%Y-%m-%d %H:%M')})", "",
+    from workbench.demo_html import render
+
+    when = time.strftime("%Y-%m-%d %H:%M")
+    lines = [f"# Workbench demo report ({when})", "",
              f"The whole lifecycle ran offline; its runs took {report.minutes:.1f} minutes.", "",
              "| stage | metric | before | after | result |", "|---|---|---|---|---|"]
     for r in report.rows:
@@ -244,8 +274,8 @@ def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> No
         lines += ["", "## Smaller models against their source", "",
                   "| step | parameters | weights file | held-out perplexity |", "|---|---|---|---|"]
         lines += ["| " + " | ".join(row) + " |" for row in _optimized_cells(report.optimized)]
-    for title, series in report.curves.items():
-        if len(series) >= 2:
+    for title, series in report.curves.get("pretraining", {}).items():
+        if title != "held-out loss" and len(series) >= 2:
             lines += ["", f"## Pretraining: {title}", "", "```",
                       _plot(title, [s for s, _ in series], [v for _, v in series]), "```"]
     for r in report.rows[1:]:
@@ -257,11 +287,15 @@ def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> No
         for turn in report.transcript:
             mark = "right" if turn.get("correct") else "wrong"
             lines += [f"- **you**: {turn['prompt']}", f"  **model**: {turn['reply']} ({mark}; expected: {turn['expected']})"]
-    lines += ["", "## What to try next", "", *(f"- `{cmd}`: {why}" for cmd, why in next_steps(outputs, report.builds))]
+    steps = next_steps(outputs, report.builds)
+    lines += ["", "## What to try next", "", *(f"- `{cmd}`: {why}" for cmd, why in steps)]
     ctx = Context(store)
     staged = ctx.staging_dir("eval-report")
     (staged / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (staged / "report.json").write_text(json.dumps(report.summary, indent=2), encoding="utf-8")
+    (staged / "report.html").write_text(render(report, steps, when), encoding="utf-8")
+    # The artifact's final directory is named at registration; the files sit beside this one.
+    summary = {**report.summary, "report": "report.md", "html": "report.html"}
+    (staged / "report.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     parents = sorted({i for out in outputs.values() for i in out.values()} | {b["id"] for b in report.builds})
     comparison = {
         "models": [outputs["pretrain"]["model"], outputs["lora"]["model"], outputs["dpo"]["model"]],

@@ -57,6 +57,8 @@ def test_quick_demo_reports_every_figure_and_reruns_from_cache(workspace):
     assert "| DPO | corpus perplexity (forgetting) |" in markdown
     assert "## What to try next" in markdown and "`workbench arena " in markdown and "workbench monitor " in markdown
     assert f"answered {report['chat_correct']} of 3 held-out questions correctly" in markdown
+    page = Path(report["html"])
+    assert page == Path(report["report"]).with_name("report.html") and f"answered {report['chat_correct']} of 3" in page.read_text(encoding="utf-8")
 
     runs = json.loads(run_cli("runs", "ls", "--json").stdout)
     assert {r["stage"] for r in runs} >= {"data.prepare", "tokenizer.train", "pretrain", "finetune.lora",
