@@ -191,20 +191,6 @@ class PromptStyle:
                             eos_token=self.eos_token)
         return self
 
-    def split_example(self, instruction: str, response: str, input: str = "", system: str = "") -> tuple[str, str]:
-        """(prompt, response) for supervised training; the loss goes on the response part.
-
-        The full text is prompt + response, and the response ends with the style's end marker,
-        so the model learns to stop.
-        """
-        user = instruction if not input else f"{instruction}\n\n{input}"
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        prompt = self.render(msgs, add_generation_prompt=True)
-        full = self.render([*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False)
-        if not full.startswith(prompt):
-            raise UserError(f"prompt style '{self.name}' does not render the prompt as a prefix of the full example")
-        return prompt, full[len(prompt):]
-
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "chat_template": self.chat_template, "stop": self.stop,
                 "default_system": self.default_system}

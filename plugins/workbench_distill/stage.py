@@ -17,7 +17,14 @@ from workbench_pretrain.presets import PRESETS, describe
 
 from workbench.datasets import read_card, require_type
 from workbench.errors import UserError
-from workbench.options import artifact, option
+from workbench.options import (
+    EpochOptions,
+    TrainingOptions,
+    artifact,
+    check_batches,
+    option,
+    redefault,
+)
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir
 
@@ -25,11 +32,9 @@ if TYPE_CHECKING:
     from workbench.context import Context
     from workbench.store import Artifact
 
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
-
 
 @dataclass
-class Options:
+class Options(EpochOptions):
     teacher: str = artifact("model", positional=True, help="Model whose next-token distributions the student learns")
     dataset: str = artifact("dataset", positional=True, help="Pretrain dataset (text) to distill on")
     student: str = option(
@@ -45,33 +50,25 @@ class Options:
                         help="Teacher logits kept per token (the KL runs over these, renormalised)")
     max_seq_length: int | None = option(None, min=8, group="training",
                                         help="Tokens per training sequence; default: the shorter context of the two models")
-    batch_size: int = option(16, min=1, group="training", help="Sequences per optimizer step")
-    micro_batch_size: int | None = option(
-        None, min=1, group="training",
-        help="Sequences per forward pass (gradients accumulate up to --batch-size); default: --batch-size",
-    )
-    epochs: int = option(1, min=1, group="training", help="Passes over the training split (unless --max-steps is set)")
-    max_steps: int | None = option(
-        None, min=1, group="training",
-        help="Stop after this many optimizer steps; the teacher then scores only the sequences these steps use",
-    )
-    lr: float | None = option(None, min=0.0, group="training",
-                              help="Peak AdamW learning rate; default: the preset's, 1e-4 for a model in the workspace")
-    warmup_steps: int | None = option(None, min=0, group="training", help="Linear warmup steps; default: 5% of the steps")
-    weight_decay: float = option(0.1, min=0.0, group="training", help="AdamW weight decay", advanced=True)
-    grad_clip: float | None = option(1.0, min=0.0, group="training", help="Clip the gradient norm to this (0: no clipping)")
-    eval_every: int = option(50, min=1, group="training", help="Optimizer steps between validation passes")
     eval_batches: int = option(8, min=1, group="training", help="Micro-batches of validation data per pass", advanced=True)
-    checkpoint_every: int = option(100, min=1, group="training", help="Optimizer steps between checkpoints (a cancel also checkpoints)")
     speed: bool = option(False, group="measure",
                          help="Also export teacher and student to Q4_K_M GGUF and time llama.cpp decoding (slower)")
-    seed: int = option(42, help="Seed for the student's weights, the sequences used and their order")
-    device: str = option("auto", choices=["auto", "cpu", "cuda", "mps"], group="hardware", help="Where to run")
-    precision: str | None = option(None, choices=list(PRECISIONS), group="hardware",
-                                   help="Lightning precision; default: what `workbench doctor` picks")
-    force: bool = option(False, group="hardware", advanced=True,
-                         help="Start even if the memory estimate says the run will not fit")
     name: str | None = option(None, help="Name of the student model; default: <teacher>-distilled")
+    batch_size: int = redefault(TrainingOptions, "batch_size", 16)
+    max_steps: int | None = redefault(
+        TrainingOptions, "max_steps", None,
+        help="Stop after this many optimizer steps; the teacher then scores only the sequences these steps use",
+    )
+    lr: float | None = redefault(
+        TrainingOptions, "lr", None,
+        help="Peak learning rate (AdamW); default: the preset's, 1e-4 for a model in the workspace",
+    )
+    warmup_steps: int | None = redefault(TrainingOptions, "warmup_steps", None,
+                                         help="Linear warmup steps; default: 5% of the steps")
+    weight_decay: float = redefault(TrainingOptions, "weight_decay", 0.1)
+    grad_clip: float | None = redefault(TrainingOptions, "grad_clip", 1.0)
+    seed: int = redefault(TrainingOptions, "seed", 42,
+                          help="Seed for the student's weights, the sequences used and their order")
 
 
 class DistillStage(Stage):
@@ -93,9 +90,7 @@ class DistillStage(Stage):
     supports_cancel = True
 
     def validate(self, options: Options, ctx: Context) -> None:
-        micro = options.micro_batch_size if options.micro_batch_size is not None else options.batch_size
-        if options.batch_size % micro:
-            raise UserError(f"--batch-size {options.batch_size} is not a multiple of --micro-batch-size {micro}")
+        check_batches(options)
         teacher = ctx.artifact(options.teacher, "model")
         check_model_dir(teacher.path)
         data = ctx.artifact(options.dataset, "dataset")

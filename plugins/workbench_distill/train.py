@@ -1,12 +1,11 @@
 """The distillation run, top to bottom: `plan` (inputs, sizes, memory) → `read_corpus` (the
 sequences) → the teacher pass (top-k logits to disk, `workbench_distill.teacher`) → `fit` (the
-student's loop: validation, checkpoints, cancel, exact resume) → `write_student` (the model and a
-table comparing it with the teacher).
+student's training on the shared `TrainLoop`: validation, checkpoints, cancel, exact resume) →
+`write_student` (the model and a table comparing it with the teacher).
 
-The teacher is loaded only for the teacher pass and freed before the student is built. Sequence
-position `p` of the run is cache row `perm[p % n]` of epoch `p // n`, the permutation seeded by
-(seed, epoch), so a step number is a data position and a resumed run reads what an uninterrupted
-one would.
+The teacher is loaded only for the teacher pass and freed before the student is built. The
+student reads the cache rows in the shared seeded order (`workbench.ml.training.SeededOrder`), so
+a step number is a data position and a resumed run reads what an uninterrupted one would.
 
 Heavy module (torch, litgpt, lightning): imported by `DistillStage.run()` only.
 """
@@ -16,7 +15,6 @@ from __future__ import annotations
 import gc
 import math
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from workbench.errors import Cancelled, UserError
+from workbench.errors import UserError
 from workbench.hardware import (
     choose_device,
     choose_precision,
@@ -39,7 +37,15 @@ from workbench.ml.checkpoint import (
     read_meta,
     save_model_dir,
 )
-from workbench.ml.trainstate import load_train_state, restore_rng, save_train_state
+from workbench.ml.training import (
+    Batches,
+    Micro,
+    SeededOrder,
+    TrainLoop,
+    make_fabric,
+    training_precision,
+    warmup_cosine,
+)
 from workbench.weightfiles import check_model_dir, model_weights
 from workbench_distill.loss import distill_loss
 from workbench_distill.stage import check_same_tokenizer, student_kind
@@ -52,14 +58,11 @@ from workbench_distill.teacher import (
 )
 
 if TYPE_CHECKING:
-    from litgpt import Config
+    from litgpt import GPT, Config
 
     from workbench.context import Context
     from workbench.store import Artifact
     from workbench_distill.stage import Options
-
-KEEP_CHECKPOINTS = 2
-
 
 @dataclass
 class Plan:
@@ -80,10 +83,6 @@ class Plan:
     t_params: int
     s_params: int
 
-    @property
-    def accumulation(self) -> int:
-        return self.batch // self.micro
-
 
 @dataclass
 class Corpus:
@@ -93,25 +92,6 @@ class Corpus:
     heldout: np.ndarray  # the whole validation split, for the perplexity at the end
     steps: int
     warmup: int
-
-
-class RowOrder:
-    """Which cache rows sequence positions `start .. start + size - 1` read."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
-        self._epoch = -1
-        self._perm = np.empty(0, dtype=np.int64)
-
-    def rows(self, start: int, size: int) -> list[int]:
-        out = []
-        for p in range(start, start + size):
-            epoch, index = divmod(p, self.n)
-            if epoch != self._epoch:
-                self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-                self._epoch = epoch
-            out.append(int(self._perm[index]))
-        return out
 
 
 def distill(options: Options, ctx: Context) -> dict[str, Any]:
@@ -147,7 +127,7 @@ def distill(options: Options, ctx: Context) -> dict[str, Any]:
             f"the KL renormalises them ({fmt_bytes(cache.size_bytes())} on disk)")
 
     # --- the student ------------------------------------------------------------------------------
-    state_dict, figures = fit(plan, options, corpus, cache, {**fingerprint, "steps": corpus.steps}, ctx)
+    state_dict, figures = fit(plan, options, corpus, cache, fingerprint, ctx)
     return write_student(plan, options, corpus, cache, state_dict, figures, ctx)
 
 
@@ -178,12 +158,10 @@ def make_plan(options: Options, ctx: Context) -> Plan:
     if options.top_k > t_config.vocab_size:
         raise UserError(f"--top-k {options.top_k} is more than the teacher's vocabulary of {t_config.vocab_size} tokens")
     micro = options.micro_batch_size if options.micro_batch_size is not None else options.batch_size
-    if options.batch_size % micro:
-        raise UserError(f"--batch-size {options.batch_size} is not a multiple of --micro-batch-size {micro}")
     lr = options.lr if options.lr is not None else (preset_lr(options.student) if start_from is None else 1e-4)
     return Plan(
         teacher=teacher, data=data, start_from=start_from, t_config=t_config, s_config=s_config, device=device,
-        precision=options.precision or choose_precision(device, training=True),
+        precision=training_precision(device, options.precision),
         eval_precision=choose_precision(device, training=False), seq_len=seq_len, batch=options.batch_size,
         micro=micro, lr=lr, t_params=count_parameters(t_config), s_params=count_parameters(s_config),
     )
@@ -241,106 +219,52 @@ def check_memory(plan: Plan, options: Options) -> None:
 
 def fit(plan: Plan, options: Options, corpus: Corpus, cache: TeacherCache, fingerprint: dict[str, Any],
         ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train the student; returns its weights (on the CPU) and the run's figures."""
-    from lightning.fabric import Fabric
-
-    fabric = Fabric(accelerator=plan.device, devices=1, precision=plan.precision)  # type: ignore[arg-type]
-    model = build_student(fabric, plan.s_config, plan.start_from, options.seed)
+    """Train the student on the shared loop; returns its weights (on the CPU) and the run's figures."""
+    fabric = make_fabric(plan.device, plan.precision)
+    raw = build_student(fabric, plan.s_config, plan.start_from, options.seed)
     if plan.precision in ("32-true", "16-mixed", "bf16-mixed"):
-        model = model.float()  # a half-precision model in the workspace trains with fp32 master weights
-    model.max_seq_length = plan.seq_len
-    model = fabric.setup(model)
-    optimizer = fabric.setup_optimizers(torch.optim.AdamW(
-        model.parameters(), lr=plan.lr, weight_decay=options.weight_decay, betas=(0.9, 0.95)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(corpus.warmup, corpus.steps))
-    scaler = getattr(fabric.strategy.precision, "scaler", None)
-    order = RowOrder(len(corpus.starts), options.seed)
-    fingerprint = {**fingerprint, "student": config_to_dict(plan.s_config), "batch_size": plan.batch}
-    steps, batch, micro = corpus.steps, plan.batch, plan.micro
+        raw = raw.float()  # a half-precision model in the workspace trains with fp32 master weights
+    raw.max_seq_length = plan.seq_len
+    model = fabric.setup_module(raw)
+    inner = torch.optim.AdamW(raw.parameters(), lr=plan.lr, weight_decay=options.weight_decay, betas=(0.9, 0.95))
+    scheduler = warmup_cosine(inner, warmup=corpus.warmup, total=corpus.steps)
+    optimizer = fabric.setup_optimizers(inner)
+    loop = TrainLoop(
+        ctx, fabric, model, optimizer, scheduler, order=SeededOrder(len(corpus.starts), options.seed),
+        batches=Batches(plan.batch, plan.micro, corpus.steps), grad_clip=options.grad_clip,
+        eval_every=options.eval_every, checkpoint_every=options.checkpoint_every, seed=options.seed,
+        state=raw.state_dict, load=raw.load_state_dict, desc="distilling",
+        inputs={**fingerprint, "student": config_to_dict(plan.s_config)},
+    )
+    loop.resume()
 
-    step, trained_s = 0, 0.0
-    if ctx.resume_from:
-        state = load_train_state(Path(ctx.resume_from))
-        if state["extra"].get("fingerprint") != fingerprint:
-            raise UserError(f"checkpoint {ctx.resume_from} was written for other inputs or sizes; start a new run")
-        model.module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["extra"].get("scaler"):
-            scaler.load_state_dict(state["extra"]["scaler"])
-        step, trained_s = int(state["step"]), float(state["extra"].get("trained_s", 0.0))
-        restore_rng(state["rng"])  # last: building the student above drew from the generators
-        ctx.log(f"resumed at step {step} of {steps}")
+    def micro_step(rows: list[int]) -> Micro:
+        seqs = fabric.to_device(sequences(corpus.train, corpus.starts[rows], plan.seq_len))
+        values, indices = (fabric.to_device(t) for t in cache.rows(rows))
+        parts = distill_loss(model(seqs[:, :-1]), seqs[:, 1:], values, indices,
+                             temperature=options.temperature, kd_weight=options.kd_weight)
+        return Micro(parts.loss, {"kd": parts.kd.detach(), "ce": parts.ce.detach()}, tokens=len(rows) * plan.seq_len)
 
-    def checkpoint() -> None:
-        path = ctx.checkpoints_dir / f"step-{step:07d}.pt"
-        save_train_state(path, model_state=model.module.state_dict(), optimizer=optimizer, step=step,
-                         scheduler=scheduler, data_state={"position": step * batch, "seed": options.seed},
-                         extra={"fingerprint": fingerprint, "trained_s": trained_s,
-                                "scaler": scaler.state_dict() if scaler is not None else None})
-        ctx.checkpoint(path, step)
-        for old in sorted(ctx.checkpoints_dir.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink(missing_ok=True)
-
-    def validate() -> float | None:
-        if len(corpus.val_rows) == 0:
-            return None
+    def evaluate() -> dict[str, float]:
         model.eval()
         total = 0.0
         with torch.no_grad():
-            for chunk in corpus.val_rows.split(micro):
+            for chunk in corpus.val_rows.split(plan.micro):
                 chunk = fabric.to_device(chunk)
                 logits = model(chunk[:, :-1])
                 total += float(torch.nn.functional.cross_entropy(
                     logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1))) * len(chunk)
         model.train()
-        return total / len(corpus.val_rows)
+        loss = total / len(corpus.val_rows)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
 
-    val_loss = validate() if step == 0 else None
-    if val_loss is not None:
-        ctx.metric(0, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
-    model.train()
-    loss_value = float("nan")
-    ctx.progress(step, steps, unit="step", desc="distilling")
-    while step < steps:
-        if ctx.cancel_requested:
-            checkpoint()
-            raise Cancelled()
-        t0 = time.perf_counter()
-        sums = torch.zeros(3, device=fabric.device)
-        for j in range(plan.accumulation):
-            rows = order.rows(step * batch + j * micro, micro)
-            seqs = fabric.to_device(sequences(corpus.train, corpus.starts[rows], plan.seq_len))
-            values, indices = (fabric.to_device(t) for t in cache.rows(rows))
-            parts = distill_loss(model(seqs[:, :-1]), seqs[:, 1:], values, indices,
-                                 temperature=options.temperature, kd_weight=options.kd_weight)
-            fabric.backward(parts.loss / plan.accumulation)
-            sums += torch.stack([parts.loss, parts.kd, parts.ce]).detach()
-        if options.grad_clip is not None and options.grad_clip > 0:
-            fabric.clip_gradients(model, optimizer, max_norm=options.grad_clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        loss_value, kd, ce = (sums / plan.accumulation).tolist()  # also waits for the device: the timing is true
-        if not math.isfinite(loss_value):
-            raise RuntimeError(f"the loss became {loss_value} at step {step}; lower --lr or raise --temperature")
-        seconds = time.perf_counter() - t0
-        trained_s += seconds
-        ctx.metric(step, loss=loss_value, kd=kd, ce=ce, lr=lr, tokens_per_s=batch * plan.seq_len / seconds)
-        ctx.progress(step, steps, unit="step", desc="distilling")
-        if step % options.eval_every == 0 or step == steps:
-            val_loss = validate()
-            if val_loss is not None:
-                ctx.metric(step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
-        if step % options.checkpoint_every == 0 and step < steps:
-            checkpoint()
-    weights = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
-    return weights, {"loss": loss_value, "val_loss": val_loss, "trained_s": trained_s}
+    evaluated = loop.run(micro_step, evaluate if len(corpus.val_rows) else None)
+    weights = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
+    return weights, {"loss": loop.last.get("loss", float("nan")), "val_loss": evaluated.get("val_loss"),
+                     "trained_s": loop.seconds}
 
 
-def build_student(fabric: Any, config: Config, start_from: Artifact | None, seed: int) -> torch.nn.Module:
+def build_student(fabric: Any, config: Config, start_from: Artifact | None, seed: int) -> GPT:
     """A model's own weights, or fresh weights initialised as pretraining does, from `seed`."""
     from litgpt import GPT
     from litgpt.pretrain import initialize_weights
@@ -356,18 +280,6 @@ def build_student(fabric: Any, config: Config, start_from: Artifact | None, seed
         model = GPT(config)
     initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
     return model
-
-
-def _schedule(warmup: int, total: int) -> Any:
-    """Linear warmup, then cosine decay to a tenth of the peak learning rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
 
 
 # ----------------------------------------------------------------------------------------------

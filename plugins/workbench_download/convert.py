@@ -4,7 +4,8 @@ LitGPT's `convert_hf_checkpoint` only knows models in its name list, so the `Con
 from the repository's `config.json` by the model's family module (`workbench.families`), which
 also names the LitGPT function that renames and fuses the tensors. Safetensors are read with
 safetensors; `.bin` files only with `torch.load(weights_only=True)`. Code shipped in a repository
-is never imported. `convert_repository` works on a download, `convert_directory` on a local folder.
+is never imported. `convert_repository` works on a download; `workbench models import` hands a local
+folder to `convert_local`.
 """
 
 from __future__ import annotations
@@ -287,24 +288,6 @@ def convert_repository(dl: Downloader, options: Options, ctx: Context) -> Artifa
         meta={"hf_repo_id": dl.repo_id, "hf_revision": dl.listing.commit},
         note=f"{dl.repo_id}@{dl.listing.commit[:12]}",
     )
-
-
-def convert_directory(hf_dir: Path, ctx: Context, *, name: str | None = None, dtype: str | None = None,
-                      metadata: dict[str, Any] | None = None) -> Artifact:
-    """Convert a local Hugging Face model directory (config.json, tokenizer, weights) and register it.
-
-    The same conversion as a download, for a directory saved by `save_pretrained` or copied from
-    a Hub snapshot. Code in the directory is never imported.
-    """
-    hf_dir = Path(hf_dir)
-    local = {p.name: p for p in sorted(hf_dir.iterdir()) if p.is_file()}
-    if "config.json" not in local:
-        raise UserError(f"{hf_dir} has no config.json, so its architecture is unknown")
-    config_kwargs(json.loads(local["config.json"].read_text()), str(hf_dir))
-    if not any(t in local for t in ("tokenizer.json", "tokenizer.model")):
-        raise UserError(f"{hf_dir} has no tokenizer.json or tokenizer.model; LitGPT needs one of them")
-    return convert_local(local, ctx, source=str(hf_dir), tokenizer_dir=hf_dir, name=name or hf_dir.name,
-                         dtype=dtype, metadata={"source_dir": str(hf_dir), **(metadata or {})})
 
 
 def convert_local(local: dict[str, Path], ctx: Context, *, source: str, tokenizer_dir: Path, name: str,

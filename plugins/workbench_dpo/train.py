@@ -189,10 +189,11 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     raw.max_seq_length = longest
     stored_dtype = _stored_dtype(model_dir)
     model = fabric.setup_module(raw)
-    optimizer = fabric.setup_optimizers(torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=options.lr, weight_decay=options.weight_decay,
-    ))
-    scheduler = warmup_cosine(optimizer, warmup=options.warmup_steps, total=total)
+    inner = torch.optim.AdamW(
+        [p for p in raw.parameters() if p.requires_grad], lr=options.lr, weight_decay=options.weight_decay,
+    )
+    scheduler = warmup_cosine(inner, warmup=options.warmup_steps, total=total)
+    optimizer = fabric.setup_optimizers(inner)
     reference = None
     if ref_art is not None:
         ref_model = load_model(ref_art.path)

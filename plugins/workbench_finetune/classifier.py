@@ -34,8 +34,8 @@ from workbench.ml.training import (
     training_precision,
     warmup_cosine,
 )
-from workbench_finetune.classify_stage import Options, resolve_data
 from workbench_finetune.scores import Scores, score
+from workbench_finetune.stage import ClassifyOptions, resolve_data
 
 WEIGHTS = "classifier.safetensors"
 CONFIG = "classifier.json"
@@ -110,7 +110,7 @@ def evaluate(model: torch.nn.Module, encoded: list[list[int]], targets: list[int
     return total / max(1, len(encoded)), predicted, probs
 
 
-def train(options: Options, ctx: Context) -> dict[str, Any]:
+def train(options: ClassifyOptions, ctx: Context) -> dict[str, Any]:
     base = ctx.artifact(options.model, "model")
     data = resolve_data(options, ctx)
     device = choose_device(options.device)
@@ -180,7 +180,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     return _write_classifier(ctx, options, base, data, model, scores, val_loss, max_length, loop.step)
 
 
-def _write_classifier(ctx: Context, options: Options, base: Any, data: Any, model: torch.nn.Module, scores: Scores,
+def _write_classifier(ctx: Context, options: ClassifyOptions, base: Any, data: Any, model: torch.nn.Module, scores: Scores,
                       val_loss: float, max_length: int, steps: int) -> dict[str, Any]:
     from safetensors.torch import save_file
 

@@ -1,9 +1,10 @@
 """The healing pass: next-token training of the pruned model on pretrain text, LoRA or full.
 
 Sequences come from the token cache through the pretraining stage's `TokenWindows` (sequence p
-of the run is a fixed function of (seed, p)), the schedule and checkpoints from the shared
-training skeleton (`workbench.ml.training`), so a cancelled run resumes exactly: weights (or the adapter), optimizer,
-scheduler, data position and RNG are all in the checkpoint.
+of the run is a fixed function of (seed, p)); the loop, schedule and checkpoints are the shared
+training skeleton's (`workbench.ml.training.TrainLoop`), so a cancelled run resumes exactly:
+weights (or the adapter), optimizer, scheduler, loss scaler, data position and RNG are all in the
+checkpoint.
 
 Heavy module (torch, litgpt, lightning): imported by the stage's `run()`.
 """
@@ -11,7 +12,6 @@ Heavy module (torch, litgpt, lightning): imported by the stage's `run()`.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from workbench_pretrain.data import TokenWindows
 
 from workbench.context import Context
-from workbench.errors import Cancelled
 from workbench.hardware import estimate_training_memory, fmt_bytes, preflight
 from workbench.ml.checkpoint import load_config, load_model
 from workbench.ml.lora import (
@@ -33,14 +32,14 @@ from workbench.ml.lora import (
     merged_state_dict,
 )
 from workbench.ml.training import (
-    grad_scaler,
+    Batches,
+    Micro,
+    SeededOrder,
+    TrainLoop,
     make_fabric,
-    restore_optim,
-    save_checkpoint,
     training_precision,
     warmup_cosine,
 )
-from workbench.ml.trainstate import load_train_state, restore_rng
 
 
 @dataclass
@@ -66,6 +65,14 @@ class HealSettings:
 def lm_loss(model: torch.nn.Module, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     logits = model(batch[:, :-1])
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1), reduction=reduction)
+
+
+class Positions(SeededOrder):
+    """Sequence positions as they are: `TokenWindows.batch` maps a position to its window in the
+    shared seeded order (and to its epoch's offset), so the loop hands the positions on."""
+
+    def index(self, position: int) -> int:
+        return position
 
 
 @torch.no_grad()
@@ -108,66 +115,31 @@ def heal(model_dir: Path, train: TokenWindows, val: torch.Tensor, s: HealSetting
     inner = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
     scheduler = warmup_cosine(inner, warmup=s.warmup_steps, total=s.steps)
     optimizer = fabric.setup_optimizers(inner)
-    scaler = grad_scaler(fabric)
     run_device = fabric.device
-    accumulation = s.batch_size // s.micro_batch_size
+    loop = TrainLoop(
+        ctx, fabric, model, optimizer, scheduler, order=Positions(train.n, s.seed),
+        batches=Batches(s.batch_size, s.micro_batch_size, s.steps), grad_clip=s.grad_clip, eval_every=s.eval_every,
+        checkpoint_every=s.checkpoint_every, seed=s.seed,
+        state=(lambda: adapter_state_dict(raw)) if s.mode == "lora" else raw.state_dict,
+        load=(lambda weights: load_adapter(raw, weights)) if s.mode == "lora" else raw.load_state_dict,
+        desc=f"healing ({s.mode})",
+    )
+    loop.resume()
+    first_val: float | None = loop.extra.get("first_val_loss")  # the loss of the unhealed cut
 
-    def weights() -> dict[str, torch.Tensor]:
-        return adapter_state_dict(raw) if s.mode == "lora" else raw.state_dict()
+    def micro_step(positions: list[int]) -> Micro:
+        batch = train.batch(positions[0], len(positions))
+        return Micro(lm_loss(model, batch.to(run_device)), tokens=batch[:, 1:].numel())
 
-    step = 0
-    first_val: float | None = None
-    if ctx.resume_from:
-        state = load_train_state(Path(ctx.resume_from))
-        if s.mode == "lora":
-            load_adapter(raw, state["model"])
-        else:
-            raw.load_state_dict(state["model"])
-        restore_optim(state, optimizer, scheduler, scaler)
-        step = int(state["step"])
-        first_val = state["extra"].get("first_val_loss")
-        restore_rng(state["rng"])
-        ctx.log(f"resumed at step {step} of {s.steps}")
-    elif len(val):
-        first_val = val_loss(model, val, s.micro_batch_size, run_device)
-        ctx.metric(0, val_loss=first_val, val_ppl=math.exp(min(first_val, 50)))
+    def evaluate() -> dict[str, float]:
+        nonlocal first_val
+        loss = val_loss(model, val, s.micro_batch_size, run_device)
+        if first_val is None:
+            first_val = loop.extra["first_val_loss"] = loss
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
 
-    def checkpoint() -> Path:
-        return save_checkpoint(ctx, ctx.checkpoints_dir, step, model_state=weights(), optimizer=optimizer,
-                               scheduler=scheduler, scaler=scaler, position=step * s.batch_size, seed=s.seed,
-                               extra={"first_val_loss": first_val})
-
-    model.train()
-    loss_value, last_val = float("nan"), first_val
-    while step < s.steps:
-        if ctx.cancel_requested:
-            checkpoint()
-            raise Cancelled()
-        t0 = time.perf_counter()
-        losses = []
-        for micro in range(accumulation):
-            batch = train.batch(step * s.batch_size + micro * s.micro_batch_size, s.micro_batch_size)
-            loss = lm_loss(model, batch.to(run_device))
-            fabric.backward(loss / accumulation)
-            losses.append(loss.detach())
-        if s.grad_clip:
-            fabric.clip_gradients(model, optimizer, max_norm=s.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        elapsed = time.perf_counter() - t0
-        loss_value = float(torch.stack(losses).mean())
-        ctx.metric(step, loss=loss_value, lr=lr, tokens_per_s=s.batch_size * train.seq_len / elapsed)
-        ctx.progress(step, s.steps, unit="step", desc=f"healing ({s.mode})")
-        if len(val) and (step % s.eval_every == 0 or step == s.steps):
-            last_val = val_loss(model, val, s.micro_batch_size, run_device)
-            ctx.metric(step, val_loss=last_val, val_ppl=math.exp(min(last_val, 50)))
-        if step % s.checkpoint_every == 0 and step < s.steps:
-            checkpoint()
-
+    last_val = loop.run(micro_step, evaluate if len(val) else None).get("val_loss", first_val)
     state = merged_state_dict(raw) if s.mode == "lora" else {k: v.detach() for k, v in raw.state_dict().items()}
-    figures = {"steps": step, "loss": loss_value, "first_val_loss": first_val, "val_loss": last_val,
-               "trainable_params": n_trainable}
+    figures = {"steps": loop.step, "loss": loop.last.get("loss", float("nan")), "first_val_loss": first_val,
+               "val_loss": last_val, "trainable_params": n_trainable}
     return {k: v.float().cpu() for k, v in state.items()}, figures

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_tiny_model, make_tokenizer, run_cli, tiny_llama_config, wait_for
+from tests.stages.resume import assert_resumes_exactly
 from workbench.context import Context
 from workbench.events import read_events
 from workbench.store import Store
@@ -286,8 +287,8 @@ def test_a_student_with_another_tokenizer_is_refused_with_exit_2(inputs: dict[st
     (["--student", "huge"], "--student huge is neither a preset (tiny, small, 125M, 350M), a .yaml config file, "
                             "nor a model in the workspace"),
     (["--student", "tiny", "--top-k", "5000"], "--top-k 5000 is more than the teacher's vocabulary of"),
-    (["--student", "tiny", "--batch-size", "6", "--micro-batch-size", "4"],
-     "--batch-size 6 is not a multiple of --micro-batch-size 4"),
+    (["--student", "tiny", "--batch-size", "4", "--micro-batch-size", "8"],
+     "--micro-batch-size 8 is larger than --batch-size 4"),
     (["--student", "tiny", "--max-seq-length", "64"], "--max-seq-length 64 is longer than the context of the teacher (32 tokens)"),
     (["--student", "missing.yaml"], "student config file missing.yaml does not exist"),
 ])
@@ -377,6 +378,12 @@ def test_cancel_and_resume_reuse_the_teacher_logits_and_end_at_the_uninterrupted
     assert losses(run_dir, "val_loss")[160] == pytest.approx(losses(whole.run_dir, "val_loss")[160], abs=1e-4)
     result = Store().get_run(run_id).result
     assert math.isclose(result["perplexity"], whole.result["perplexity"], rel_tol=1e-4)
+
+
+def test_a_bf16_mixed_run_resumed_from_its_checkpoint_ends_at_the_uninterrupted_loss(inputs: dict[str, str]) -> None:
+    # 16-mixed (with its loss scaler) needs CUDA; on a CPU bf16-mixed is the mixed mode there is.
+    assert_resumes_exactly("distill", options(inputs, precision="bf16-mixed", max_steps=4, micro_batch_size=2,
+                                              checkpoint_every=2, eval_every=4, eval_batches=1))
 
 
 def test_a_cancelled_teacher_pass_continues_where_it_stopped_and_keeps_the_teachers_top_k(

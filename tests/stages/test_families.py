@@ -103,18 +103,17 @@ def test_download_gives_transformers_logits(family, layout, hub_families, env):
 
 
 def test_a_local_directory_converts_as_a_download_does(hub_families, tmp_path):
-    """`convert_directory`: a save_pretrained folder with the tokenizer beside it, no Hub involved."""
+    """`workbench models import`: a save_pretrained folder with the tokenizer beside it, no Hub involved."""
     import shutil
 
     import numpy as np
-    from workbench_download.convert import convert_directory
 
-    from workbench.context import Context
     from workbench.store import Store
+    from workbench.testing import run_inline
 
     server, models, probe = hub_families
     folder = shutil.copytree(server.saved["llama"], tmp_path / "Llama-local")
-    art = convert_directory(folder, Context(Store()))
+    art = Store().find_artifact(run_inline("import", {"path": str(folder)}).result["artifact"])
     assert art.metadata["family"] == "llama" and art.name == "Llama-local"
     got = litgpt_logits(art.path, probe)
     assert np.abs(got - reference_logits(models["llama"], probe)).max() <= TOL

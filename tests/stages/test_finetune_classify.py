@@ -135,8 +135,8 @@ def test_a_bf16_mixed_run_resumed_from_its_checkpoint_ends_at_the_uninterrupted_
 
 
 def test_max_length_is_read_as_max_seq_length():
-    from workbench_finetune.classify_stage import Options
+    from workbench_finetune.stage import ClassifyOptions
 
     from workbench.options import parse_options
 
-    assert parse_options(Options, {"model": "m", "data": "d", "max_length": 32}).max_seq_length == 32
+    assert parse_options(ClassifyOptions, {"model": "m", "data": "d", "max_length": 32}).max_seq_length == 32

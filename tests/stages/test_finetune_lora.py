@@ -148,9 +148,10 @@ def test_cancel_and_resume_through_the_cli_matches_an_uninterrupted_run(register
     wait_for(lambda: any(e["type"] == "checkpoint" for e in read_events(events_path)), 120, "a checkpoint")
     cancel = run_cli("runs", "cancel", run_id)
     assert cancel.returncode == 0, cancel.stderr
-    wait_for(lambda: any(e["type"] == "cancelled" for e in read_events(events_path)), 120, "the cancel")
+    # The worker writes the cancelled event before the run's row: wait for the row.
+    wait_for(lambda: store.get_run(run_id).status == "cancelled", 120, "the cancel")
     cancelled = [e for e in read_events(events_path) if e["type"] == "checkpoint"][-1]
-    assert store.get_run(run_id).status == "cancelled"
+    assert any(e["type"] == "cancelled" for e in read_events(events_path))
 
     resumed = run_cli("runs", "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
@@ -223,19 +224,19 @@ def test_old_option_names_of_a_recorded_run_still_read_as_the_same_run(registere
                                                                        demo_instructions, capfd):
     """run.json of a run created before the rename: --batch-size 4 --grad-accum 2 was 4 examples
     per forward pass and 2 passes per step, so 8 per step in micro-batches of 4."""
-    from workbench_finetune.lora_stage import Options
+    from workbench_finetune.stage import LoraOptions
 
     from workbench.options import parse_options
 
     old = {"model": registered_tiny_model, "dataset": demo_instructions, "batch_size": 4, "grad_accum": 2,
            "eval_interval": 9, "checkpoint_interval": 3, "lr": 1e-3}
-    options = parse_options(Options, old)
+    options = parse_options(LoraOptions, old)
     assert (options.batch_size, options.micro_batch_size, options.eval_every, options.checkpoint_every) == (8, 4, 9, 3)
     warnings = capfd.readouterr().err
     assert "--batch-size 4 --grad-accum 2 now reads --batch-size 8 --micro-batch-size 4" in warnings
     assert "--eval-interval is now --eval-every" in warnings
     with pytest.raises(UserError, match="--grad-accum and --micro-batch-size were both given"):
-        parse_options(Options, {**old, "micro_batch_size": 2})
+        parse_options(LoraOptions, {**old, "micro_batch_size": 2})
 
 
 def test_a_run_recorded_before_the_rename_resumes_through_the_cli(registered_tiny_model, demo_instructions):

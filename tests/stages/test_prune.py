@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tokenizer, run_cli, wait_for
+from tests.stages.resume import assert_resumes_exactly
 from workbench.context import Context
 from workbench.events import read_events
 from workbench.store import Store
@@ -251,6 +252,17 @@ def test_cancel_and_resume_of_healing_ends_where_an_uninterrupted_run_ends(input
     assert [losses[s] for s in range(1, 41)] == pytest.approx(whole_losses, abs=1e-4)
     result = json.loads(resumed.stdout)["result"]
     assert result["perplexity"] == pytest.approx(whole.result["perplexity"], rel=1e-4)
+
+
+@pytest.mark.parametrize("heal", ["lora", "full"])
+def test_a_bf16_mixed_healing_resumed_from_its_checkpoint_ends_at_the_uninterrupted_loss(
+        inputs: dict[str, str], heal: str) -> None:
+    # 16-mixed (with its loss scaler) needs CUDA; on a CPU bf16-mixed is the mixed mode there is.
+    assert_resumes_exactly("prune", {
+        **inputs, "target": 0.75, "heal": heal, "heal_steps": 4, "batch_size": 4, "micro_batch_size": 2,
+        "max_seq_length": 32, "precision": "bf16-mixed", "eval_every": 4, "eval_batches": 2, "checkpoint_every": 2,
+        "dropout": 0.1,
+    })
 
 
 def test_calibration_defaults_to_the_text_the_model_was_trained_on(trained: Path, inputs: dict[str, str]) -> None:

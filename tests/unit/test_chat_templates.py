@@ -162,12 +162,6 @@ def test_builtin_styles_render_as_they_always_did(name):
                 else [{"role": "system", "content": style.default_system}, *convo]
             assert style.render(convo, add_generation_prompt=generation) == \
                 _plain_jinja(template, messages, generation, "<|endoftext|>")
-    prompt, response = style.split_example("Add 2 and 3.", "5")
-    assert (prompt, response) == {
-        "chatml": ("<|im_start|>user\nAdd 2 and 3.<|im_end|>\n<|im_start|>assistant\n", "5<|im_end|>\n"),
-        "alpaca": (f"{style.default_system}\n\n### Instruction:\nAdd 2 and 3.\n\n### Response:\n",
-                   "5<|endoftext|>\n\n"),
-    }[name]
 
 
 # ----------------------------------------------------------------------------------------------

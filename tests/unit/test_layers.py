@@ -22,10 +22,8 @@ def test_entry_points_name_stage_and_commands_modules() -> None:
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     expected = {"workbench.stages": "stage", "workbench.commands": "commands"}
-    # The finetune plugin's two stage modules predate the layout.
-    known = {"workbench_finetune.lora_stage", "workbench_finetune.classify_stage"}
     wrong = [f"{group}: {name} = {ref}"
              for group, module in expected.items()
              for name, ref in project["entry-points"][group].items()
-             if ref.split(":")[0].split(".")[-1] != module and ref.split(":")[0] not in known]
+             if ref.split(":")[0].split(".")[-1] != module]
     assert not wrong, f"entry points outside the plugin layout (docs/architecture.md): {wrong}"

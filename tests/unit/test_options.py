@@ -199,3 +199,19 @@ def test_shared_training_options_keep_their_declaration_and_come_after_the_stage
     assert by_name["lr"].default == 2e-4 and by_name["lr"].min == 0 and by_name["lr"].aliases == ("learning_rate",)
     assert by_name["lr"].help == {f.name: f for f in fields(TrainingOptions)}["lr"].help
     assert parse_options(Stage, {"model": "m", "max_norm": "0.5", "eval_interval": 7}).grad_clip == 0.5
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune.lora", "finetune.classify", "dpo", "distill"])
+def test_every_training_stage_takes_the_shared_options_with_their_old_names(stage, capsys, fresh_warnings):
+    from workbench.stages import get_stage
+
+    options_cls = get_stage(stage).Options
+    shared = {f.name: f for f in fields(TrainingOptions)}
+    ours = {f.name: f for f in fields(options_cls)}
+    for name, f in shared.items():
+        assert (ours[name].min, ours[name].choices, ours[name].group, ours[name].aliases) == \
+               (f.min, f.choices, f.group, f.aliases), name
+    required = {name: "x" for name, f in ours.items() if f.required}
+    parsed = parse_options(options_cls, {**required, "learning_rate": "0.01", "max_norm": "0.5"})
+    assert (parsed.lr, parsed.grad_clip) == (0.01, 0.5)
+    assert "warning: --learning-rate is now --lr" in capsys.readouterr().err

@@ -92,8 +92,8 @@ def test_stage_help_imports_only_its_own_plugin(index_cache):
     assert out["imported"] == ["workbench_export", "workbench_export.stage"]
     assert out["help"].startswith("usage: workbench export")
     lora = help_probe("finetune", "lora", "--help")
-    assert "workbench_finetune.lora_stage" in lora["imported"]
-    assert "workbench_finetune.classify_stage" not in lora["imported"]
+    assert "workbench_finetune.stage" in lora["imported"]
+    assert "workbench_finetune.lora" not in lora["imported"] and "workbench_finetune.classifier" not in lora["imported"]
     assert lora["help"].startswith("usage: workbench finetune lora")
     group = help_probe("finetune", "--help")
     assert group["imported"] == []

@@ -114,5 +114,9 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path: Path) -> None
     mine = {"batch_size": 8, "seed": 1, "steps": 10, "examples": 64}
     check_fingerprint({"extra": {"fingerprint": mine}}, mine, tmp_path / "step-000002.pt")
     check_fingerprint({"extra": {}}, mine, tmp_path / "step-000002.pt")  # written before fingerprints
+    older = {"batch_size": 8, "seed": 1, "steps": 10}  # a release that recorded fewer inputs
+    check_fingerprint({"extra": {"fingerprint": older}}, mine, tmp_path / "step-000002.pt")
+    with pytest.raises(UserError, match=r"written by a run with another"):
+        check_fingerprint({"extra": {"fingerprint": {**older, "steps": 11}}}, mine, tmp_path / "step-000002.pt")
     with pytest.raises(UserError, match=r"checkpoint .*step-000002.pt was written by a run with another"):
         check_fingerprint({"extra": {"fingerprint": {**mine, "seed": 2}}}, mine, tmp_path / "step-000002.pt")

@@ -40,12 +40,6 @@ TOKENIZER_FILES = (
 )
 
 
-def is_model_dir(path: Path) -> bool:
-    return (path / "model_config.yaml").exists() and (
-        (path / "model.safetensors").exists() or (path / "lit_model.pth").exists()
-    )
-
-
 def load_config(model_dir: Path) -> Config:
     path = model_dir / "model_config.yaml"
     if not path.exists():

@@ -7,10 +7,7 @@ what the model sees at chat time, when only the prompt is encoded.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,19 +73,6 @@ def collate(batch: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tens
         ids[i, : len(e.input_ids)] = e.input_ids
         labels[i, : len(e.labels)] = e.labels
     return ids, labels
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) for a dataset split we wrote; a bad line names file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            yield n, row
 
 
 def pad_id(tokenizer: Any) -> int:

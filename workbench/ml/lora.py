@@ -7,7 +7,7 @@ is how DPO gets its reference model without holding a second copy.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,7 +66,7 @@ def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if lora_filter(k, v)}
 
 
-def load_adapter(model: torch.nn.Module, adapter: dict[str, torch.Tensor]) -> None:
+def load_adapter(model: torch.nn.Module, adapter: Mapping[str, torch.Tensor]) -> None:
     missing = set(adapter) - set(model.state_dict())
     if missing:
         raise UserError(f"adapter does not fit this model (e.g. {sorted(missing)[0]})")

@@ -204,9 +204,10 @@ def save_checkpoint(
 
 
 def check_fingerprint(state: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    """A checkpoint resumes only the run that wrote it (one written before fingerprints passes)."""
+    """A checkpoint resumes only the run that wrote it. One written before fingerprints passes, and
+    one from a release that recorded fewer inputs is checked on those it recorded."""
     found = state.get("extra", {}).get("fingerprint")
-    if found is not None and found != expected:
+    if found is not None and any(key not in expected or expected[key] != value for key, value in found.items()):
         raise UserError(
             f"checkpoint {path} was written by a run with another model, sequence length, batch, seed, "
             "length or data; start a new run instead of resuming"
@@ -241,21 +242,24 @@ class TrainLoop:
     """Step counting, accumulation, clipping, evaluation, checkpoints, cancel and resume.
 
     `state()` gives the trained weights to checkpoint and `load(weights)` puts them back;
-    `extra` holds what a stage wants to keep across a resume (plain values).
+    `extra` holds what a stage wants to keep across a resume (plain values); `inputs` names what
+    else a checkpoint must have been written with to resume this run (model, data, sizes).
     """
 
     def __init__(
         self, ctx: Any, fabric: L.Fabric, model: torch.nn.Module, optimizer: Any, scheduler: Any, *,
         order: SeededOrder, batches: Batches, grad_clip: float | None, eval_every: int, checkpoint_every: int,
         seed: int, state: Callable[[], Mapping[str, torch.Tensor]],
-        load: Callable[[Mapping[str, torch.Tensor]], None], desc: str,
+        load: Callable[[Mapping[str, torch.Tensor]], None], desc: str, inputs: Mapping[str, Any] | None = None,
     ):
         self.ctx, self.fabric, self.model, self.optimizer, self.scheduler = ctx, fabric, model, optimizer, scheduler
         self.order, self.batches, self.grad_clip = order, batches, grad_clip
         self.eval_every, self.checkpoint_every, self.seed = eval_every, checkpoint_every, seed
         self.state, self.load, self.desc = state, load, desc
+        self.inputs = dict(inputs or {})
         self.scaler = grad_scaler(fabric)
         self.step, self.tokens = 0, 0
+        self.seconds = 0.0  # time spent in training steps, over every attempt of the run
         self.extra: dict[str, Any] = {}
         self.last: dict[str, float] = {}  # the last step's metrics
 
@@ -265,7 +269,7 @@ class TrainLoop:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"batch_size": self.batches.batch_size, "seed": self.seed, "steps": self.total,
-                "examples": self.order.n}
+                "examples": self.order.n, **self.inputs}
 
     def resume(self) -> bool:
         """Load `ctx.resume_from` if there is one: weights, optimizer, scheduler, scaler, RNG."""
@@ -279,6 +283,7 @@ class TrainLoop:
         self.step = int(state["step"])
         extra = state.get("extra", {})
         self.tokens = int(extra.get("tokens", 0))
+        self.seconds = float(extra.get("seconds", 0.0))
         self.extra = dict(extra.get("stage", extra))  # older checkpoints kept a stage's values at the top
         restore_rng(state["rng"])  # last: loading the model may have drawn from the generators
         epoch = self.order.epoch(self.step * self.batches.batch_size) + 1
@@ -290,7 +295,8 @@ class TrainLoop:
             self.ctx, self.ctx.checkpoints_dir, self.step, model_state=self.state(), optimizer=self.optimizer,
             scheduler=self.scheduler, scaler=self.scaler, position=self.step * self.batches.batch_size,
             seed=self.seed,
-            extra={"tokens": self.tokens, "stage": self.extra, "fingerprint": self.fingerprint()},
+            extra={"tokens": self.tokens, "seconds": self.seconds, "stage": self.extra,
+                   "fingerprint": self.fingerprint()},
         )
 
     def run(self, micro_step: Callable[[list[int]], Micro],
@@ -335,6 +341,7 @@ class TrainLoop:
             if not math.isfinite(metrics["loss"]):
                 raise RuntimeError(f"the loss became {metrics['loss']} at step {self.step}; lower --lr")
             seconds = time.perf_counter() - t0
+            self.seconds += seconds
             metrics.update(lr=lr, step_time=seconds, epoch=self.order.epoch(start + batch_size - 1) + 1)
             if tokens:
                 metrics["tokens_per_s"] = tokens / seconds

@@ -39,7 +39,7 @@ from workbench.ml.training import (
 )
 from workbench.prompts import PromptStyle, get_style, style_for_model
 from workbench_finetune.datasets import Chat, instruction_data
-from workbench_finetune.lora_stage import Options, check_quantize
+from workbench_finetune.stage import LoraOptions, check_quantize
 
 
 def eos_token(model_dir: Path) -> str:
@@ -118,7 +118,7 @@ def _stored_dtype(model_dir: Path) -> torch.dtype:
     return torch.float32
 
 
-def train(options: Options, ctx: Context) -> dict[str, Any]:
+def train(options: LoraOptions, ctx: Context) -> dict[str, Any]:
     check_quantize(options.quantize, options.device)
     device = choose_device(options.device)
     if options.quantize and device != "cuda":
@@ -199,7 +199,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     })
 
 
-def _write_outputs(ctx: Context, options: Options, base: Any, data: Any, trained: torch.nn.Module,
+def _write_outputs(ctx: Context, options: LoraOptions, base: Any, data: Any, trained: torch.nn.Module,
                    settings: LoRASettings, style: PromptStyle, merge_in_memory: bool,
                    figures: dict[str, Any]) -> dict[str, Any]:
     """The adapter alone, then the merged model, both children of the base model."""
