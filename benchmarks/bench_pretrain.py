@@ -107,20 +107,34 @@ def steady_rate(steps: list[tuple[int, float]], skip: int, tokens_per_step: int)
 
 
 def peak_flops(device: str, precision: str) -> tuple[float, str]:
+    """The device's peak: Lightning's datasheet figure where it knows the GPU, else measured."""
     import torch
 
     if device == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
 
         dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
-        return float(get_available_flops(torch.device("cuda"), dtype) or "nan"), "datasheet"
-    n, reps = 1024, 20
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+        known = get_available_flops(torch.device("cuda"), dtype)
+        if known:
+            return float(known), "datasheet"
+        return _matmul_rate(torch.device("cuda"), dtype, 8192, 10), f"measured {dtype} matmul"
+    return _matmul_rate(torch.device("cpu"), torch.float32, 1024, 20), "measured fp32 matmul"
+
+
+def _matmul_rate(device: Any, dtype: Any, n: int, reps: int) -> float:
+    import torch
+
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0), "measured fp32 matmul"
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from workbench.hardware import (
     choose_precision,
     estimate_training_memory,
     fmt_bytes,
+    mlp_shape,
     preflight,
 )
 from workbench.ml.checkpoint import (
@@ -201,11 +202,11 @@ def check_memory(plan: Plan, options: Options) -> None:
     t, s = plan.t_config, plan.s_config
     preflight(estimate_training_memory(
         n_params=plan.t_params, trainable_params=0, batch_size=plan.micro, seq_len=plan.seq_len, n_layer=t.n_layer,
-        n_embd=t.n_embd, n_head=t.n_head, vocab_size=t.padded_vocab_size, precision=plan.eval_precision,
+        n_embd=t.n_embd, n_head=t.n_head, vocab_size=t.padded_vocab_size, precision=plan.eval_precision, **mlp_shape(t),
     ), plan.device, force=options.force, what=f"the teacher pass of {plan.teacher.name}")
     estimate = estimate_training_memory(
         n_params=plan.s_params, trainable_params=plan.s_params, batch_size=plan.micro, seq_len=plan.seq_len,
-        n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, vocab_size=s.padded_vocab_size, precision=plan.precision,
+        n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, vocab_size=s.padded_vocab_size, precision=plan.precision, **mlp_shape(s),
     )
     # The KL holds the student's logits at temperature T and their softmax's gradient besides the usual ones.
     extra = 2 * plan.micro * plan.seq_len * s.padded_vocab_size * 4

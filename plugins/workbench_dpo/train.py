@@ -25,6 +25,7 @@ from workbench.hardware import (
     choose_device,
     estimate_training_memory,
     fmt_bytes,
+    mlp_shape,
     preflight,
 )
 from workbench.ml.checkpoint import (
@@ -171,7 +172,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     estimate = estimate_training_memory(
         n_params=n_params, trainable_params=n_trainable, batch_size=2 * micro, seq_len=longest,
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
-        vocab_size=config.padded_vocab_size, precision=precision,
+        vocab_size=config.padded_vocab_size, precision=precision, **mlp_shape(config),
     )
     if ref_art is not None:
         ref_params = sum(p.numel() for p in _meta_gpt(ref_art.path).parameters())

@@ -22,7 +22,13 @@ from litgpt import GPT
 
 from workbench.context import Context
 from workbench.errors import UserError
-from workbench.hardware import choose_device, estimate_training_memory, fmt_bytes, preflight
+from workbench.hardware import (
+    choose_device,
+    estimate_training_memory,
+    fmt_bytes,
+    mlp_shape,
+    preflight,
+)
 from workbench.ml.checkpoint import load_model, load_tokenizer
 from workbench.ml.examples import pad_id
 from workbench.ml.training import (
@@ -137,7 +143,7 @@ def train(options: ClassifyOptions, ctx: Context) -> dict[str, Any]:
     estimate = estimate_training_memory(
         n_params=n_params, trainable_params=n_trainable, batch_size=batches.micro_batch_size, seq_len=longest,
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head, vocab_size=len(data.labels),
-        precision=precision,
+        precision=precision, **mlp_shape(config),
     )
     preflight(estimate, device, force=options.force, what="this classification finetune")
     ctx.log(f"{len(data.labels)} labels ({', '.join(data.labels)}); {len(train_ids)} train / {len(val_ids)} held-out "

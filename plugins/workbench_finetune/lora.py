@@ -16,7 +16,13 @@ import torch.nn.functional as F
 
 from workbench.context import Context
 from workbench.errors import UserError
-from workbench.hardware import choose_device, estimate_training_memory, fmt_bytes, preflight
+from workbench.hardware import (
+    choose_device,
+    estimate_training_memory,
+    fmt_bytes,
+    mlp_shape,
+    preflight,
+)
 from workbench.ml.checkpoint import load_config, load_tokenizer, read_meta, save_model_dir
 from workbench.ml.examples import IGNORE, Encoded, collate, encode_messages, pad_id
 from workbench.ml.lora import (
@@ -149,7 +155,7 @@ def train(options: LoraOptions, ctx: Context) -> dict[str, Any]:
     estimate = estimate_training_memory(
         n_params=n_params, trainable_params=n_trainable, batch_size=batches.micro_batch_size, seq_len=longest,
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head, vocab_size=config.padded_vocab_size,
-        precision=precision, quantized_base=bool(options.quantize),
+        precision=precision, quantized_base=bool(options.quantize), **mlp_shape(config),
     )
     preflight(estimate, device, force=options.force, what="this LoRA finetune")
     ctx.log(f"LoRA r={settings.r} alpha={settings.alpha} on {', '.join(settings.targets)}: "

@@ -44,6 +44,7 @@ from workbench.hardware import (
     choose_device,
     choose_precision,
     estimate_training_memory,
+    mlp_shape,
     preflight,
 )
 from workbench.ml.checkpoint import (
@@ -316,7 +317,7 @@ def memory_estimate(
     est = estimate_training_memory(
         n_params=n_params, trainable_params=n_params, batch_size=micro_batch_size, seq_len=seq_len,
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
-        vocab_size=config.padded_vocab_size, precision=precision,
+        vocab_size=config.padded_vocab_size, precision=precision, **mlp_shape(config),
     )
     if strategy == "fsdp" and devices > 1:
         est = MemoryEstimate(est.weights // devices, est.gradients // devices, est.optimizer // devices, est.activations)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from workbench_pretrain.data import TokenWindows
 
 from workbench.context import Context
-from workbench.hardware import estimate_training_memory, fmt_bytes, preflight
+from workbench.hardware import estimate_training_memory, fmt_bytes, mlp_shape, preflight
 from workbench.ml.checkpoint import load_config, load_model
 from workbench.ml.lora import (
     LoRASettings,
@@ -104,7 +104,7 @@ def heal(model_dir: Path, train: TokenWindows, val: torch.Tensor, s: HealSetting
     estimate = estimate_training_memory(
         n_params=n_params, trainable_params=n_trainable, batch_size=s.micro_batch_size, seq_len=train.seq_len,
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head, vocab_size=config.padded_vocab_size,
-        precision=precision)
+        precision=precision, **mlp_shape(config))
     preflight(estimate, device, force=s.force, what="this healing pass")
     ctx.log(f"healing ({s.mode}): {n_trainable:,} trainable of {n_params:,} parameters, {s.steps} steps of "
             f"{s.batch_size}×{train.seq_len} tokens; {device}, {precision}; memory estimate {fmt_bytes(estimate.total)}")
