@@ -136,7 +136,7 @@ def cost(heal_steps: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for method, heal in CASES:
             result = run_inline("prune", {**common, "method": method.split(","), "heal": heal,
-                                          "heal_steps": heal_steps}).result
+                                          "max_steps": heal_steps}).result
             out[f"{method}/{heal}"] = {"ppl": result["perplexity"], "source_ppl": result["source_perplexity"],
                                        "kept": result["kept"]}
     return out

@@ -69,7 +69,7 @@ def optimize_steps(profile: str, store: Any, model_step: str = "dpo", corpus_ste
 
     def prune(o: Outputs) -> dict[str, Any]:
         return {"model": o[model_step]["model"], "calibration": o[corpus_step]["dataset"], "target": PRUNE_TARGET,
-                "heal": "lora", "heal_steps": sizes["heal_steps"], "batch_size": 8, "max_seq_length": seq_len,
+                "heal": "lora", "max_steps": sizes["heal_steps"], "batch_size": 8, "max_seq_length": seq_len,
                 "warmup_steps": max(1, sizes["heal_steps"] // 10), "eval_every": sizes["heal_steps"],
                 "checkpoint_every": sizes["heal_steps"], "name": "demo-pruned"}
 

@@ -190,13 +190,17 @@ def fields(options_cls: type) -> list[Field]:
     return out
 
 
-def redefault(options_cls: type, name: str, default: Any, *, help: str | None = None) -> Any:
+def redefault(options_cls: type, name: str, default: Any, *, help: str | None = None,
+              aliases: tuple[str, ...] = ()) -> Any:
     """Option `name` of a shared options class with this stage's default (and, where the stage
-    must say more, its own help); type bounds, group and aliases stay declared once."""
+    must say more, its own help, or an old spelling of its own); type bounds, group and the shared
+    aliases stay declared once."""
     base = next(f for f in dataclasses.fields(options_cls) if f.name == name)
     meta = dict(base.metadata[_META])
     if help is not None:
         meta["help"] = help
+    if aliases:
+        meta["aliases"] = (*meta.get("aliases", ()), *aliases)
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata={_META: meta})

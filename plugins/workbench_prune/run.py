@@ -107,7 +107,7 @@ def prune(options: Options, ctx: Context) -> dict[str, Any]:
         val = heldout_windows(heal_data.path, source.path, seq_len, options.eval_batches * seq_len)
         micro = options.micro_batch_size if options.micro_batch_size is not None else options.batch_size
         settings = HealSettings(
-            mode=options.heal, steps=options.heal_steps,
+            mode=options.heal, steps=options.max_steps,
             lr=options.lr if options.lr is not None else (1e-3 if options.heal == "lora" else 3e-4),
             batch_size=options.batch_size, micro_batch_size=micro, warmup_steps=options.warmup_steps,
             weight_decay=options.weight_decay, grad_clip=options.grad_clip, eval_every=options.eval_every,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from workbench.datasets import read_card, require_type
 from workbench.errors import UserError
-from workbench.options import artifact, option
+from workbench.options import TrainingOptions, artifact, option, redefault
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir
 from workbench_prune.plan import METHODS, make_plan
@@ -21,11 +21,10 @@ if TYPE_CHECKING:
     from workbench.store import Artifact
 
 LORA_TARGETS = ("query", "key", "value", "projection", "mlp", "head")
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 
 
 @dataclass
-class Options:
+class Options(TrainingOptions):
     model: str = artifact("model", positional=True, help="Model to prune")
     target: float = option(0.75, help="Share of the model's parameters to keep (above 0, at most 1)", min=0, max=1)
     method: list[str] = option(
@@ -44,18 +43,7 @@ class Options:
                        help="Train the pruned model to recover: a LoRA adapter merged in, all weights, or not at all")
     heal_data: str | None = artifact("dataset", required=False,
                                      help="Pretrain dataset to heal on; default: the calibration dataset")
-    heal_steps: int = option(100, min=1, group="healing", help="Optimizer steps of healing")
-    lr: float | None = option(None, min=0, group="healing",
-                              help="Peak learning rate; default: 1e-3 for lora, 3e-4 for full")
-    batch_size: int = option(8, min=1, group="healing", help="Sequences per optimizer step")
-    micro_batch_size: int | None = option(
-        None, min=1, group="healing", help="Sequences per forward pass (gradients accumulate); default: --batch-size")
-    warmup_steps: int = option(10, min=0, group="healing", help="Linear warmup steps before the cosine decay")
-    weight_decay: float = option(0.0, min=0, group="healing", help="AdamW weight decay", advanced=True)
-    grad_clip: float | None = option(1.0, min=0, group="healing", help="Clip the gradient norm to this (0: no clipping)")
-    eval_every: int = option(50, min=1, group="healing", help="Optimizer steps between validation passes")
-    eval_batches: int = option(8, min=1, group="healing", help="Validation sequences per pass", advanced=True)
-    checkpoint_every: int = option(50, min=1, group="healing", help="Optimizer steps between checkpoints (also on cancel)")
+    eval_batches: int = option(8, min=1, group="training", help="Validation sequences per pass", advanced=True)
     rank: int = option(16, min=1, group="lora", help="LoRA rank (--heal lora)")
     alpha: int = option(32, min=1, group="lora", help="LoRA alpha; the update is scaled by alpha / rank")
     dropout: float = option(0.0, min=0, max=1, group="lora", help="Dropout on the LoRA path")
@@ -65,13 +53,17 @@ class Options:
                          help="Also export both models to Q4_K_M GGUF and time llama.cpp decoding (slower)")
     ppl_tokens: int = option(4096, min=16, group="measure", advanced=True,
                              help="Held-out tokens the perplexity comparison reads")
-    seed: int = option(42, help="Seed for calibration order, healing data order and adapter init")
-    device: str = option("auto", choices=["auto", "cpu", "cuda", "mps"], group="hardware", help="Where to run")
-    precision: str | None = option(None, choices=PRECISIONS, group="hardware",
-                                   help="Lightning precision for healing; default: what `workbench doctor` picks")
-    force: bool = option(False, advanced=True, group="hardware",
-                         help="Heal even if the memory estimate says it will not fit")
     name: str | None = option(None, help="Name of the pruned model; default: <model>-pruned<percent>")
+    max_steps: int = redefault(TrainingOptions, "max_steps", 100, help="Optimizer steps of healing",
+                               aliases=("heal_steps",))
+    lr: float | None = redefault(TrainingOptions, "lr", None,
+                                 help="Peak learning rate of healing; default: 1e-3 for lora, 3e-4 for full")
+    batch_size: int = redefault(TrainingOptions, "batch_size", 8)
+    warmup_steps: int = redefault(TrainingOptions, "warmup_steps", 10)
+    grad_clip: float | None = redefault(TrainingOptions, "grad_clip", 1.0)
+    checkpoint_every: int = redefault(TrainingOptions, "checkpoint_every", 50)
+    seed: int = redefault(TrainingOptions, "seed", 42,
+                          help="Seed for calibration order, healing data order and adapter init")
 
 
 def pretrain_dataset(ctx: Context, ref: str, flag: str) -> Artifact:

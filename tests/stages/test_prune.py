@@ -176,7 +176,7 @@ def test_pruned_logits_equal_the_original_with_the_same_units_masked(inputs: dic
 
 
 def test_healing_keeps_perplexity_near_the_original_and_beats_the_unhealed_cut(inputs: dict[str, str]) -> None:
-    run = run_inline("prune", {**inputs, "target": 0.75, "heal": "full", "heal_steps": 60, "batch_size": 8,
+    run = run_inline("prune", {**inputs, "target": 0.75, "heal": "full", "max_steps": 60, "batch_size": 8,
                                "max_seq_length": SEQ, "lr": 1e-3, "eval_every": 30, "speed": True})
     store = Store()
     pruned = store.find_artifact(run.result["model"])
@@ -222,7 +222,7 @@ def test_pruned_model_exports_to_gguf_that_passes_verification(inputs: dict[str,
 
 
 def test_cancel_and_resume_of_healing_ends_where_an_uninterrupted_run_ends(inputs: dict[str, str]) -> None:
-    opts = {"target": 0.75, "heal": "lora", "heal_steps": 40, "batch_size": 4, "max_seq_length": 32,
+    opts = {"target": 0.75, "heal": "lora", "max_steps": 40, "batch_size": 4, "max_seq_length": 32,
             "eval_every": 20, "checkpoint_every": 10, "dropout": 0.1}
     whole = run_inline("prune", {**inputs, **opts})
 
@@ -259,7 +259,7 @@ def test_a_bf16_mixed_healing_resumed_from_its_checkpoint_ends_at_the_uninterrup
         inputs: dict[str, str], heal: str) -> None:
     # 16-mixed (with its loss scaler) needs CUDA; on a CPU bf16-mixed is the mixed mode there is.
     assert_resumes_exactly("prune", {
-        **inputs, "target": 0.75, "heal": heal, "heal_steps": 4, "batch_size": 4, "micro_batch_size": 2,
+        **inputs, "target": 0.75, "heal": heal, "max_steps": 4, "batch_size": 4, "micro_batch_size": 2,
         "max_seq_length": 32, "precision": "bf16-mixed", "eval_every": 4, "eval_batches": 2, "checkpoint_every": 2,
         "dropout": 0.1,
     })
