@@ -5,7 +5,7 @@ the held-out demo instructions are tokenized once and scored with `workbench eva
 perplexity code (sliding windows of the model's context, stride half of it) by
 
 - the LitGPT checkpoint through torch (fp32, batches of 8 windows), and
-- its F32 and Q8_0 GGUF exports through llama-cpp-python (F32 KV cache, flash attention, one
+- its F32, Q8_0 and Q4_K_M GGUF exports through llama-cpp-python (F32 KV cache, flash attention, one
   `llama_decode` per window with logits at the scored positions).
 
 Both sides run on the same number of CPU threads. Throughput is scored tokens per second (each
@@ -30,6 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "data"
+QUANTS = ("q8_0", "q4_k_m")
+GGUFS = ("f32", *QUANTS)
 DEFAULTS: dict[str, Any] = {"presets": "tiny,small", "tokens": 16384, "vocab": 2048, "threads": 1, "repeat": 3}
 
 
@@ -111,13 +113,16 @@ def measure_preset(preset: str, work: Path, tok_dir: Path, stream: Any, threads:
     model_dir, n_params = make_model(work / preset, tok_dir, preset)
     f32 = work / f"{preset}-f32.gguf"
     write_gguf(model_dir, f32, "f32")
-    q8 = work / f"{preset}-q8_0.gguf"
-    quantize(f32, q8, "q8_0")
+    quantized = {}
+    for kind in QUANTS:
+        quantized[kind] = work / f"{preset}-{kind}.gguf"
+        quantize(f32, quantized[kind], kind)
     engines = {
         "torch": lambda: TorchBackend(model_dir, context=None, device="cpu", precision="32-true", batch_size=8,
                                       threads=threads),
         "f32": lambda: LlamaBackend(f32, context=None, device="cpu", threads=threads),
-        "q8_0": lambda: LlamaBackend(q8, context=None, device="cpu", threads=threads),
+        **{kind: lambda path=path: LlamaBackend(path, context=None, device="cpu", threads=threads)
+           for kind, path in quantized.items()},
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
     for _ in range(repeat):  # in turn, so that a busy spell on a shared machine hits every engine
@@ -164,15 +169,17 @@ def to_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("repeat", 1) > 1:
             label += f", median of {r['repeat']}"
         t = r["torch"]
-        for name in ("f32", "q8_0"):
+        for name in GGUFS:
             q = r[name]
             out.append({"figure": f"perplexity tokens/s, llama.cpp {name.upper()} vs torch fp32, {label}",
                         "ours": round(q["tokens_per_s"]), "peer": round(t["tokens_per_s"]),
                         "ratio": round(q["tokens_per_s"] / t["tokens_per_s"], 2), "target": None})
         out.append({"figure": f"perplexity llama.cpp F32 / torch, {label}", "ours": round(r["f32"]["ppl"], 4),
                     "peer": round(t["ppl"], 4), "ratio": round(r["f32"]["ppl"] / t["ppl"], 6), "target": "within 0.5%"})
-        out.append({"figure": f"perplexity llama.cpp Q8_0 / torch, {label}", "ours": round(r["q8_0"]["ppl"], 4),
-                    "peer": round(t["ppl"], 4), "ratio": round(r["q8_0"]["ppl"] / t["ppl"], 6), "target": None})
+        for name in QUANTS:
+            out.append({"figure": f"perplexity llama.cpp {name.upper()} / torch, {label}",
+                        "ours": round(r[name]["ppl"], 4), "peer": round(t["ppl"], 4),
+                        "ratio": round(r[name]["ppl"] / t["ppl"], 6), "target": None})
     return out
 
 
@@ -194,8 +201,8 @@ def main() -> int:
     for r in to_rows(results):
         print(f"{r['figure']:<78} {r['ours']!s:>10} {r['peer']!s:>10} {r['ratio']!s:>9}  {r['target'] or ''}")
     for r in results:
-        secs = ", ".join(f"{k} {r[k]['seconds']:.1f} s" for k in ("torch", "f32", "q8_0"))
-        speeds = "; ".join(f"{k} " + " ".join(f"{v:.0f}" for v in r[k]["all"]) for k in ("torch", "f32", "q8_0"))
+        secs = ", ".join(f"{k} {r[k]['seconds']:.1f} s" for k in ("torch", *GGUFS))
+        speeds = "; ".join(f"{k} " + " ".join(f"{v:.0f}" for v in r[k]["all"]) for k in ("torch", *GGUFS))
         print(f"{r['preset']}: {r['torch']['tokens']:,} tokens scored; median {secs}; "
               f"load average {r['load']:.1f}; every run (tokens/s): {speeds}")
     return 0

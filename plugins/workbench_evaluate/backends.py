@@ -7,7 +7,7 @@ Both answer the same two questions on the same token ids, so their figures compa
 
 llama.cpp runs with an F32 KV cache (`type_k=0, type_v=0`): its default F16 cache would move
 an F32 file's scores away from the checkpoint's by llama.cpp's own rounding, not the model's.
-Log-softmax is taken in float64 on both sides.
+Log-softmax is taken in float64 on both sides, by the same function.
 """
 
 from __future__ import annotations
@@ -29,18 +29,25 @@ from workbench.prompts import template_error
 DEFAULT_CONTEXT = 1024
 #: Logit elements (batch × positions × vocabulary) held at once by the torch backend.
 MAX_LOGIT_ELEMENTS = 1 << 27
+#: Logit elements turned into float64 log-probabilities at once.
+LOGSOFTMAX_ELEMENTS = 1 << 22
 _DTYPES = {"bf16": torch.bfloat16, "16": torch.float16, "32": torch.float32, "64": torch.float64}
 
 Item = tuple[list[int], int]
 
 
-def _log_softmax_pick(rows: np.ndarray, targets: Sequence[int]) -> np.ndarray:
-    """log p(target) per row, in float64."""
-    x = np.array(rows, dtype=np.float64)  # a copy, worked on in place: no temporaries of its size
-    x -= x.max(axis=-1, keepdims=True)
-    picked = x[np.arange(len(x)), np.asarray(targets)]
-    np.exp(x, out=x)
-    return picked - np.log(x.sum(axis=-1))
+def target_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+    """log p(target) for each row of `logits`, the log-softmax taken in float64.
+
+    Both engines score through this one function, so their figures differ only by their logits.
+    Rows go a few at a time: a float64 copy of a whole window's rows over a large vocabulary
+    would take gigabytes.
+    """
+    index = torch.as_tensor(targets, dtype=torch.long, device=logits.device).unsqueeze(-1)
+    rows = max(1, LOGSOFTMAX_ELEMENTS // max(1, logits.shape[-1]))
+    out = [part.double().log_softmax(-1).gather(-1, pick).squeeze(-1)
+           for part, pick in zip(logits.split(rows), index.split(rows), strict=True)]
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
 
 class TorchBackend:
@@ -85,9 +92,7 @@ class TorchBackend:
                 # Right padding: a causal model never looks at it from the real positions.
                 logits = self.model(x.to(self.device))
                 for b, (ids, start) in enumerate(batch):
-                    picked = logits[b, start - 1:len(ids) - 1].double().log_softmax(-1)
-                    target = torch.tensor(ids[start:], device=picked.device).unsqueeze(-1)
-                    out.append(picked.gather(-1, target).squeeze(-1).cpu().numpy())
+                    out.append(target_logprobs(logits[b, start - 1:len(ids) - 1], ids[start:]))
                 i += len(batch)
         return out
 
@@ -176,6 +181,7 @@ class LlamaBackend:
         self.context = min(trained, context or DEFAULT_CONTEXT)
         n_ctx = min(n_ctx or self.context, trained)
         threads = threads or free_cores()
+        self._threads = threads
         gpu_layers = -1 if device in ("cuda", "mps") else 0
         try:
             # Flash attention fuses the window's attention into one pass over the cache: on a CPU
@@ -235,7 +241,9 @@ class LlamaBackend:
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def logprobs(self, items: Sequence[Item]) -> list[np.ndarray]:
-        return [_log_softmax_pick(self._decode(ids, start - 1, len(ids) - 1), ids[start:]) for ids, start in items]
+        with torch_threads(self._threads):  # torch takes the log-softmax, on llama.cpp's threads
+            return [target_logprobs(torch.from_numpy(self._decode(ids, start - 1, len(ids) - 1)), ids[start:])
+                    for ids, start in items]
 
     def next_logits(self, ids: list[int]) -> np.ndarray:
         """The logits that follow `ids`."""

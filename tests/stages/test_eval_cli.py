@@ -128,6 +128,24 @@ def test_perplexity_windows_score_every_token_but_the_first_exactly_once(n, cont
     assert scored == list(range(1, n))
 
 
+def test_target_log_probabilities_are_a_float64_log_softmax_whatever_the_row_chunks(monkeypatch):
+    import numpy as np
+    import torch
+    from workbench_evaluate import backends
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 8, size=(37, 1000)).astype(np.float32)
+    targets = rng.integers(0, 1000, size=37)
+    x = logits.astype(np.float64)
+    top = x.max(axis=1)
+    want = x[np.arange(37), targets] - top - np.log(np.exp(x - top[:, None]).sum(axis=1))
+    for elements in (1 << 22, 5000, 1):  # all rows at once, five at a time, one at a time
+        monkeypatch.setattr(backends, "LOGSOFTMAX_ELEMENTS", elements)
+        got = backends.target_logprobs(torch.from_numpy(logits), targets.tolist())
+        assert got.dtype == np.float64 and got.shape == (37,)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
 def test_the_shipped_suite_is_what_its_generator_makes():
     from workbench_evaluate.mcfile import read_questions
     from workbench_evaluate.plan import MC_SUITE
