@@ -169,14 +169,18 @@ def running() -> bool:
 
 
 def outcome() -> str | None:
-    """How the last background demo ended, from its log: the report's path or its error."""
+    """How the last background demo ended, from its log: the report's paths (Markdown, then the
+    HTML page) or its error."""
     path = log_path()
     if not path.exists():
         return None
     lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    for line in reversed(lines):
-        if line.startswith(("report:", "error:")):
-            return line
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("error:"):
+            return lines[i]
+        if lines[i].startswith("report:"):
+            page = next((line for line in lines[i + 1:] if line.startswith("report page:")), None)
+            return lines[i] if page is None else f"{lines[i]}\n{page}"
     return None
 
 

@@ -43,3 +43,16 @@ def test_the_report_goes_on_to_the_arena_and_the_monitored_server() -> None:
     commands = [cmd for cmd, _ in next_steps(outputs, builds)]
     assert commands == ["workbench arena model-sft model-dpo", "workbench chat gguf-q4", "workbench serve gguf-q4"]
     assert "workbench monitor gguf-q4 --follow" in next_steps(outputs, builds)[2][1]
+
+
+def test_the_tui_is_told_both_report_paths_or_the_error_from_the_demo_log(workspace) -> None:
+    from workbench import demo
+
+    log = demo.log_path()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("step 1\nwarning: LoRA did not improve\nreport: /w/report.md\nreport page: /w/report.html\n")
+    assert demo.outcome() == "report: /w/report.md\nreport page: /w/report.html"
+    log.write_text("step 1\nreport: /w/report.md\n")  # a demo from before the HTML page
+    assert demo.outcome() == "report: /w/report.md"
+    log.write_text("step 1\nerror: demo step 'lora' (finetune.lora) ended with exit code 1\n")
+    assert demo.outcome() == "error: demo step 'lora' (finetune.lora) ended with exit code 1"
