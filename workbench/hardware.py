@@ -262,11 +262,9 @@ def estimate_training_memory(
     keeps a 16-bit copy of each weight for the backward pass.
     """
     mixed = "mixed" in precision
-    if quantized_base:
-        weights = n_params
-    else:
-        weights = n_params * _bytes_per_param(precision) + (n_params * 2 if mixed else 0)
     w_bytes = 1 if quantized_base else _bytes_per_param(precision)
+    autocast_copies = n_params * 2 if mixed and not quantized_base else 0
+    weights = n_params * w_bytes + autocast_copies
     gradients = trainable_params * (4 if mixed or w_bytes == 4 else w_bytes)
     optimizer = trainable_params * 8
     act_scale = 1.0 if ("16" in precision) else 2.0
