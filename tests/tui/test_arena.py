@@ -83,7 +83,9 @@ async def test_a_vote_by_key_hides_then_reveals_the_models_and_is_stored(ggufs):
         assert shows(app, f"A was {names[left]} · B was {names[right]}", f"╭─ A · {names[left]} ({left}) ─",
                      f"╭─ B · {names[right]} ({right}) ─")
         assert isinstance(app.screen, ArenaScreen) and prompt.has_focus
-        await wait_for(pilot, lambda: "leaderboard (human votes)" in screen_text(app), what="the leaderboard")
+        # The heading is drawn before the ratings (computed on a worker) fill the rows under it.
+        await wait_for(pilot, lambda: all(n in screen_text(app).partition("leaderboard (human votes)")[2]
+                                          for n in NAMES), what="the leaderboard's rows")
         board = screen_text(app).split("leaderboard (human votes)")[1]
         assert board.index(NAMES[ids.index(left)]) < board.index(NAMES[ids.index(right)])  # the winner first
         assert "1 / 0 / 0" in board and "0 / 0 / 1" in board
