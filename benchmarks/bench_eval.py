@@ -5,8 +5,8 @@ the held-out demo instructions are tokenized once and scored with `workbench eva
 perplexity code (sliding windows of the model's context, stride half of it) by
 
 - the LitGPT checkpoint through torch (fp32, batches of 8 windows), and
-- its F32, Q8_0 and Q4_K_M GGUF exports through llama-cpp-python (F32 KV cache, flash attention, the
-  same 8 windows side by side as sequences of one `llama_decode`, logits at the scored positions).
+- its F32, Q8_0 and Q4_K_M GGUF exports through llama-cpp-python (F32 KV cache, flash attention,
+  one `llama_decode` per window with logits at the scored positions).
 
 Both sides run on the same number of CPU threads. Throughput is scored tokens per second (each
 token is scored once; windows overlap by half, so each is also read as context once more). On
