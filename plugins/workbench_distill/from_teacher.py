@@ -27,8 +27,9 @@ from workbench_distill.teacher import sequences
 if TYPE_CHECKING:
     from litgpt import GPT, Config
 
-#: What a student may change of its teacher's config and still start from the teacher's weights.
-FREE_FIELDS = frozenset({"name", "hf_config", "n_layer", "intermediate_size", "block_size"})
+#: What a student may change of its teacher's config and still start from the teacher's weights
+#: (the embedding rows are `padded_vocab_size`, compared; `padding_multiple` only led to it).
+FREE_FIELDS = frozenset({"name", "hf_config", "n_layer", "intermediate_size", "block_size", "padding_multiple"})
 #: Training sequences the teacher reads to rank its blocks and MLP channels (the prune stage's
 #: default calibration size).
 CALIBRATION = 32
