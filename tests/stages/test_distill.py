@@ -511,3 +511,12 @@ def test_init_teacher_with_a_student_the_teachers_weights_do_not_fit_is_refused(
                               "weights: n_embd 32 (teacher 64), n_head 2 (teacher 4), n_query_groups 1 (teacher 2) "
                               "differ"), out.stderr
     assert {a.id for a in Store().list_artifacts()} == before
+
+
+def test_init_teacher_with_a_model_as_student_is_refused_before_a_run_exists(inputs: dict[str, str],
+                                                                             workspace: Path) -> None:
+    out = run_cli("distill", inputs["teacher"], inputs["dataset"], "--student", inputs["teacher"], "--init", "teacher")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: --init teacher needs a preset or YAML student; model {inputs['teacher']} starts from its own weights"]
+    assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
