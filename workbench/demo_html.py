@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from workbench.demo_report import _num, _optimized_cells
+from workbench.demo_report import _num, _optimized_cells, _optimized_note
 from workbench.hardware import fmt_bytes
 
 if TYPE_CHECKING:
@@ -137,7 +137,8 @@ def _optimized(optimized: list[dict[str, Any]]) -> str:
     rows = ["<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>"
             for cells in _optimized_cells(optimized)]
     return _section("optimize", "Smaller models against their source",
-                    _table(["step", "parameters", "weights file", "held-out perplexity"], rows))
+                    _table(["step", "parameters", "weights file", "held-out perplexity"], rows)
+                    + f'<p class="note">{_e(_optimized_note(optimized))}</p>')
 
 
 def _chat(report: Report) -> str:

@@ -9,7 +9,8 @@
 - export: size and perplexity of each GGUF build against F16;
 - the closing chat: how many of its fixed held-out questions the Q4_K_M build answered right.
 - with `--with-optimize`, distillation and pruning: parameters, weights file size and held-out
-  perplexity of the smaller model against its source.
+  perplexity of the smaller model against its source, every perplexity from one eval run over the
+  three models (so the source has one figure), with a line saying what it was measured on.
 
 Written as a terminal table, a Markdown file with text plots and an HTML page with charts
 (`demo_html.py`), and registered as an `eval-report` artifact so it shows up beside the models it
@@ -131,6 +132,7 @@ class Report:
             for row in _optimized_cells(self.optimized):
                 o.add_row(*row)
             console.print(o)
+            console.print(_optimized_note(self.optimized))
         if self.transcript:
             console.print(self.chat_line)
         console.print(f"demo took {self.minutes:.1f} min")
@@ -150,6 +152,11 @@ def _optimized_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [[r["method"], against(r["params"], r["source_params"], lambda v: f"{v:,}"),
              against(r["size_bytes"], r["source_size_bytes"], fmt_bytes),
              against(r["perplexity"], r["source_perplexity"], _num)] for r in rows]
+
+
+def _optimized_note(rows: list[dict[str, Any]]) -> str:
+    """What the smaller models' table measured perplexity on (one eval run for all its rows)."""
+    return str(rows[0]["perplexity_on"])
 
 
 def _metric_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
@@ -274,6 +281,7 @@ def _write(report: Report, outputs: dict[str, dict[str, str]], store: Any) -> No
         lines += ["", "## Smaller models against their source", "",
                   "| step | parameters | weights file | held-out perplexity |", "|---|---|---|---|"]
         lines += ["| " + " | ".join(row) + " |" for row in _optimized_cells(report.optimized)]
+        lines += ["", _optimized_note(report.optimized)]
     for title, series in report.curves.get("pretraining", {}).items():
         if title != "held-out loss" and len(series) >= 2:
             lines += ["", f"## Pretraining: {title}", "", "```",

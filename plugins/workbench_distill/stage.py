@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from workbench.store import Artifact
 
 
+#: --init choices: where a fresh student's weights come from.
+INITS = ("auto", "teacher", "random")
+
+
 @dataclass
 class Options(EpochOptions):
     teacher: str = artifact("model", positional=True, help="Model whose next-token distributions the student learns")
@@ -41,6 +45,13 @@ class Options(EpochOptions):
         None, required=True, group="student",
         help="A preset (tiny, small, 125M, 350M) or a YAML file of litgpt.Config fields for a fresh "
              "student with the teacher's tokenizer, or a model in the workspace to start from",
+    )
+    init: str = option(
+        "auto", choices=INITS, group="student",
+        help="How a preset or YAML student starts: teacher (the teacher's embeddings, attention, norms and "
+             "head, its most important blocks and MLP channels, as prune ranks them), random (as pretraining "
+             "does), or auto: teacher when the student is the teacher's shape with fewer blocks or a narrower "
+             "MLP, else random",
     )
     temperature: float = option(2.0, min=0.05, group="distillation",
                                 help="Softmax temperature of teacher and student in the KL term")
@@ -101,6 +112,8 @@ class DistillStage(Stage):
         if isinstance(t_vocab, int) and options.top_k > t_vocab:
             raise UserError(f"--top-k {options.top_k} is more than the teacher's vocabulary of {t_vocab} tokens")
         blocks = [model_block_size(teacher.path)]
+        if kind == "model" and options.init == "teacher":
+            raise UserError(f"--init teacher needs a preset or YAML student; model {value} starts from its own weights")
         if kind == "model":
             student = ctx.artifact(value, "model")
             check_model_dir(student.path)

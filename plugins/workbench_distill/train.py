@@ -72,6 +72,7 @@ class Plan:
     teacher: Artifact
     data: Artifact
     start_from: Artifact | None  # the student's starting model, None for a fresh student
+    from_teacher: bool  # a fresh student cut from the teacher's weights rather than random ones
     t_config: Config
     s_config: Config
     device: str
@@ -158,14 +159,28 @@ def make_plan(options: Options, ctx: Context) -> Plan:
         s_config = type(s_config)(**{**config_to_dict(s_config), "block_size": seq_len})
     if options.top_k > t_config.vocab_size:
         raise UserError(f"--top-k {options.top_k} is more than the teacher's vocabulary of {t_config.vocab_size} tokens")
+    from_teacher = start_from is None and options.init != "random" and _from_teacher(options, t_config, s_config, ctx)
     micro = options.micro_batch_size if options.micro_batch_size is not None else options.batch_size
-    lr = options.lr if options.lr is not None else (preset_lr(options.student) if start_from is None else 1e-4)
+    lr = options.lr if options.lr is not None else (
+        preset_lr(options.student) if start_from is None and not from_teacher else 1e-4)
     return Plan(
-        teacher=teacher, data=data, start_from=start_from, t_config=t_config, s_config=s_config, device=device,
+        teacher=teacher, data=data, start_from=start_from, from_teacher=from_teacher, t_config=t_config, s_config=s_config, device=device,
         precision=training_precision(device, options.precision),
         eval_precision=choose_precision(device, training=False), seq_len=seq_len, batch=options.batch_size,
         micro=micro, lr=lr, t_params=count_parameters(t_config), s_params=count_parameters(s_config),
     )
+
+
+def _from_teacher(options: Options, t_config: Config, s_config: Config, ctx: Context) -> bool:
+    """Whether the fresh student can start from the teacher's weights; --init teacher insists."""
+    from workbench_distill.from_teacher import mismatch
+
+    why = mismatch(t_config, s_config)
+    if why is not None and options.init == "teacher":
+        raise UserError(f"--init teacher: the student {options.student} cannot start from the teacher's weights: {why}")
+    if why is not None:
+        ctx.log(f"the student starts from random weights: {why}")
+    return why is None
 
 
 def read_corpus(plan: Plan, options: Options, ctx: Context) -> Corpus:
@@ -222,7 +237,7 @@ def fit(plan: Plan, options: Options, corpus: Corpus, cache: TeacherCache, finge
         ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train the student on the shared loop; returns its weights (on the CPU) and the run's figures."""
     fabric = make_fabric(plan.device, plan.precision)
-    raw = build_student(fabric, plan.s_config, plan.start_from, options.seed)
+    raw = build_student(fabric, plan, corpus, options.seed, ctx)
     if plan.precision in ("32-true", "16-mixed", "bf16-mixed"):
         raw = raw.float()  # a half-precision model in the workspace trains with fp32 master weights
     raw.max_seq_length = plan.seq_len
@@ -265,12 +280,26 @@ def fit(plan: Plan, options: Options, corpus: Corpus, cache: TeacherCache, finge
                      "trained_s": loop.seconds}
 
 
-def build_student(fabric: Any, config: Config, start_from: Artifact | None, seed: int) -> GPT:
-    """A model's own weights, or fresh weights initialised as pretraining does, from `seed`."""
+def build_student(fabric: Any, plan: Plan, corpus: Corpus, seed: int, ctx: Context) -> GPT:
+    """A model's own weights, the teacher's cut to the student's shape, or fresh weights
+    initialised as pretraining does, from `seed`."""
     from litgpt import GPT
     from litgpt.pretrain import initialize_weights
 
+    config, start_from = plan.s_config, plan.start_from
     fabric.seed_everything(seed, verbose=False)
+    if plan.from_teacher and not ctx.resume_from:  # a resumed run loads its checkpoint's weights instead
+        from workbench_distill.from_teacher import student_from_teacher
+
+        def progress(done: int, total: int) -> None:
+            ctx.check_cancelled()
+            ctx.progress(done, total, unit="batch", desc="ranking the teacher's blocks and MLP channels")
+
+        model, dropped = student_from_teacher(plan.teacher.path, config, corpus.train, corpus.starts, plan.seq_len,
+                                              progress)
+        ctx.log(f"the student starts from the teacher's weights without block(s) {dropped or 'none'} and with "
+                f"{config.intermediate_size} of {plan.t_config.intermediate_size} MLP channels per block")
+        return model
     if start_from is not None:
         with torch.device("meta"):
             model = GPT(config)
@@ -298,7 +327,8 @@ def write_student(plan: Plan, options: Options, corpus: Corpus, cache: TeacherCa
     name = options.name or f"{teacher.name}-distilled"
     recipe = {"teacher": teacher.id, "dataset": plan.data.id, "student": options.student,
               "temperature": options.temperature, "kd_weight": options.kd_weight, "top_k": options.top_k,
-              "steps": corpus.steps, "batch_size": plan.batch, "max_seq_length": plan.seq_len, "lr": plan.lr}
+              "steps": corpus.steps, "batch_size": plan.batch, "max_seq_length": plan.seq_len, "lr": plan.lr,
+              "init": "model" if start_from is not None else "teacher" if plan.from_teacher else "random"}
     staged = ctx.staging_dir("model")
     try:
         save_model_dir(staged, state_dict, plan.s_config, tokenizer_dir=teacher.path,

@@ -1,5 +1,5 @@
-"""`workbench demo --with-optimize`: its two optional steps, run as real distill and prune runs on a
-tiny model standing in for the demo's DPO model (the whole demo takes minutes), and the rows the
+"""`workbench demo --with-optimize`: its optional steps, run as real distill, prune and eval runs on
+a tiny model standing in for the demo's DPO model (the whole demo takes minutes), and the rows the
 demo report gives them."""
 
 from __future__ import annotations
@@ -44,14 +44,18 @@ def test_the_optimize_steps_distill_and_prune_the_model_and_report_what_each_bou
 
     model = register_model(make_tiny_model(tmp_path / "model", intermediate_size=192), "demo-dpo")
     corpus = register_dataset(documents(40, seed=1), documents(10, seed=2), "demo-corpus")
-    outputs = {"dpo": {"model": model}, "corpus": {"dataset": corpus}}
+    # The main steps the eval step takes its settings from; only the corpus matters to it.
+    outputs: dict[str, dict[str, str]] = {"dpo": {"model": model}, "corpus": {"dataset": corpus}, **{
+        key: {"model": model} for key in ("pretrain", "lora")}, **{
+        key: {"dataset": corpus} for key in ("instructions", "preferences")}}
     store = Store()
     state: dict[str, Any] = {}
     plan = optimize_steps("quick", store, seq_len=32)
-    assert [(s.key, s.stage) for s in plan] == [("distill", "distill"), ("prune", "prune")]
+    assert [(s.key, s.stage) for s in plan] == [("distill", "distill"), ("prune", "prune"), ("smaller", "eval")]
     for step in plan:
         run = run_inline(step.stage, step.options(outputs))
-        state[step.key] = {"run_id": run.id, "outputs": {"model": run.result["model"]}}
+        outputs[step.key] = {"eval-report": run.result["report"]} if step.stage == "eval" else {"model": run.result["model"]}
+        state[step.key] = {"run_id": run.id, "outputs": outputs[step.key]}
 
     source = store.find_artifact(model)
     teacher_shape = yaml.safe_load((source.path / "model_config.yaml").read_text())
@@ -60,7 +64,9 @@ def test_the_optimize_steps_distill_and_prune_the_model_and_report_what_each_bou
     student_shape = yaml.safe_load((distilled.path / "model_config.yaml").read_text())
     assert student_shape["n_layer"] == teacher_shape["n_layer"] - 1
     assert student_shape["intermediate_size"] < teacher_shape["intermediate_size"]
+    assert student_shape["block_size"] == teacher_shape["block_size"]  # measured with the teacher's windows
     assert pruned.metadata["prune"]["heal"] == "lora"
+    assert distilled.metadata["distill"]["init"] == "teacher"
 
     rows = {r["stage"]: r for r in optimize_rows(state, store)}
     assert list(rows) == ["distill", "prune"]
@@ -71,11 +77,10 @@ def test_the_optimize_steps_distill_and_prune_the_model_and_report_what_each_bou
         assert row["size_bytes"] == (art.path / "model.safetensors").stat().st_size < row["source_size_bytes"]
         assert math.isfinite(row["perplexity"]) and math.isfinite(row["source_perplexity"])
     assert abs(rows["prune"]["params"] / rows["prune"]["source_params"] - PRUNE_TARGET) < 0.05
-    # The distill row's perplexity is the one `workbench eval` gives on the same text.
-    evaluated = run_inline("eval", {"models": [distilled.id], "tasks": ["perplexity"], "dataset": corpus,
-                                    "context": 32})
-    assert evaluated.result["metrics"][distilled.id]["perplexity"] == pytest.approx(rows["distill"]["perplexity"],
-                                                                                   rel=1e-6)
+    # One source perplexity: the one `workbench eval` gives the source alone on the same text.
+    assert rows["distill"]["source_perplexity"] == rows["prune"]["source_perplexity"]
+    alone = run_inline("eval", {"models": [model], "tasks": ["perplexity"], "dataset": corpus})
+    assert alone.result["metrics"][model]["perplexity"] == pytest.approx(rows["prune"]["source_perplexity"], rel=1e-6)
 
     cells = _optimized_cells(list(rows.values()))
     p = rows["prune"]
@@ -88,6 +93,7 @@ def test_the_optimize_steps_distill_and_prune_the_model_and_report_what_each_bou
     report.print(console)
     text = console.export_text()
     assert "Smaller models against their source" in text and cells[1][1] in text and cells[0][3] in text
+    assert f"from one eval run ({state['smaller']['run_id']})" in " ".join(text.split())
     assert report.summary["optimize"] == list(rows.values())
 
 

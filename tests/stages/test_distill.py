@@ -45,6 +45,10 @@ TEACHER_CONFIG = STUDENT_CONFIG.replace("n_layer: 1", "n_layer: 2").replace("n_e
     "intermediate_size: 64", "intermediate_size: 128").replace("n_head: 2", "n_head: 4").replace(
     "n_query_groups: 1", "n_query_groups: 2")
 
+#: A student the teacher's weights fit: the teacher's shape with one block fewer and half its MLP.
+NARROW_CONFIG = TEACHER_CONFIG.replace("n_layer: 2", "n_layer: 1").replace("intermediate_size: 128",
+                                                                          "intermediate_size: 64")
+
 ANIMALS = {"cat": "meows purrs sleeps hides", "dog": "barks runs digs sleeps", "bird": "sings flies nests hops",
            "fish": "swims hides dives floats", "cow": "moos grazes sleeps walks"}
 COLORS = ["red", "green", "blue", "brown", "white", "black"]
@@ -438,3 +442,81 @@ def test_a_cancelled_teacher_pass_continues_where_it_stopped_and_keeps_the_teach
     rows = [0, 13, len(starts) - 1]
     np.testing.assert_array_equal(whole.indices[rows], top.indices.numpy())
     np.testing.assert_allclose(whole.values[rows].astype(np.float32), top.values.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_a_student_cut_from_the_teacher_starts_far_below_a_random_one_and_ends_nearer_the_teacher(
+        inputs: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "narrow.yaml").write_text(NARROW_CONFIG)
+    opts = options({**inputs, "student": str(tmp_path / "narrow.yaml")}, max_steps=20, eval_every=20, lr=3e-3)
+    cut = run_inline("distill", opts)  # --init auto: the shapes fit, so from the teacher
+    fresh = run_inline("distill", {**opts, "init": "random", "name": "fresh"})
+
+    # The first step's loss is the starting weights' loss on the same batch.
+    assert losses(cut.run_dir)[1] < 0.3 * losses(fresh.run_dir)[1], (losses(cut.run_dir), losses(fresh.run_dir))
+    teacher_ppl = cut.result["teacher_perplexity"]
+    assert cut.result["perplexity"] < 1.5 * teacher_ppl < fresh.result["perplexity"], (
+        teacher_ppl, cut.result["perplexity"], fresh.result["perplexity"])
+    logs = [e["message"] for e in cut.events if e["type"] == "log"]
+    assert any(m.startswith("the student starts from the teacher's weights without block(s) [") for m in logs), logs
+    store = Store()
+    assert read_recipe(store, cut)["init"] == "teacher" and read_recipe(store, fresh)["init"] == "random"
+
+
+def read_recipe(store: Store, run: Any) -> dict[str, Any]:
+    return store.find_artifact(run.result["model"]).metadata["distill"]
+
+
+def test_a_student_of_the_teachers_shape_is_the_teacher_and_a_narrower_one_its_most_important_part(
+        teacher_dir: Path) -> None:
+    import numpy as np
+    import torch
+    from litgpt import Config
+    from workbench_distill.from_teacher import student_from_teacher
+    from workbench_distill.teacher import choose_windows, sequences
+
+    from workbench.ml.checkpoint import config_to_dict, load_config, load_model
+
+    config = load_config(teacher_dir)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, 2000).astype(np.uint16)
+    starts = choose_windows(len(tokens), 32, 40, seed=0)
+    teacher = load_model(teacher_dir)
+    x = sequences(tokens, starts[:4], 32)[:, :-1]
+
+    same, dropped = student_from_teacher(teacher_dir, config, tokens, starts, 32, lambda done, total: None)
+    assert dropped == []
+    with torch.no_grad():
+        torch.testing.assert_close(same.eval()(x), teacher(x), rtol=0, atol=0)
+
+    narrow_config = Config(**{**config_to_dict(config), "n_layer": 1, "intermediate_size": 64})
+    narrow, dropped = student_from_teacher(teacher_dir, narrow_config, tokens, starts, 32, lambda done, total: None)
+    (gone,) = dropped
+    kept, block = teacher.transformer.h[1 - gone], narrow.transformer.h[0]
+    assert torch.equal(block.attn.qkv.weight, kept.attn.qkv.weight)
+    assert torch.equal(block.norm_1.weight, kept.norm_1.weight)
+    assert torch.equal(narrow.transformer.wte.weight, teacher.transformer.wte.weight)
+    assert torch.equal(narrow.lm_head.weight, teacher.lm_head.weight)
+    # Each of the student's MLP channels is one of the teacher's, whole: its fc_1 and fc_2 rows and proj column.
+    rows = [int(torch.nonzero((kept.mlp.fc_1.weight == r).all(dim=1))[0]) for r in block.mlp.fc_1.weight]
+    assert len(set(rows)) == 64 and rows == sorted(rows)
+    assert torch.equal(block.mlp.fc_2.weight, kept.mlp.fc_2.weight[rows])
+    assert torch.equal(block.mlp.proj.weight, kept.mlp.proj.weight[:, rows])
+
+
+def test_init_teacher_with_a_student_the_teachers_weights_do_not_fit_is_refused(inputs: dict[str, str]) -> None:
+    before = {a.id for a in Store().list_artifacts()}
+    out = run_cli("distill", *cli_flags(options(inputs, max_steps=2)), "--init", "teacher")
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].endswith(f": --init teacher: the student {inputs['student']} cannot start from the teacher's "
+                              "weights: n_embd 32 (teacher 64), n_head 2 (teacher 4), n_query_groups 1 (teacher 2) "
+                              "differ"), out.stderr
+    assert {a.id for a in Store().list_artifacts()} == before
+
+
+def test_init_teacher_with_a_model_as_student_is_refused_before_a_run_exists(inputs: dict[str, str],
+                                                                             workspace: Path) -> None:
+    out = run_cli("distill", inputs["teacher"], inputs["dataset"], "--student", inputs["teacher"], "--init", "teacher")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: --init teacher needs a preset or YAML student; model {inputs['teacher']} starts from its own weights"]
+    assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())

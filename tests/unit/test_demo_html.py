@@ -319,7 +319,8 @@ def test_distill_and_prune_curves_appear_only_when_the_demo_ran_them(demo: dict[
 
     optimized = [{"stage": "distill", "method": "distilled", "model": "m1", "params": 1_800_000,
                   "source_params": 2_800_000, "size_bytes": 7_200_000, "source_size_bytes": 11_200_000,
-                  "perplexity": 52.3, "source_perplexity": 47.2}]
+                  "perplexity": 52.3, "source_perplexity": 47.2,
+                  "perplexity_on": "Perplexity of the source and both smaller models from one eval run (run-1)."}]
     _, _, tree = page_of(demo, optimized=optimized)
     stages = [f.attrs["data-stage"] for f in charts(tree, "curve")]
     assert stages[-2:] == ["distillation", "pruning (LoRA heal)"]
@@ -327,6 +328,8 @@ def test_distill_and_prune_curves_appear_only_when_the_demo_ran_them(demo: dict[
         assert [len(points(p)) for p in figure.all("polyline")] == [40, 2]
     table = next(s for s in tree.root.all("section") if s.attrs.get("id") == "optimize")
     assert "1,800,000 (source 2,800,000, 0.64×)" in table.content
+    (note,) = table.all("p", "note")
+    assert note.content == "Perplexity of the source and both smaller models from one eval run (run-1)."
 
 
 @pytest.mark.parametrize(("lo", "hi"), [(0.0, 1.0), (2.6, 7.2), (0.41, 0.693), (95.03, 95.44), (0.0, 1264.0),
