@@ -82,6 +82,9 @@ def steps(p: dict[str, Any]) -> list[Step]:
                         "preferences": o["preferences"]["dataset"],
                         # scoring every held-out pair costs seconds; generating answers does not
                         "limits": [f"perplexity={p['eval_limit']}"], "max_new_tokens": 16,
+                        # the windows the models were trained on: a longer one would score
+                        # positions no demo model has seen
+                        "context": PRETRAIN_SEQ,
                         "tasks": ["perplexity", "generation", "preference"]}),
         Step("export", "Export GGUF builds (F16, Q8_0, Q4_K_M)", "export",
              lambda o: {"model": o["dpo"]["model"], "quant": ["f16", "q8_0", "q4_k_m"],
