@@ -18,7 +18,7 @@ from workbench.demo import CHAT_PROMPTS
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 #: What the quick profile reaches today, less a margin for run-to-run noise; each is checked so
-#: that a change which makes the demo worse fails here (README.md shows the run they come from).
+#: that a change which makes the demo worse fails here (README.md shows a run of the full profile).
 QUICK = {"classification_accuracy": 0.95, "lora_forgetting": 2.0, "dpo_forgetting": 2.0, "q4_ppl_change": 0.03}
 
 
