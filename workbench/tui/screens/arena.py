@@ -11,6 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rich.cells import cell_len
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 SAMPLING: dict[str, Any] = {"max_tokens": 256}
 #: Control characters a model may emit (a random one often does) would move the cursor.
 UNPRINTABLE = {c: "\N{REPLACEMENT CHARACTER}" for c in [*range(32), 127] if chr(c) not in "\n\t"}
+BOARD_COLUMNS = ("#", "model", "rating", "95% CI", "votes", "W / T / L")
 VERDICTS = {"left": "A is better", "right": "B is better", "tie": "a tie", "both_bad": "both bad"}
 
 
@@ -92,8 +94,7 @@ class ArenaScreen(WorkbenchScreen):
         yield DataTable(id="arena-board", cursor_type="none", zebra_stripes=True)
 
     def on_mount(self) -> None:
-        board = self.query_one("#arena-board", DataTable)
-        board.add_columns("#", "model", "rating", "95% CI", "votes", "W / T / L")
+        self._show_board([])
         self.query_one("#arena-models", SelectionList).border_title = "models taking part"
         self.load_models()
         self.load_board()
@@ -138,11 +139,15 @@ class ArenaScreen(WorkbenchScreen):
 
     def _show_board(self, rows: list[dict[str, Any]]) -> None:
         board = self.query_one("#arena-board", DataTable)
-        board.clear()
         board.border_title = "leaderboard (human votes)" if rows else "leaderboard: no votes yet"
-        for rank, r in enumerate(rows, start=1):
-            board.add_row(str(rank), r["name"], f"{r['rating']:.0f}", f"{r['ci_low']:.0f} – {r['ci_high']:.0f}",
-                          str(r["votes"]), f"{r['wins']} / {r['ties']} / {r['losses']}")
+        cells = [(str(rank), r["name"], f"{r['rating']:.0f}", f"{r['ci_low']:.0f} – {r['ci_high']:.0f}",
+                  str(r["votes"]), f"{r['wins']} / {r['ties']} / {r['losses']}") for rank, r in enumerate(rows, start=1)]
+        # Widths set here, from the cells: DataTable widens auto-width columns only when it next
+        # goes idle, and until then a name showed cut to the width of its heading.
+        board.clear(columns=True)
+        for i, label in enumerate(BOARD_COLUMNS):
+            board.add_column(label, width=max([cell_len(label), *(cell_len(c[i]) for c in cells)]))
+        board.add_rows(cells)
 
     def model_name(self, model_id: str, short: bool = False) -> str:
         art = next((m for m in self.models if m.id == model_id), None)
