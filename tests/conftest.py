@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+
+# A shell starts a background job with Ctrl-C ignored, and every child inherits that: the tests
+# that press Ctrl-C in a CLI they started would see it ignored. Children of a Python handler
+# start with the default disposition, in which Python raises KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. 12345 + 678 = 13023.\n"
