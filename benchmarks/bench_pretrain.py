@@ -142,23 +142,28 @@ def peak_flops(device: str, precision: str) -> tuple[float, str]:
         if known:
             return float(known), "datasheet"
         return _matmul_rate(torch.device("cuda"), dtype, 8192, 10), f"measured {dtype} matmul"
-    return _matmul_rate(torch.device("cpu"), torch.float32, 1024, 20), "measured fp32 matmul"
+    return _matmul_rate(torch.device("cpu"), torch.float32, 1024, 8), "measured fp32 matmul"
 
 
-def _matmul_rate(device: Any, dtype: Any, n: int, reps: int) -> float:
+def _matmul_rate(device: Any, dtype: Any, n: int, reps: int, tries: int = 5) -> float:
+    """The best of `tries` timings: a peak is what the device can do, and a neighbour's burst
+    only ever slows a timing down (one taken under load once made MFU read above 1)."""
     import torch
 
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(tries):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    return best
 
 
 #: What each call a training loop makes is counted as, by (file, function) of the callee.
