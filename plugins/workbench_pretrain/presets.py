@@ -31,6 +31,19 @@ LLAMA_STYLE: dict[str, Any] = {
 }
 
 
+#: Weight initialisations for a model trained from scratch.
+INIT_SCHEMES = {
+    # LitGPT's `initialize_weights` (what `litgpt pretrain` does): every weight N(0, sqrt(2/5/d)),
+    # output projections shrunk by the depth. Suits deep, wide models.
+    "neox": "GPT-NeoX (LitGPT's pretraining default): small normal weights, depth-scaled output projections",
+    # Each module's own `reset_parameters`: embeddings N(0, 1), linear layers Kaiming-uniform.
+    # On the tiny preset the unit-variance embeddings are what lets the model learn to copy a
+    # phrase from its prompt: after the same pretraining and LoRA run, held-out exact match 0.96
+    # against 0.18 with the NeoX scheme (0.95 with NeoX's scheme but unit-variance embeddings).
+    "torch": "PyTorch's module defaults: unit-variance embeddings, Kaiming-uniform linear layers",
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -46,6 +59,8 @@ class Preset:
     learning_rate: float
     #: Default training budget in tokens.
     max_tokens: int
+    #: Weight initialisation from scratch (`--init auto`); see `INIT_SCHEMES`.
+    init: str = "neox"
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -102,7 +117,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("tiny", n_layer=3, n_embd=256, n_head=4, n_query_groups=2, intermediate_size=768,
                block_size=256, batch_size=16, micro_batch_size=16, learning_rate=3e-3,
-               max_tokens=240_000, note="about a minute on a 2-core CPU"),
+               max_tokens=240_000, init="torch", note="about a minute on a 2-core CPU"),
         Preset("small", n_layer=6, n_embd=512, n_head=8, n_query_groups=2, intermediate_size=1536,
                block_size=512, batch_size=32, micro_batch_size=8, learning_rate=1e-3,
                max_tokens=20_000_000, note="hours on a CPU, minutes on a GPU"),

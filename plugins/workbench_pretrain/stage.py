@@ -17,7 +17,7 @@ from workbench.errors import UserError
 from workbench.options import TrainingOptions, artifact, option, redefault
 from workbench.stages import Stage
 from workbench.weightfiles import check_model_dir
-from workbench_pretrain.presets import PRESETS, Preset, describe
+from workbench_pretrain.presets import INIT_SCHEMES, PRESETS, Preset, describe
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 
@@ -35,6 +35,11 @@ class Options(TrainingOptions):
     model: str | None = option(
         None, group="model",
         help="Preset (tiny, small, 125M, 350M), a LitGPT config name, or a YAML config file; default: tiny",
+    )
+    init: str = option(
+        "auto", choices=["auto", *INIT_SCHEMES], group="model", advanced=True,
+        help="Weight initialisation from scratch: neox (LitGPT's), torch (PyTorch's module defaults); "
+             "auto: the preset's (torch for tiny), else neox",
     )
     name: str | None = option(None, help="Name of the model artifact; default: pretrain-<model>")
     max_tokens: int | None = option(
@@ -123,6 +128,8 @@ class PretrainStage(Stage):
         preset = PRESETS.get(options.model or "tiny") if not options.init_from else None
         if preset is not None or (options.batch_size is not None and options.micro_batch_size is not None):
             batch_plan(options, preset)
+        if options.init_from and options.init != "auto":
+            raise UserError("--init chooses the weights of a model trained from scratch; with --init-from the model's own weights are used")
         if options.strategy == "fsdp" and options.device == "cpu":
             raise UserError("--strategy fsdp needs CUDA GPUs; on a CPU use --strategy ddp")
 

@@ -27,7 +27,7 @@ from lightning.fabric.utilities.throughput import get_available_flops, measure_f
 from litgpt import GPT, Config
 from litgpt.model import Block
 from litgpt.pretrain import initialize_weights
-from litgpt.utils import chunked_cross_entropy
+from litgpt.utils import chunked_cross_entropy, reset_parameters
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -101,6 +101,7 @@ class Plan:
     num_nodes: int
     strategy: str
     compile: bool
+    init: str = "neox"
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -176,6 +177,7 @@ def pretrain(options: Options, ctx: Context) -> dict[str, Any]:
     steps = _given(options.max_steps, max(1, max_tokens // (batch_size * seq_len)))
     warmup = options.warmup_steps if options.warmup_steps is not None else max(1, round(0.05 * steps))
     lr = _given(options.lr, preset.learning_rate if preset else 3e-4)
+    init_scheme = options.init if options.init != "auto" else (preset.init if preset else "neox")
     compile_model = options.compile == "on" or (options.compile == "auto" and compile_pays(device, steps * batch_size * seq_len))
     eos = eos_token(tokenizer_dir)
     parent_meta = read_meta(init.path) if init is not None else {}
@@ -194,18 +196,20 @@ def pretrain(options: Options, ctx: Context) -> dict[str, Any]:
         checkpoint_every=options.checkpoint_every, seed=options.seed, device=device, precision=precision,
         devices=options.devices, num_nodes=options.num_nodes,
         strategy="auto" if options.devices * options.num_nodes == 1 else options.strategy,
-        compile=compile_model,
+        compile=compile_model, init=init_scheme,
         meta={
             "prompt_style": parent_meta.get("prompt_style") or get_style("chatml", eos_token=eos).to_json(),
             "family": parent_meta.get("family", "llama"),
             "eos_token": parent_meta.get("eos_token", eos),
+            **({"init": init_scheme} if init is None else {}),
         },
     )
     ctx.log(
         f"pretraining {model_name}: {n_params:,} parameters, {steps} steps of {batch_size}×{seq_len} tokens "
         f"({steps * plan.tokens_per_step:,} tokens, {accumulation} micro-batches of {micro_batch_size} per "
         f"process and step), {plan.world_size} process(es) on {device}, {precision}, "
-        f"compile {'on' if compile_model else 'off'}, about {memory['estimate_bytes'] / 2**30:.2f} GiB"
+        f"compile {'on' if compile_model else 'off'}, "
+        f"{'weights of ' + init.id if init is not None else init_scheme + ' init'}, about {memory['estimate_bytes'] / 2**30:.2f} GiB"
     )
     try:
         result = main(plan, ctx) if plan.world_size == 1 else launch(plan, ctx)
@@ -445,6 +449,19 @@ class Quiet:
     metric = log = checkpoint = progress
 
 
+def initialize(fabric: L.Fabric, model: GPT, scheme: str) -> None:
+    """Give the freshly built (uninitialised) model its starting weights; a checkpoint loaded
+    afterwards replaces them."""
+    config = model.config
+    if scheme == "neox":
+        initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
+    elif scheme == "torch":
+        if not isinstance(fabric.strategy, FSDPStrategy):  # FSDP calls them itself as it shards
+            reset_parameters(model)
+    else:
+        raise ValueError(f"unknown initialisation {scheme!r}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -467,7 +484,7 @@ def main(plan: Plan, reporter: Reporter) -> dict[str, Any] | None:
     config = Config(**plan.config)
     with fabric.init_module(empty_init=True):
         model = model_class(config)(config)  # LongRoPE and YaRN checkpoints keep their own RoPE
-    initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
+    initialize(fabric, model, plan.init)
     model.max_seq_length = plan.seq_len
     flops_per_step = training_flops(config, plan.micro_batch_size, plan.seq_len) * plan.accumulation * fabric.world_size
     if plan.compile:

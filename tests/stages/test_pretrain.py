@@ -171,6 +171,7 @@ def test_tiny_preset_learns_the_demo_corpus_and_litgpt_loads_the_result(demo_cor
         assert (model.path / name).is_file(), name
     meta = json.loads((model.path / "workbench.json").read_text())
     assert meta["family"] == "llama" and meta["prompt_style"]["name"] == "chatml"
+    assert meta["init"] == "torch"  # the tiny preset's: the one under which it learns to copy
     gen = subprocess.run(
         [str(Path(sys.executable).parent / "litgpt"), "generate", str(model.path), "--prompt", "The capital of",
          "--max_new_tokens", "8", "--temperature", "0"],
@@ -199,6 +200,21 @@ def test_micro_model_from_yaml_trains_with_accumulation_and_checkpoints(inputs: 
     vocab = Tokenizer.from_file(str(model.path / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     assert (config.n_embd, config.n_layer, config.vocab_size) == (64, 2, vocab)  # the YAML, sized to the tokenizer
     assert run.result["val_ppl"] == pytest.approx(math.exp(run.result["val_loss"]))
+
+
+@pytest.mark.parametrize(("init", "embedding_std"), [("auto", math.sqrt(2 / 5 / 64)), ("neox", math.sqrt(2 / 5 / 64)),
+                                                     ("torch", 1.0)])
+def test_init_chooses_the_starting_weights(inputs: dict[str, str], init: str, embedding_std: float) -> None:
+    import torch
+
+    # A learning rate of 0 leaves the weights as they were initialised.
+    run = run_inline("pretrain", micro_options(inputs, max_steps=1, lr=0.0, init=init))
+    (model,) = run.artifacts("model")
+    state = torch.load(model.path / "lit_model.pth", weights_only=True)
+    assert float(state["transformer.wte.weight"].std()) == pytest.approx(embedding_std, rel=0.05)
+    assert torch.equal(state["transformer.h.0.norm_1.weight"], torch.ones(64))
+    expected = "neox" if init == "auto" else init  # a YAML config has no preset: LitGPT's scheme
+    assert json.loads((model.path / "workbench.json").read_text())["init"] == expected
 
 
 def test_continued_pretraining_starts_from_the_models_weights(registered_tiny_model: str, tiny_model: Path) -> None:
@@ -237,6 +253,8 @@ def test_bad_input_is_refused_before_anything_is_written(inputs: dict[str, str],
     both = run_cli("pretrain", inputs["dataset"], "--tokenizer", inputs["tokenizer"],
                    "--init-from", registered_tiny_model)
     assert both.returncode == 2 and "--init-from" in both.stderr
+    init_continued = run_cli("pretrain", inputs["dataset"], "--init-from", registered_tiny_model, "--init", "torch")
+    assert init_continued.returncode == 2 and "--init" in init_continued.stderr
     sft = register_dataset(["a"], ["b"], kind="instruction")
     wrong = run_cli("pretrain", sft, "--tokenizer", inputs["tokenizer"])
     assert wrong.returncode == 2 and "pretrain dataset" in wrong.stderr
