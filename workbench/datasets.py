@@ -39,6 +39,16 @@ def require_type(card: dict[str, Any], wanted: str, ref: str, stage: str) -> Non
         )
 
 
+def check_replay(ctx: Any, ref: str | None, length: int, context: int | None) -> None:
+    """`--replay` names a pretrain dataset, and its windows fit the model's context."""
+    if ref is None:
+        return
+    data = ctx.artifact(ref, "dataset")
+    require_type(read_card(data.path, ref), "pretrain", ref, "--replay")
+    if context is not None and length > context:
+        raise UserError(f"--replay-length {length} is longer than the model's context of {context} tokens")
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """("file:line", value) for each non-blank line; a bad line is an error naming its place."""
     try:

@@ -558,6 +558,21 @@ class EpochOptions(TrainingOptions):
                          group="training")
 
 
+@dataclass
+class ReplayOptions:
+    """Finetuning stages that can mix pretraining text into their batches against forgetting
+    (`workbench.ml.replay`)."""
+
+    replay: str | None = artifact(
+        "dataset", required=False,
+        help="Pretrain dataset whose text is mixed into every batch (its language-model loss is added), "
+             "so the model keeps its general language while it learns the task",
+    )
+    replay_windows: int = option(4, help="Windows of --replay text per micro-batch", min=1, group="training",
+                                 advanced=True)
+    replay_length: int = option(128, help="Tokens per --replay window", min=8, group="training", advanced=True)
+
+
 def check_batches(options: TrainingOptions) -> None:
     """A micro-batch is part of an optimizer step's batch, so it cannot be larger."""
     if (options.batch_size is not None and options.micro_batch_size is not None

@@ -47,6 +47,8 @@ class PairStats:
     policy_rejected: torch.Tensor
     reference_chosen: torch.Tensor
     reference_rejected: torch.Tensor
+    #: Mean negative log-likelihood per token of each chosen answer (detached), when it is trained on.
+    chosen_nll: torch.Tensor | None = None
 
 
 def preference_loss(

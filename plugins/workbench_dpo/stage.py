@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from workbench.datasets import check_replay
 from workbench.errors import UserError
 from workbench.options import (
     EpochOptions,
+    ReplayOptions,
     TrainingOptions,
     artifact,
     check_batches,
@@ -30,7 +32,7 @@ LORA_TARGETS = ("query", "key", "value", "projection", "mlp", "head")
 
 
 @dataclass
-class Options(EpochOptions):
+class Options(EpochOptions, ReplayOptions):
     model: str = artifact("model", help="Model to align, typically an instruction-tuned one", positional=True)
     dataset: str = artifact("dataset", positional=True, help="Preference dataset (rows with messages, chosen and rejected)")
     reference: str | None = artifact(
@@ -42,6 +44,11 @@ class Options(EpochOptions):
                        choices=["sigmoid", "ipo", "cdpo"], group="dpo")
     beta: float = option(0.1, help="β: how far the policy may move from the reference (higher keeps it closer)",
                          min=1e-6, group="dpo")
+    sft_weight: float = option(
+        0.0, min=0.0, group="dpo",
+        help="Weight of the chosen answers' own loss (mean negative log-likelihood per token) added to the "
+             "preference loss (RPO): keeps the chosen answers, their end-of-turn token included, likely",
+    )
     label_smoothing: float | None = option(
         None, help="cdpo only: the probability that a preference label is wrong (default 0.1)",
         min=0.0, max=0.5, group="dpo",
@@ -89,6 +96,7 @@ class DPOStage(Stage):
             raise UserError(f"--max-seq-length {options.max_seq_length} is longer than the model's context of {context}")
         data = ctx.artifact(options.dataset, "dataset")
         check_preference_dataset(data.path, options.dataset)
+        check_replay(ctx, options.replay, options.replay_length, context)
         # Reading the rows is cheap next to training and names the first bad one by file and line.
         if not read_rows(data.path / "train.jsonl"):
             raise UserError(f"dataset '{options.dataset}' has no training pairs in {data.path / 'train.jsonl'}")

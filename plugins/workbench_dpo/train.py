@@ -35,7 +35,7 @@ from workbench.ml.checkpoint import (
     read_meta,
     save_model_dir,
 )
-from workbench.ml.examples import pad_id
+from workbench.ml.examples import IGNORE, pad_id
 from workbench.ml.lora import (
     LoRASettings,
     adapter_state_dict,
@@ -74,10 +74,12 @@ def pair_forward(
     beta: float,
     kind: str,
     label_smoothing: float = 0.0,
+    sft_weight: float = 0.0,
 ) -> PairStats:
     """Preference loss of a (2B, T) batch from `collate_pairs` (chosen rows, then rejected rows).
 
-    `reference=None` scores the reference with the policy's adapter switched off.
+    `reference=None` scores the reference with the policy's adapter switched off. With
+    `sft_weight` the chosen answers' mean token NLL, times the weight, is added to each pair's loss.
     """
     n = ids.shape[0] // 2
     average = kind == "ipo"  # IPO's margin is defined on per-token log-probabilities
@@ -88,8 +90,13 @@ def pair_forward(
         else:
             ref = sequence_logps(reference(ids), labels, average=average)
     logps = sequence_logps(policy(ids), labels, average=average)
-    return preference_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta=beta, kind=kind,
-                           label_smoothing=label_smoothing)
+    stats = preference_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta=beta, kind=kind,
+                            label_smoothing=label_smoothing)
+    if sft_weight:
+        tokens = (labels[:n, 1:] != IGNORE).sum(-1).clamp(min=1)
+        nll = -(logps[:n] if average else logps[:n] / tokens)
+        stats = replace(stats, losses=stats.losses + sft_weight * nll, chosen_nll=nll.detach())
+    return stats
 
 
 def summarize_tensors(stats: Sequence[PairStats], *, reference: bool = False) -> dict[str, torch.Tensor]:
@@ -109,6 +116,8 @@ def summarize_tensors(stats: Sequence[PairStats], *, reference: bool = False) ->
         "logps_chosen": cat("policy_chosen").mean(),
         "logps_rejected": cat("policy_rejected").mean(),
     }
+    if all(s.chosen_nll is not None for s in stats):
+        out["chosen_nll"] = cat("chosen_nll").mean()
     if reference:
         out["ref_logps_chosen"] = cat("reference_chosen").mean()
         out["ref_logps_rejected"] = cat("reference_rejected").mean()
@@ -154,6 +163,9 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     if not train_pairs:
         raise UserError(f"dataset '{options.dataset}' has no training pairs")
     pad = pad_id(tokenizer)
+    from workbench_data.replay import replay_source
+
+    replay, replay_data = replay_source(options, ctx, model_dir, options.seed)
     batches = Batches.plan(len(train_pairs), options.batch_size, options.micro_batch_size, epochs=options.epochs,
                            max_steps=options.max_steps)
     batch_size, micro, total = batches.batch_size, batches.micro_batch_size, batches.steps
@@ -170,7 +182,8 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     mark_only_lora_as_trainable(shape)
     n_params, n_trainable = count_parameters(shape)
     estimate = estimate_training_memory(
-        n_params=n_params, trainable_params=n_trainable, batch_size=2 * micro, seq_len=longest,
+        n_params=n_params, trainable_params=n_trainable, batch_size=2 * micro + (replay.windows if replay else 0),
+        seq_len=max(longest, replay.length if replay else 0),
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
         vocab_size=config.padded_vocab_size, precision=precision, **mlp_shape(config),
     )
@@ -187,7 +200,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     # --- policy and reference ----------------------------------------------------------------
     fabric = make_fabric(device, precision)
     raw = load_lora_model(model_dir, settings, seed=options.seed)
-    raw.max_seq_length = longest
+    raw.max_seq_length = max(longest, replay.length if replay else 0)
     stored_dtype = _stored_dtype(model_dir)
     model = fabric.setup_module(raw)
     inner = torch.optim.AdamW(
@@ -221,10 +234,14 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
         pairs = [train_pairs[i] for i in idx]
         ids, labels = to_device(pairs)
         out = pair_forward(model, reference, ids, labels, beta=options.beta, kind=options.loss,
-                           label_smoothing=label_smoothing)
+                           label_smoothing=label_smoothing, sft_weight=options.sft_weight)
         stats = {k: v for k, v in summarize_tensors([out]).items() if k != "loss"}
-        return Micro(out.losses.mean(), stats,
-                     tokens=sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs))
+        loss, tokens = out.losses.mean(), sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
+        if replay is not None:
+            replayed = replay.loss(model, idx, fabric.device)
+            stats |= {"preference_loss": loss.detach(), "replay_loss": replayed.detach()}
+            loss, tokens = loss + replayed, tokens + replay.tokens_per_batch
+        return Micro(loss, stats, tokens=tokens)
 
     def evaluate() -> dict[str, float]:
         model.eval()
@@ -233,7 +250,7 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
             for idx in chunks(range(len(val_pairs)), micro):
                 ids, labels = to_device([val_pairs[i] for i in idx])
                 stats.append(pair_forward(model, reference, ids, labels, beta=options.beta, kind=options.loss,
-                                          label_smoothing=label_smoothing))
+                                          label_smoothing=label_smoothing, sft_weight=options.sft_weight))
         model.train()
         return {f"val_{k}": v for k, v in summarize(stats, reference=True).items()}
 
@@ -244,9 +261,11 @@ def train(options: Options, ctx: Context) -> dict[str, Any]:
     # --- outputs: the adapter, then the merged model with the prompt style carried over ---------
     name = options.name or f"{model_art.name}-dpo"
     recipe = {"method": "dpo", "loss": options.loss, "beta": options.beta, "label_smoothing": label_smoothing,
-              "steps": total, "batch_size": batch_size, "lr": options.lr, "dataset": data_art.id,
-              "reference": ref_art.id if ref_art is not None else "adapter-off"}
-    parents = [model_art.id, data_art.id] + ([ref_art.id] if ref_art is not None else [])
+              "sft_weight": options.sft_weight, "steps": total, "batch_size": batch_size, "lr": options.lr, "dataset": data_art.id,
+              "reference": ref_art.id if ref_art is not None else "adapter-off",
+              **({"replay": replay_data.id} if replay_data is not None else {})}
+    parents = [model_art.id, data_art.id] + ([ref_art.id] if ref_art is not None else []) + (
+        [replay_data.id] if replay_data is not None else [])
     final = {k: round(v, 6) for k, v in val_metrics.items()} or {k: round(v, 6) for k, v in ctx.last_metrics.items()}
 
     staged = ctx.staging_dir("adapter")

@@ -146,6 +146,9 @@ def train(options: LoraOptions, ctx: Context) -> dict[str, Any]:
                          max_length=max_length, desc="tokenizing validation")
     longest = max(len(e.input_ids) for e in train_set + val_set)
     pad = pad_id(tokenizer)
+    from workbench_data.replay import replay_source
+
+    replay, replay_data = replay_source(options, ctx, base.path, options.seed)
 
     settings = LoRASettings(r=options.rank, alpha=options.alpha, dropout=options.dropout, targets=tuple(options.targets))
     raw = load_lora_model(base.path, settings, seed=options.seed)
@@ -153,7 +156,9 @@ def train(options: LoraOptions, ctx: Context) -> dict[str, Any]:
     batches = Batches.plan(len(train_set), options.batch_size, options.micro_batch_size, epochs=options.epochs,
                            max_steps=options.max_steps)
     estimate = estimate_training_memory(
-        n_params=n_params, trainable_params=n_trainable, batch_size=batches.micro_batch_size, seq_len=longest,
+        n_params=n_params, trainable_params=n_trainable,
+        batch_size=batches.micro_batch_size + (replay.windows if replay else 0),
+        seq_len=max(longest, replay.length if replay else 0),
         n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head, vocab_size=config.padded_vocab_size,
         precision=precision, quantized_base=bool(options.quantize), **mlp_shape(config),
     )
@@ -183,7 +188,12 @@ def train(options: LoraOptions, ctx: Context) -> dict[str, Any]:
     def micro_step(idx: list[int]) -> Micro:
         ids, labels = collate([train_set[i] for i in idx], pad)
         loss = batch_loss(model, ids.to(run_device), labels.to(run_device))
-        return Micro(loss, tokens=int((ids != pad).sum()))
+        tokens = int((ids != pad).sum())
+        if replay is None:
+            return Micro(loss, tokens=tokens)
+        replayed = replay.loss(model, idx, run_device)
+        return Micro(loss + replayed, {"task_loss": loss.detach(), "replay_loss": replayed.detach()},
+                     tokens=tokens + replay.tokens_per_batch)
 
     def evaluate() -> dict[str, float]:
         nonlocal first_val
@@ -202,13 +212,15 @@ def train(options: LoraOptions, ctx: Context) -> dict[str, Any]:
     return _write_outputs(ctx, options, base, data, raw, settings, style, in_memory, {
         "steps": step, "loss": loss_value, "val_loss": val_loss, "first_val_loss": first_val,
         "trainable_params": n_trainable, "total_params": n_params, "tokens": tokens_seen,
-    })
+    }, replayed=replay_data)
 
 
 def _write_outputs(ctx: Context, options: LoraOptions, base: Any, data: Any, trained: torch.nn.Module,
                    settings: LoRASettings, style: PromptStyle, merge_in_memory: bool,
-                   figures: dict[str, Any]) -> dict[str, Any]:
-    """The adapter alone, then the merged model, both children of the base model."""
+                   figures: dict[str, Any], replayed: Any = None) -> dict[str, Any]:
+    """The adapter alone, then the merged model, both children of the base model (and of the
+    datasets trained on)."""
+    datasets = [data.id] + ([replayed.id] if replayed is not None else [])
     base_meta = read_meta(base.path)
     family = base_meta.get("family") or base.metadata.get("family")
     style_json = style.to_json()
@@ -219,8 +231,9 @@ def _write_outputs(ctx: Context, options: LoraOptions, base: Any, data: Any, tra
     save_adapter(staged, trained, settings, base.id, extra={
         "prompt_style": style_json, "dataset": data.id, "mask_prompt": options.mask_prompt,
         "max_seq_length": options.max_seq_length, "quantize": options.quantize,
+        **({"replay": replayed.id} if replayed is not None else {}),
     })
-    adapter = ctx.register("adapter", staged, name=f"{name}-adapter", parents=[base.id, data.id], metrics=metrics,
+    adapter = ctx.register("adapter", staged, name=f"{name}-adapter", parents=[base.id, *datasets], metrics=metrics,
                            metadata={"base_model": base.id, "prompt_style": style.name, "lora": settings.to_json(),
                                      "dataset": data.id})
 
@@ -237,9 +250,10 @@ def _write_outputs(ctx: Context, options: LoraOptions, base: Any, data: Any, tra
     staged = ctx.staging_dir("model")
     meta = {**base_meta, "prompt_style": style_json, "eos_token": style.eos_token or eos_token(base.path),
             "family": family, "base_model": base.id, "adapter": adapter.id,
-            "finetune": {"method": "lora", "dataset": data.id, "lora": settings.to_json()}}
+            "finetune": {"method": "lora", "dataset": data.id, "lora": settings.to_json(),
+                         **({"replay": replayed.id} if replayed is not None else {})}}
     save_model_dir(staged, merged, load_config(base.path), tokenizer_dir=base.path, meta=meta)
-    model = ctx.register("model", staged, name=name, parents=[base.id, adapter.id, data.id], metrics=metrics,
+    model = ctx.register("model", staged, name=name, parents=[base.id, adapter.id, *datasets], metrics=metrics,
                          metadata={"family": family, "base_model": base.id, "adapter": adapter.id,
                                    "prompt_style": style.name, "finetune": "lora"})
 

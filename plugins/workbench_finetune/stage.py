@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import yaml
 
+from workbench.datasets import check_replay
 from workbench.errors import UserError
 from workbench.options import (
     EpochOptions,
+    ReplayOptions,
     Retired,
     TrainingOptions,
     artifact,
@@ -63,7 +65,7 @@ BATCH_SIZE = 8
 
 
 @dataclass
-class LoraOptions(EpochOptions):
+class LoraOptions(EpochOptions, ReplayOptions):
     model: str = artifact("model", help="Base model to adapt", positional=True)
     dataset: str = artifact("dataset", help="Instruction dataset (rows of chat messages)", positional=True)
     rank: int = option(8, help="LoRA rank r", min=1, group="LoRA")
@@ -146,6 +148,7 @@ class LoraStage(Stage):
             )
         data = ctx.artifact(options.dataset, "dataset")
         instruction_data(data.path, data.id, "finetune lora")
+        check_replay(ctx, options.replay, options.replay_length, block_size)
 
     def run(self, options: LoraOptions, ctx: Context) -> dict[str, Any]:
         from workbench_finetune.lora import train

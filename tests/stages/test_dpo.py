@@ -258,3 +258,44 @@ def test_a_bf16_mixed_run_resumed_from_its_checkpoint_ends_at_the_uninterrupted_
         "batch_size": 4, "micro_batch_size": 2, "lr": 1e-3, "dropout": 0.2, "eval_every": 4, "checkpoint_every": 2,
         "eval_pairs": 4,
     })
+
+
+def test_replay_holds_the_language_model_while_the_preference_is_learned(registered_tiny_model, prefs):
+    from workbench_data.demo import pretrain_records
+
+    from tests.stages.test_finetune_lora import text_loss
+
+    texts = [r.value for r in pretrain_records(seed=0, n_chars=60_000)]
+    corpus = register_dataset([{"text": t} for t in texts[:-20]], [{"text": t} for t in texts[-20:]],
+                              kind="pretrain", name="corpus")
+    options = {"model": registered_tiny_model, "dataset": prefs, "max_steps": 12, "batch_size": 4, "lr": 1e-2,
+               "eval_every": 12, "checkpoint_every": 6, "targets": ["query", "value", "projection", "mlp"]}
+    plain = run_inline("dpo", options)
+    replayed, _ = assert_resumes_exactly("dpo", {**options, "replay": corpus, "replay_windows": 4,
+                                                 "replay_length": 64})
+
+    held_out = texts[-20:]
+    store = Store()
+    losses = {name: text_loss(store.find_artifact(model).path, held_out) for name, model in
+              (("base", registered_tiny_model), ("plain", plain.result["model"]),
+               ("replay", replayed.result["model"]))}
+    assert losses["replay"] < losses["plain"] - 0.1 and losses["replay"] < losses["base"], losses
+    assert val_events(replayed)[-1]["values"]["val_reward_accuracy"] >= 0.75  # the preference is still learned
+    assert all("replay_loss" in e["values"] and "preference_loss" in e["values"]
+               for e in replayed.events if e["type"] == "metric" and "loss" in e["values"])
+    assert corpus in store.find_artifact(replayed.result["model"]).parents
+
+
+def test_sft_weight_keeps_the_chosen_answers_likely(registered_tiny_model, prefs):
+    # Plain DPO only widens the gap: it may lower the chosen answers too, their end-of-turn token
+    # included. The chosen answers' own loss (RPO) holds them up.
+    options = {"model": registered_tiny_model, "dataset": prefs, "max_steps": 12, "batch_size": 4, "lr": 1e-2,
+               "eval_every": 12, "targets": ["query", "value", "projection", "mlp"]}
+    plain = val_events(run_inline("dpo", options))[-1]["values"]
+    run = run_inline("dpo", {**options, "sft_weight": 1.0})
+    weighted = val_events(run)[-1]["values"]
+    assert weighted["val_logps_chosen"] > plain["val_logps_chosen"] + 1.0, (plain, weighted)
+    assert weighted["val_reward_accuracy"] >= 0.75
+    nll = [e["values"]["chosen_nll"] for e in run.events if e["type"] == "metric" and "chosen_nll" in e["values"]]
+    assert len(nll) >= 12 and nll[-1] < nll[0]
+    assert "chosen_nll" not in plain

@@ -275,3 +275,52 @@ def test_a_run_recorded_before_the_rename_resumes_through_the_cli(registered_tin
         assert loss == pytest.approx(step_values(whole, "loss")[step], abs=1e-5)
     log = (run.run_dir / "stderr.log").read_text()
     assert "--batch-size 4 --grad-accum 2 now reads --batch-size 8 --micro-batch-size 4" in log
+
+
+def text_loss(model_dir, texts: list[str], length: int = 64) -> float:
+    """Mean next-token loss of a model on plain text, in windows of `length` tokens."""
+    from workbench.ml.checkpoint import load_model, load_tokenizer
+
+    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    ids = torch.cat([tok.encode(t, eos=True) for t in texts]).long()
+    rows = ids[: len(ids) // (length + 1) * (length + 1)].view(-1, length + 1)
+    with torch.no_grad():
+        logits = model(rows[:, :-1])
+    return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten()))
+
+
+def test_replay_holds_the_language_model_on_its_text_and_resumes_exactly(registered_tiny_model, demo_instructions):
+    from workbench_data.demo import pretrain_records
+
+    texts = [r.value for r in pretrain_records(seed=0, n_chars=60_000)]
+    corpus = register_dataset("pretrain", [{"text": t} for t in texts[:-20]], [{"text": t} for t in texts[-20:]],
+                              name="corpus")
+    options = base_options(registered_tiny_model, demo_instructions, max_steps=12, eval_every=12,
+                           checkpoint_every=6)
+    plain = run_inline("finetune.lora", options)
+    replayed, _ = assert_resumes_exactly("finetune.lora", {**options, "replay": corpus, "replay_windows": 2,
+                                                           "replay_length": 64})
+
+    held_out = texts[-20:]  # text of the same kind that replay never drew from
+    base = Store().find_artifact(registered_tiny_model).path
+    (plain_model,), (replay_model,) = plain.artifacts("model"), replayed.artifacts("model")
+    losses = {name: text_loss(path, held_out) for name, path in
+              (("base", base), ("plain", plain_model.path), ("replay", replay_model.path))}
+    assert losses["replay"] < losses["plain"] - 0.1, losses
+    assert losses["replay"] < losses["base"], losses
+
+    val = [e["values"]["val_loss"] for e in replayed.events if e["type"] == "metric" and "val_loss" in e["values"]]
+    assert val[-1] < val[0]  # the task is still learned
+    steps = [e["values"] for e in replayed.events if e["type"] == "metric" and "replay_loss" in e["values"]]
+    assert len(steps) == 12 and all("task_loss" in v for v in steps)
+    assert corpus in replay_model.parents and corpus in replayed.artifacts("adapter")[0].parents
+
+
+def test_replay_of_a_dataset_that_is_not_pretraining_text_is_refused(registered_tiny_model, demo_instructions):
+    result = run_cli("finetune", "lora", registered_tiny_model, demo_instructions, "--replay", demo_instructions)
+    assert result.returncode == 2 and "--replay needs 'pretrain' data" in result.stderr
+    too_long = register_dataset("pretrain", [{"text": "hello world"}], [{"text": "bye"}], name="short")
+    result = run_cli("finetune", "lora", registered_tiny_model, demo_instructions, "--replay", too_long,
+                     "--replay-length", "4096")
+    assert result.returncode == 2 and "--replay-length 4096 is longer than the model's context of 128" in result.stderr
+    assert Store().list_runs() == []
