@@ -411,6 +411,22 @@ def _id_column(table: Any, ids: Iterable[str]) -> None:
     table.add_column("id", no_wrap=True, min_width=max((len(i) for i in ids), default=2))
 
 
+def _fitting_columns(columns: dict[str, list[str]], width: int, keep: tuple[str, ...]) -> list[str]:
+    """The `keep` columns, then each other column (in order) whose widest line still fits in
+    `width` beside those already chosen; the order of `columns` is kept."""
+
+    def need(name: str) -> int:
+        return max(len(line) for cell in [name, *columns[name]] for line in cell.split("\n"))
+
+    chosen = set(keep)
+    used = sum(need(n) for n in keep) + 2 * (len(keep) - 1)
+    for name in columns:
+        if name not in chosen and used + 2 + need(name) <= width:
+            chosen.add(name)
+            used += 2 + need(name)
+    return [name for name in columns if name in chosen]
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.tree import Tree
@@ -424,20 +440,29 @@ def cmd_models(args: argparse.Namespace) -> int:
         if as_json:
             print_json([a.to_json() for a in arts])
             return 0
+        if not arts:
+            console().print("no artifacts yet; start with `workbench demo` or `workbench data prepare`")
+            return 0
+        # One metric (and one parent) per line, so a cell breaks between items, not inside one.
+        columns: dict[str, list[str]] = {
+            "id": [a.id for a in arts], "kind": [a.kind for a in arts], "name": [a.name for a in arts],
+            "size": [fmt_bytes(a.size_bytes) for a in arts], "created": [_ago(a.created_at) for a in arts],
+            "key metrics": ["\n".join(f"{k}={_fmt(v)}" for k, v in list(a.metrics.items())[:3]) for a in arts],
+            "parents": ["\n".join(a.parents) for a in arts],
+        }
+        con = console()
+        shown = _fitting_columns(columns, con.width, keep=("id", "kind", "name", "size"))
         t = Table(title=f"Artifacts in {_workspace()}", title_justify="left", box=None, pad_edge=False)
-        _id_column(t, (a.id for a in arts))
-        t.add_column("kind", no_wrap=True)
-        t.add_column("name", overflow="fold")
-        t.add_column("size", no_wrap=True)
-        t.add_column("created", overflow="fold")
-        t.add_column("parents", overflow="fold")
-        t.add_column("key metrics", overflow="fold")
-        for a in arts:
-            # One metric per line, so a narrow terminal wraps between figures, not inside one.
-            metrics = "\n".join(f"{k}={_fmt(v)}" for k, v in list(a.metrics.items())[:3])
-            t.add_row(a.id, a.kind, a.name, fmt_bytes(a.size_bytes), _ago(a.created_at),
-                      "\n".join(a.parents), metrics)
-        console().print(t if arts else "no artifacts yet; start with `workbench demo` or `workbench data prepare`")
+        _id_column(t, columns["id"])
+        for name in shown[1:]:
+            t.add_column(name, overflow="fold", no_wrap=name in ("kind", "size", "created"))
+        for row in zip(*(columns[name] for name in shown), strict=True):
+            t.add_row(*row)
+        con.print(t)
+        left_out = [name for name in columns if name not in shown]
+        if left_out:
+            con.print(f"[dim]{', '.join(left_out)} left out for the terminal's width; "
+                      "`workbench models show ID` or `models ls --json` has them[/]")
         return 0
     art = store.find_artifact(args.ref)
     if args.action == "show":
