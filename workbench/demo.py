@@ -36,14 +36,14 @@ class Step:
     options: Callable[[Outputs], dict[str, Any]]
 
 
-# Sizes for the full demo and the quick one CI runs (about 4 min on an idle 2-core CPU).
+# Sizes for the full demo (about 10 min on an idle 2-core CPU) and the quick one CI runs (about 8).
 PROFILES: dict[str, dict[str, Any]] = {
-    "full": {"corpus_chars": 1_500_000, "vocab": 2048, "pretrain_steps": 300, "lora_steps": 300,
-             "dpo_steps": 150, "eval_limit": 64, "lora_lr": 3e-4,
+    "full": {"corpus_chars": 1_500_000, "vocab": 2048, "pretrain_steps": 800, "lora_steps": 800,
+             "dpo_steps": 250, "eval_limit": 64, "lora_lr": 3e-3, "replay_windows": 2,
              "classify_steps": 60},
-    "quick": {"corpus_chars": 300_000, "vocab": 1024, "pretrain_steps": 200, "lora_steps": 200,
-              "dpo_steps": 80, "eval_limit": 48, "lora_lr": 3e-4,
-              "classify_steps": 50},
+    "quick": {"corpus_chars": 1_000_000, "vocab": 1024, "pretrain_steps": 650, "lora_steps": 800,
+              "dpo_steps": 80, "eval_limit": 48, "lora_lr": 3e-3, "replay_windows": 2,
+              "classify_steps": 60},
 }
 # The demo's instruction and preference rows are short, so pretraining on 128-token windows
 # buys twice the steps of the preset's full context for the same time.
@@ -58,7 +58,9 @@ def steps(p: dict[str, Any]) -> list[Step]:
              lambda o: {"dataset": o["corpus"]["dataset"], "vocab_size": p["vocab"], "name": "demo-bpe"}),
         Step("pretrain", "Pretrain the tiny preset", "pretrain",
              lambda o: {"dataset": o["corpus"]["dataset"], "tokenizer": o["tokenizer"]["tokenizer"],
-                        "model": "tiny", "max_steps": p["pretrain_steps"], "max_seq_length": PRETRAIN_SEQ,
+                        # the tiny preset's own init, named so a base pretrained otherwise is not reused
+                        "model": "tiny", "init": "torch", "max_steps": p["pretrain_steps"],
+                        "max_seq_length": PRETRAIN_SEQ,
                         "eval_every": max(p["pretrain_steps"] // 5, 1), "name": "demo-base"}),
         Step("instructions", "Instruction dataset", "data.prepare",
              lambda o: {"demo": "instruction", "name": "demo-instructions"}),
@@ -66,16 +68,20 @@ def steps(p: dict[str, Any]) -> list[Step]:
              lambda o: {"model": o["pretrain"]["model"], "dataset": o["instructions"]["dataset"],
                         "max_steps": p["lora_steps"], "eval_every": max(p["lora_steps"] // 3, 1),
                         "targets": ["query", "key", "value", "projection", "mlp"],
-                        "lr": p["lora_lr"], "rank": 16, "alpha": 32, "batch_size": 16, "name": "demo-sft"}),
+                        "lr": p["lora_lr"], "rank": 16, "alpha": 32, "batch_size": 16,
+                        # pretraining text in every batch keeps the corpus perplexity near the base's
+                        "replay": o["corpus"]["dataset"], "replay_windows": p["replay_windows"],
+                        "name": "demo-sft"}),
         Step("preferences", "Preference dataset", "data.prepare",
              lambda o: {"demo": "preference", "name": "demo-preferences"}),
         Step("dpo", "DPO preference tuning", "dpo",
              lambda o: {"model": o["lora"]["model"], "dataset": o["preferences"]["dataset"],
                         "max_steps": p["dpo_steps"], "eval_every": max(p["dpo_steps"] // 3, 1),
-                        # the same adapter shape as the LoRA step, and a rate that moves the policy
-                        # without dragging chosen and rejected answers down together
+                        # the same adapter shape as the LoRA step; the chosen answers' own loss keeps
+                        # them ending their turn (without it the answers ran on: "lemonXavi")
                         "targets": ["query", "key", "value", "projection", "mlp"], "rank": 16, "alpha": 32,
-                        "lr": 3e-4, "batch_size": 16, "name": "demo-dpo"}),
+                        "lr": 1e-3, "sft_weight": 1.0, "batch_size": 16, "replay": o["corpus"]["dataset"],
+                        "replay_windows": p["replay_windows"], "name": "demo-dpo"}),
         Step("eval", "Evaluate every stage side by side", "eval",
              lambda o: {"models": [o["pretrain"]["model"], o["lora"]["model"], o["dpo"]["model"]],
                         "dataset": o["corpus"]["dataset"], "instructions": o["instructions"]["dataset"],
@@ -102,9 +108,9 @@ def steps(p: dict[str, Any]) -> list[Step]:
 #: The closing chat's questions, fixed before any run: held-out instances of three task families
 #: (assets/generate.py keeps them out of every training split), so the chat shows generalisation.
 CHAT_PROMPTS: tuple[tuple[str, str], ...] = (
-    ("What is the capital of Italy?", "Rome"),
-    ("What is the opposite of hot?", "cold"),
     ("Repeat after me: green apple river", "green apple river"),
+    ("Which word comes last in: stone table lemon", "lemon"),
+    ("Which is bigger, 7 or 12?", "12"),
 )
 
 

@@ -26,7 +26,7 @@ Points = Sequence[tuple[float, float]]
 
 #: Series drawn on a stage's loss chart, in this order; any other series of a stage (pretraining's
 #: validation perplexity) gets a chart of its own, since its unit differs.
-LOSS_SERIES = ("train loss", "held-out loss")
+LOSS_SERIES = ("train loss", "replay loss", "held-out loss")
 
 
 def render(report: Report, steps: list[tuple[str, str]], when: str) -> str:

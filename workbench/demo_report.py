@@ -165,7 +165,8 @@ def _metric_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
 
 
 #: The demo steps that train, as the report names them; distillation and pruning only when
-#: `--with-optimize` ran. Each stage reports its training loss as `loss` and, at each evaluation,
+#: `--with-optimize` ran. Each stage reports its training loss as `loss` (with `--replay`, its
+#: own part as `task_loss` or `preference_loss` beside `replay_loss`) and, at each evaluation,
 #: its held-out loss as `val_loss`.
 CURVE_STAGES = (("pretrain", "pretraining"), ("lora", "LoRA"), ("dpo", "DPO"), ("classify", "classification"),
                 ("distill", "distillation"), ("prune", "pruning (LoRA heal)"))
@@ -181,6 +182,10 @@ def training_curves(state: dict[str, Any], store: Any, optimized: bool) -> dict[
             continue
         run_dir = store.get_run(state[key]["run_id"]).run_dir
         names = {"train loss": "loss", "held-out loss": "val_loss"}
+        # With --replay, `loss` adds the replayed text's loss: plot the task's own beside it.
+        task = next((n for n in ("task_loss", "preference_loss") if _metric_series(run_dir, n)), None)
+        if task is not None:
+            names = {"train loss": task, "replay loss": "replay_loss", "held-out loss": "val_loss"}
         if key == "pretrain":
             names["validation perplexity"] = "val_ppl"
         curves[title] = {label: sorted(dict(_metric_series(run_dir, name)).items()) for label, name in names.items()}

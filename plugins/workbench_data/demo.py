@@ -2,8 +2,8 @@
 
 - `pretrain`: assembled here and now from the docstrings of the installed Python standard
   library (read with `ast`, so no module is imported or run), plus templated prose from
-  `assets/generate.py` (true statements about the facts and skills the instruction tasks ask
-  about). The generator's share is `GENERATED_SHARE` of the budget, and it fills whatever the
+  `assets/generate.py` (copy drills, worksheets and prose that practise the instruction tasks'
+  skills on training-side instances). The generator's share is `GENERATED_SHARE` of the budget, and it fills whatever the
   standard library cannot.
 - `instruction`, `preference`, `classification`: the JSONL files `assets/generate.py` wrote,
   with the held-out validation split it fixed.
@@ -29,7 +29,7 @@ from workbench.errors import UserError
 from workbench_data.readers import Record
 
 DEMOS = ("pretrain", "instruction", "preference", "classification")
-GENERATED_SHARE = 0.5
+GENERATED_SHARE = 0.85
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "turtledemo", "_bundled"}
 
 

@@ -219,7 +219,10 @@ def _step(steps: list[dict[str, Any]], name: str, before: int, after: int) -> No
 
 
 def _clean(options: Options, items: list[Item], steps: list[dict[str, Any]]) -> list[Item]:
-    cleaner = Cleaner(options.unicode, options.strip_control, options.clean_whitespace)
+    # The generator's instruction and preference rows are exact: an answer's leading space is
+    # part of it (assets/generate.py, `_answer`), so their whitespace is kept as written.
+    keep_spaces = options.demo in ("instruction", "preference")
+    cleaner = Cleaner(options.unicode, options.strip_control, options.clean_whitespace and not keep_spaces)
     _step(steps, "valid rows", len(items), len(items))
     out = []
     for it in items:

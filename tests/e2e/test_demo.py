@@ -14,12 +14,16 @@ import pytest
 from tests.conftest import run_cli
 from workbench.demo import CHAT_PROMPTS
 
-# The whole lifecycle takes about 5 minutes on an idle 2-core machine; a busy one can double it.
+# The whole lifecycle takes about 8 minutes on an idle 2-core machine; a busy one can double it.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 #: What the quick profile reaches today, less a margin for run-to-run noise; each is checked so
 #: that a change which makes the demo worse fails here (README.md shows a run of the full profile).
-QUICK = {"classification_accuracy": 0.95, "lora_forgetting": 2.0, "dpo_forgetting": 2.0, "q4_ppl_change": 0.03}
+#: Reached in two runs (2026-12-04; 500 then 800 LoRA steps): exact match 0.91 / 0.95, preference accuracy 0.886 -> 0.992 /
+#: 0.984, classification 1.0 / 0.967, corpus perplexity at most 1.07x the pretrained model's,
+#: Q4_K_M +0.1% / +1.6%, chat 3 of 3 in both; the thresholds leave room for run-to-run spread.
+QUICK = {"exact_match": 0.75, "preference_accuracy": 0.95, "classification_accuracy": 0.95,
+         "lora_forgetting": 1.25, "dpo_forgetting": 1.25, "q4_ppl_change": 0.03, "chat_correct": 2}
 
 
 def test_quick_demo_reports_every_figure_and_reruns_from_cache(workspace):
@@ -33,8 +37,10 @@ def test_quick_demo_reports_every_figure_and_reruns_from_cache(workspace):
     assert all(s["before"] is not None and s["after"] is not None for s in rows.values()), rows
     pretrain = rows["pretrain", "validation perplexity"]
     assert pretrain["after"] < pretrain["before"] / 10
+    lora = rows["LoRA", "instruction exact match"]
+    assert lora["ok"] and lora["after"] >= QUICK["exact_match"], lora
     dpo = rows["DPO", "preference accuracy"]
-    assert dpo["ok"] and dpo["after"] > dpo["before"]
+    assert dpo["ok"] and dpo["after"] >= QUICK["preference_accuracy"] and dpo["after"] > dpo["before"], dpo
     classify = rows["classify", "spam/ham accuracy"]
     assert classify["ok"] and classify["after"] >= QUICK["classification_accuracy"]
     # Forgetting: both tuned models against the pretrained one, on the same held-out corpus text.
@@ -50,7 +56,7 @@ def test_quick_demo_reports_every_figure_and_reruns_from_cache(workspace):
     # The closing chat asks the three fixed held-out questions, and the report counts right answers.
     assert [(t["prompt"], t["expected"]) for t in report["chat"]] == list(CHAT_PROMPTS)
     assert all(t["reply"] for t in report["chat"])
-    assert report["chat_correct"] == sum(t["correct"] for t in report["chat"])
+    assert report["chat_correct"] == sum(t["correct"] for t in report["chat"]) >= QUICK["chat_correct"], report["chat"]
     assert report["report"].endswith("report.md")
     markdown = Path(report["report"]).read_text(encoding="utf-8")
     assert "| pretrain | validation perplexity |" in markdown and "```" in markdown

@@ -26,31 +26,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def solve(prompt: str) -> str:
-    """An independent solver for every instruction template."""
-    days, months = gen.DAYS, gen.MONTHS
-
-    def step(names: list[str], name: str, by: int) -> str:
-        return names[(names.index(name) + by) % len(names)]
-
-    rules: list[tuple[str, Any]] = [
-        (r"(?:What is (\d+) \+|Add (\d+) and) (\d+)[?.]", lambda a, b, c: int(a or b) + int(c)),
-        (r"(?:What number comes after|Which number follows) (\d+)\?", lambda n: int(n) + 1),
-        (r"(?:Write|How do you write) (\d+) (?:as a word\.|in words\?)", lambda n: gen.DIGIT_NAMES[int(n)]),
-        (r"(?:Write (\w+) as a number\.|What is (\w+) in digits\?)",
-         lambda a, b: gen.DIGIT_NAMES.index(a or b)),
-        (r"(?:What day comes after|Which day follows) (\w+)\?", lambda d: step(days, d, 1)),
-        (r"(?:What day comes|Which day is just) before (\w+)\?", lambda d: step(days, d, -1)),
-        (r"(?:What month comes after|Which month follows) (\w+)\?", lambda m: step(months, m, 1)),
-        (r"(?:What month comes|Which month is just) before (\w+)\?", lambda m: step(months, m, -1)),
+def rules() -> list[tuple[str, Any]]:
+    """Each task family's prompt pattern and an independent solver for it."""
+    return [
         (r"(?:Repeat after me|Say exactly this): (.+)", lambda p: p),
-        (r"(?:What is the capital of|Name the capital city of) (.+?)[?.]", gen.CAPITALS.get),
-        (r"(?:What is|Give) the opposite of (\w+)[?.]", gen.OPPOSITES.get),
-        (r"What (?:sound does a|does a) (\w+) (?:make|say)\?", gen.SOUNDS.get),
-        (r"What (?:color is|is the color of) (.+)\?", gen.COLORS.get),
-        (r"(?:What is a baby (\w+) called|What do you call a young (\w+))\?", lambda a, b: gen.YOUNG[a or b]),
+        (r"(?:Which word comes first in|Give the first word of): (.+)", lambda p: p.split()[0]),
+        (r"(?:Which word comes last in|Give the last word of): (.+)", lambda p: p.split()[-1]),
+        (r"(?:What number comes after|Which number follows|What comes after|Which number is next after) (\d+)\?"
+         r"|Count on from (\d+): what is next\?|Say the number after (\d+)\.",
+         lambda *n: int(next(x for x in n if x)) + 1),
+        (r"(?:Which is bigger|Which number is larger|Which is more), (\d+) or (\d+)\?"
+         r"|Pick the bigger number: (\d+) or (\d+)\?",
+         lambda *n: max(int(x) for x in n if x)),
     ]
-    for pattern, fn in rules:
+
+
+def family(prompt: str) -> int:
+    return next(i for i, (pattern, _) in enumerate(rules()) if re.fullmatch(pattern, prompt))
+
+
+def solve(prompt: str) -> str:
+    for pattern, fn in rules():
         m = re.fullmatch(pattern, prompt)
         if m:
             return str(fn(*m.groups()))
@@ -71,7 +67,8 @@ def test_every_answer_checks_out_and_the_split_is_held_out() -> None:
         for row in rows:
             user, answer = row["messages"]
             assert (user["role"], answer["role"]) == ("user", "assistant")
-            assert solve(user["content"]) == answer["content"]
+            # after a space: the answer's first word is the same token as in the prompt
+            assert answer["content"] == " " + solve(user["content"])
     # Held out by instance: no phrasing of a validation instance is trained on, in either set.
     _, val_instances = gen.split_instances(gen.instances())
     held_out = {p for inst in val_instances for p in inst[2]}
@@ -79,18 +76,32 @@ def test_every_answer_checks_out_and_the_split_is_held_out() -> None:
     trained |= {r["messages"][0]["content"] for r in read_jsonl(DATA / "preference.train.jsonl")}
     assert {r["messages"][0]["content"] for r in splits["val"]} <= held_out
     assert not trained & held_out
+    # ...nor is a held-out phrase asked about in another task's words.
+    held_phrases = {i[1] for i in val_instances if i[0] in ("repeat", "first-word", "last-word")}
+    asked = {re.sub(r"^[^:]*: ", "", p) for p in trained if ":" in p}
+    assert asked and not asked & held_phrases
+    # Every family has a fair share of the training rows, and no row repeats.
+    families = Counter(family(r["messages"][0]["content"]) for r in splits["train"])
+    assert len(families) == len(rules()) - len(gen.PREFERENCE_ONLY), families
+    assert min(families.values()) > 0.4 * max(families.values()), families
+    # The family DPO teaches is in the preference pairs only, so LoRA cannot have taught it.
+    preference_families = Counter(family(r["messages"][0]["content"]) for r in read_jsonl(DATA / "preference.train.jsonl"))
+    assert len(preference_families) == len(rules()) and set(preference_families) > set(families)
+    assert len({json.dumps(r) for r in splits["train"]}) == len(splits["train"])
     assert len(splits["val"]) >= 80 and len(splits["train"]) >= 10 * len(splits["val"])
     assert {i[0] for i in val_instances} == {i[0] for i in gen.instances()}  # every family is scored
 
     # The closing chat of `workbench demo` asks held-out questions only.
-    val_rows = {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in splits["val"]}
+    val_rows = {(r["messages"][0]["content"], r["messages"][1]["content"].strip()) for r in splits["val"]}
+    val_rows |= {(r["messages"][0]["content"], r["chosen"].strip()) for r in read_jsonl(DATA / "preference.val.jsonl")}
     assert set(CHAT_PROMPTS) <= val_rows
 
     answers = {r["messages"][0]["content"]: r["messages"][1]["content"] for rows in splits.values() for r in rows}
     for split in ("train", "val"):
         for row in read_jsonl(DATA / f"preference.{split}.jsonl"):
             prompt = row["messages"][-1]["content"]
-            assert row["chosen"] == solve(prompt) != row["rejected"]
+            assert row["chosen"] == " " + solve(prompt) != row["rejected"]
+            assert row["rejected"].startswith(" ")
             assert answers.get(prompt, row["chosen"]) == row["chosen"]
 
     cls = {s: read_jsonl(DATA / f"classification.{s}.jsonl") for s in ("train", "val")}
@@ -131,26 +142,31 @@ def test_supervised_demo_datasets_keep_the_held_out_split(kind: str) -> None:
         assert card["labels"] == ["ham", "spam"] and art.metadata["labels"] == ["ham", "spam"]
 
 
-def test_the_corpus_states_every_held_out_fact() -> None:
-    """Held-out questions are new instances, not new knowledge: the pretraining prose states the
-    fact behind each one (in the smallest corpus the demo builds), so LoRA only has to teach the
-    question format."""
+def test_the_corpus_exercises_every_skill_but_never_a_held_out_instance() -> None:
+    """The pretraining text practises each task's skill on training-side instances (copying a
+    phrase, its first and last words, the bigger of two numbers, counting on), and no held-out
+    phrase or pair of numbers appears in it."""
     prose = " ".join(gen.pretrain_documents(0, 150_000))
+    for pattern in (r'said "([\w ]+)", and \w+ said "\1" too', r"the first word is \w+ and the last word is \w+",
+                    r"\d+ is bigger than \d+", r"After (\d+) comes \d+"):
+        assert len(re.findall(pattern, prose)) > 10, pattern
+    phrases = {m for pattern in (r'said "([\w ]+)"', r"wrote ([\w ]+) on the board", r"The words were ([\w ]+)\.",
+                                 r"In ([\w ]+), the first word", r"read out ([\w ]+), starting")
+               for m in re.findall(pattern, prose)}
+    pairs = {frozenset(p) for p in re.findall(r"(?:Of|Between) (\d+) and (\d+),", prose)}
+    pairs |= {frozenset(p) for p in re.findall(r"(\d+) is (?:bigger|smaller) than (\d+)\.", prose)}
+    assert len(phrases) > 400 and len(pairs) > 40
     _, val_instances = gen.split_instances(gen.instances())
-    statements = {
-        "capital": "capital of {k} is {a}.", "opposite": "opposite of {k} is {a}.", "sound": "{k} says {a}.",
-        "color": "of {k} is {a}.", "young": "baby {k} is called a {a}.", "next": "after {k} is {a}.",
-        "add": "{k} = {a}.", "in-words": "{k} is written {a}.", "in-digits": "{k} is written {a}.",
-    }
-    checked = 0
-    for family, key, _, answer, _ in val_instances:
-        if family in statements:
-            k, a = (answer, key) if family == "in-digits" else (key.replace("+", " + "), answer)
-            assert statements[family].format(k=k, a=a) in prose, (family, key, answer)
-            checked += 1
-        elif family.endswith(("-after", "-before")):
-            assert f"{key} comes" in prose or f"after {key} is" in prose, (family, key)
-    assert checked > 40
+    for family, key, _, _, _ in val_instances:
+        if family in ("repeat", "first-word", "last-word"):
+            assert key not in phrases, (family, key)
+        elif family == "bigger":
+            assert frozenset(key.split(",")) not in pairs, key
+    # Nor anywhere else in the generated text, copy drills included, word for word within a line
+    # (a drill's run ends one line and starts the next: "... car\nbee tap car" is not "car bee").
+    text = " " + " | ".join(" ".join(re.findall(r"\w+", line)) for line in prose.split("\n")) + " "
+    assert len(re.findall(r"Copy: ([\w ]+)\n\1", prose)) > 20
+    assert not [k for f, k, *_ in val_instances if f in ("repeat", "first-word", "last-word") and f" {k} " in text]
 
 
 def test_demo_pretrain_corpus_is_built_from_the_standard_library_and_the_generator() -> None:
@@ -161,7 +177,7 @@ def test_demo_pretrain_corpus_is_built_from_the_standard_library_and_the_generat
     assert 40_000 < card["characters"] < 80_000 and card["counts"]["val"] > 0
     texts = [r["text"] for s in ("train", "val") for r in read_jsonl(Path(art.path) / f"{s}.jsonl")]
     assert any("Return" in t for t in texts)  # docstrings
-    assert any(re.search(r"The capital of \w+ is \w+\.", t) for t in texts)  # the generator's facts
+    assert any(re.search(r"\w+ has an? \w+ \w+ and \w+ has", t) for t in texts)  # the generator's prose
     again = run_inline("data.prepare", {"demo": "pretrain", "demo_chars": 60_000})
     [art2] = again.artifacts("dataset")
     assert (Path(art2.path) / "train.jsonl").read_bytes() == (Path(art.path) / "train.jsonl").read_bytes()

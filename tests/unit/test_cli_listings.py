@@ -29,7 +29,7 @@ def test_ids_are_whole_in_a_narrow_pipe(workspace, columns):
 
 
 def test_a_narrow_models_listing_leaves_columns_out_instead_of_breaking_words(workspace):
-    assert run_cli("data", "prepare", "--demo", "classification").returncode == 0
+    assert run_cli("data", "prepare", "--demo", "classification", "--name", "spam-or-ham-messages").returncode == 0
     (art,) = json.loads(run_cli("models", "ls", "--json").stdout)
     narrow = run_cli("models", "ls", env={"COLUMNS": "80"}).stdout
     row = next(line for line in narrow.splitlines() if art["id"] in line)

@@ -379,3 +379,17 @@ def test_a_diverged_figure_or_a_negative_one_still_draws_a_readable_page() -> No
     (loss,) = [f for f in charts(tree, "curve") if "loss" in f.all("polyline")[0].attrs["data-series"]]
     assert len(points(loss.all("polyline")[0])) == 2
     assert "nothing to plot" in page and "NOT improved" in page  # the table still names the diverged row
+
+
+def test_a_replayed_run_plots_its_task_loss_beside_the_replay_loss(workspace: Path) -> None:
+    from workbench.demo_report import training_curves
+
+    store = Store()
+    steps = [(s, {"loss": 3.0 - 0.1 * s, "task_loss": 1.0 - 0.1 * s, "replay_loss": 2.0, "lr": 1e-3})
+             for s in range(1, 6)]
+    run = training_run(store, "finetune.lora", [[(0, {"val_loss": 1.2}), *steps, (5, {"val_loss": 0.6})]])
+    curves = training_curves({"lora": {"run_id": run}}, store, optimized=False)["LoRA"]
+    # the task's own loss is the train curve, comparable with the held-out one; not the sum
+    assert curves["train loss"] == [(s, pytest.approx(1.0 - 0.1 * s)) for s in range(1, 6)]
+    assert curves["replay loss"] == [(s, 2.0) for s in range(1, 6)]
+    assert curves["held-out loss"] == [(0, 1.2), (5, 0.6)]
