@@ -79,10 +79,11 @@ def artifact(
     required: bool = True,
     positional: bool = False,
     default: str | None = None,
+    advanced: bool = False,
 ) -> Any:
     """A reference to an artifact in the workspace (id, name or unique id prefix)."""
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-    field = option(default, help=help, required=required, positional=positional)
+    field = option(default, help=help, required=required, positional=positional, advanced=advanced)
     field.metadata[_META]["artifact"] = kinds
     return field
 
@@ -564,7 +565,7 @@ class ReplayOptions:
     (`workbench.ml.replay`)."""
 
     replay: str | None = artifact(
-        "dataset", required=False,
+        "dataset", required=False, advanced=True,
         help="Pretrain dataset whose text is mixed into every batch (its language-model loss is added), "
              "so the model keeps its general language while it learns the task",
     )
